@@ -1,0 +1,207 @@
+"""Argument checks for the public functions.
+
+Every public entry point checks its arguments here, once, and hands clean values to the core,
+which stays free of checks. Each message names the argument and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from .constraints import Box
+
+Number = Union[int, float]
+Bound = Union[Number, Tensor]
+Clip = Union[tuple[Bound, Bound], None]
+
+SUPPORTED_NORMS = (2.0, math.inf)
+
+
+def check_model(model: object, x: Tensor) -> None:
+    if not callable(model):
+        raise TypeError(f"model must be callable (an nn.Module or a function); got {type(model).__name__}")
+    if isinstance(model, nn.Module):
+        for tensor in model.parameters():
+            if tensor.device != x.device:
+                raise ValueError(
+                    f"model has parameters on {tensor.device} but x is on {x.device}; "
+                    f"move one of them, e.g. x.to({str(tensor.device)!r})"
+                )
+            break
+
+
+def check_inputs(x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"x must be a floating-point tensor; got dtype {x.dtype}. "
+            "Convert it first, e.g. x.float() / 255 for 8-bit images"
+        )
+    if x.ndim == 0:
+        raise ValueError("x must have a batch dimension; for a single sample use x.unsqueeze(0)")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf; clean the input before attacking it")
+    return x
+
+
+def check_labels(y: object, x: Tensor) -> Tensor | None:
+    """Check what can be checked before the model has run (shape and device)."""
+    if y is None:
+        return None
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor of labels or None; got {type(y).__name__}")
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"y must have one label per sample, shape ({x.shape[0]},); got shape {tuple(y.shape)}"
+        )
+    if y.device != x.device:
+        raise ValueError(f"y is on {y.device} but x is on {x.device}; move y with y.to(x.device)")
+    return y
+
+
+def check_class_labels(y: Tensor, num_outputs: int) -> None:
+    """Check labels for the default loss, once the model's output width is known."""
+    if y.ndim != 1:
+        raise ValueError(f"y must be a 1-D tensor of class indices; got shape {tuple(y.shape)}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(
+            f"y must hold integer class indices; got dtype {y.dtype}. Use y.long() "
+            "(or pass a loss_fn that takes these targets)"
+        )
+    classes = max(num_outputs, 2)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise ValueError(
+            f"y holds labels in [{int(y.min())}, {int(y.max())}] but the model has {classes} classes; "
+            f"labels must lie in [0, {classes - 1}]"
+        )
+
+
+def check_logits(logits: object, batch: int) -> Tensor:
+    if not isinstance(logits, Tensor):
+        raise TypeError(
+            f"model must return a tensor of logits, shape (batch, classes); got {type(logits).__name__}. "
+            "Wrap a model that returns a tuple or dict, e.g. lambda x: model(x)['logits']"
+        )
+    if logits.ndim != 2 or logits.shape[0] != batch or not logits.is_floating_point():
+        raise ValueError(
+            f"model must return floating-point logits of shape (batch, classes) = ({batch}, C); "
+            f"got shape {tuple(logits.shape)} and dtype {logits.dtype}"
+        )
+    return logits
+
+
+def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Tensor:
+    """A float or a per-sample tensor, returned as a tensor that broadcasts against x."""
+    relation = "> 0" if positive else ">= 0"
+    if isinstance(value, Tensor):
+        if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != x.shape[0]):
+            raise ValueError(
+                f"{name} must be a float or a tensor of shape ({x.shape[0]},) (one per sample); "
+                f"got shape {tuple(value.shape)}"
+            )
+        if not value.is_floating_point():
+            value = value.double()
+        values = value.detach().to(device=x.device)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        values = torch.tensor(float(value), dtype=torch.float64, device=x.device)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
+    if values.numel() and not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{name} must be finite; got {value}")
+    bad = values <= 0 if positive else values < 0
+    if values.numel() and bool(bad.any()):
+        raise ValueError(f"{name} must be {relation}; got {value}")
+    shape = (-1,) + (1,) * (x.ndim - 1) if values.ndim == 1 else ()
+    return values.to(x.dtype).reshape(shape)
+
+
+def check_eps(eps: object, x: Tensor) -> Tensor:
+    return _check_budget(eps, "eps", x, positive=False)
+
+
+def check_step_size(step_size: object, x: Tensor) -> Tensor:
+    return _check_budget(step_size, "step_size", x, positive=True)
+
+
+def check_steps(steps: object, name: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{name} must be an int >= 1; got {steps!r}")
+    return steps
+
+
+def check_norm(norm: object) -> float:
+    if isinstance(norm, str) and norm.lower() in ("inf", "linf"):
+        norm = math.inf
+    if not isinstance(norm, (int, float)) or float(norm) not in SUPPORTED_NORMS:
+        raise ValueError(f"norm must be 2 or float('inf'); got {norm!r}")
+    return float(norm)
+
+
+def check_clip(clip: object, x: Tensor) -> Box | None:
+    """Turn ``clip`` into a :class:`Box` and check that ``x`` lies inside it."""
+    if clip is None:
+        return None
+    if not isinstance(clip, (tuple, list)) or len(clip) != 2:
+        raise TypeError(f"clip must be a pair (low, high) or None; got {clip!r}")
+    low, high = (_bound_tensor(value, name, x) for value, name in zip(clip, ("clip[0]", "clip[1]")))
+    if bool((low > high).any()):
+        raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
+    if x.numel() and bool(((x < low) | (x > high)).any()):
+        raise ValueError(
+            f"x must lie inside clip={_describe(clip)}; observed range [{float(x.min()):.6g}, "
+            f"{float(x.max()):.6g}]. Rescale x to the box, or pass the right clip (clip=None for no box)"
+        )
+    return Box(low, high)
+
+
+def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
+    if isinstance(value, Tensor):
+        bound = value.detach().to(device=x.device, dtype=x.dtype)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        bound = torch.tensor(float(value), device=x.device, dtype=x.dtype)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
+    if bool(torch.isnan(bound).any()):
+        raise ValueError(f"{name} must not be NaN")
+    try:
+        torch.broadcast_shapes(bound.shape, x.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name} of shape {tuple(bound.shape)} does not broadcast against x of shape {tuple(x.shape)}"
+        ) from None
+    return bound
+
+
+def _describe(clip: object) -> str:
+    if isinstance(clip, (tuple, list)) and all(isinstance(v, (int, float)) for v in clip):
+        return f"({clip[0]}, {clip[1]})"
+    return "(low, high)"
+
+
+def check_loss_fn(loss_fn: object) -> Callable | None:
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(logits, y) or None; got {type(loss_fn).__name__}")
+    return loss_fn
+
+
+def check_restarts(restarts: object) -> int:
+    return check_steps(restarts, "restarts")
+
+
+def check_generator(generator: object, x: Tensor) -> torch.Generator | None:
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    if generator.device.type != x.device.type:
+        raise ValueError(
+            f"generator is on {generator.device} but x is on {x.device}; "
+            f"pass torch.Generator(device={str(x.device)!r})"
+        )
+    return generator

@@ -1,0 +1,77 @@
+"""The fast gradient sign method (Goodfellow, Shlens & Szegedy, 2015, eq. 3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch import Tensor
+
+from ..gradient import LossFn
+from ._walk import projected_gradient_ascent
+
+
+def fgsm(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor | None = None,
+    *,
+    eps: float | Tensor,
+    targeted: bool = False,
+    norm: float = math.inf,
+    loss_fn: LossFn | None = None,
+    clip: tuple[float | Tensor, float | Tensor] | None = (0.0, 1.0),
+    eval_mode: bool = False,
+) -> Tensor:
+    r"""Fast gradient sign method: one step of size ``eps`` along the input gradient.
+
+    Untargeted, :math:`x' = x + \epsilon\,\mathrm{sign}(\nabla_x J(x, y))`; targeted (``y`` the
+    target classes), :math:`x' = x - \epsilon\,\mathrm{sign}(\nabla_x J(x, y))`. With ``norm=2``
+    it is the fast gradient L2 method, :math:`x' = x + \epsilon\, g / \lVert g \rVert_2` per
+    sample (a zero gradient gives a zero step). The result is clipped to ``clip``.
+
+    Parameters
+    ----------
+    model : callable
+        Maps a batch of inputs to logits of shape ``(batch, classes)``; an ``nn.Module`` or any
+        function. It is run in the train/eval mode it is in, unless ``eval_mode`` is True.
+    x : Tensor
+        Clean inputs, floating point, batch first, any shape (flat vectors or images).
+    y : Tensor, optional
+        True labels, or target classes when ``targeted``. None uses the model's own predictions,
+        which avoids label leaking.
+    eps : float or Tensor
+        Size of the perturbation: a float, or a tensor of shape ``(batch,)`` (one per sample).
+        ``eps=0`` returns ``x`` unchanged.
+    targeted : bool
+        Move towards the classes ``y`` instead of away from them.
+    norm : float
+        ``float('inf')`` for the sign step, ``2`` for the L2 step.
+    loss_fn : callable, optional
+        ``loss_fn(logits, y)`` returning per-sample losses or their mean. Default: cross-entropy
+        (computed in at least float32). The step does not depend on the reduction.
+    clip : tuple or None
+        ``(low, high)`` bounds of valid inputs, floats or tensors that broadcast against ``x``;
+        None for no bounds. ``x`` must lie inside them.
+    eval_mode : bool
+        Run the model in eval mode during the attack (its mode is restored afterwards).
+
+    Returns
+    -------
+    Tensor
+        The adversarial examples: a new tensor with the shape, dtype and device of ``x`` and no
+        autograd history.
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> model = fk.models.SoftmaxRegression(4, 3)
+    >>> x, y = torch.rand(8, 4), torch.randint(0, 3, (8,))
+    >>> x_adv = fk.fgsm(model, x, y, eps=0.1)
+    >>> bool(((x_adv - x).abs() <= 0.1 + 1e-7).all())
+    True
+    """
+    return projected_gradient_ascent(
+        model, x, y, eps=eps, step_size=None, steps=1, norm=norm, random_start=False, restarts=1,
+        targeted=targeted, loss_fn=loss_fn, clip=clip, generator=None, eval_mode=eval_mode,
+    )

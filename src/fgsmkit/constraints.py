@@ -1,0 +1,121 @@
+"""The geometry every attack shares: the box, the eps-ball, the steepest step and the projection.
+
+Each idea is written once here. An attack is a walk that takes steps of :meth:`Ball.step` and
+calls :meth:`Ball.project` after each one; the fast gradient sign method is a single such step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Box:
+    """The valid input range ``[low, high]`` (for instance pixels in ``[0, 1]``)."""
+
+    low: Tensor
+    high: Tensor
+
+    def clip(self, x: Tensor) -> Tensor:
+        return torch.minimum(torch.maximum(x, self.low), self.high)
+
+
+def _working(t: Tensor) -> Tensor:
+    """At least float32, so that norms of float16 tensors neither overflow nor underflow."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def per_sample_l2_norm(t: Tensor) -> Tensor:
+    """L2 norm of each sample, in working precision, shaped to broadcast against ``t``."""
+    norms = _working(t).flatten(1).norm(dim=1)
+    return norms.reshape((-1,) + (1,) * (t.ndim - 1))
+
+
+class Ball:
+    """The set of allowed perturbations around ``x``, intersected with the box.
+
+    Parameters
+    ----------
+    x : Tensor
+        The clean inputs, the ball's centres.
+    eps : Tensor
+        The radius, a scalar or one per sample (broadcastable against ``x``).
+    box : Box or None
+        The valid input range, or None for no range.
+    """
+
+    def __init__(self, x: Tensor, eps: Tensor, box: Box | None) -> None:
+        self.x = x
+        self.eps = eps
+        self.box = box
+
+    def step(self, direction: Tensor, size: Tensor) -> Tensor:
+        """The steepest ascent step of length ``size`` for the gradient ``direction``."""
+        raise NotImplementedError
+
+    def project(self, x_adv: Tensor) -> Tensor:
+        """The point of the ball (and box) nearest to ``x_adv``."""
+        raise NotImplementedError
+
+    def random_point(self, generator: torch.Generator | None) -> Tensor:
+        """A point drawn uniformly from the ball, then clipped to the box."""
+        raise NotImplementedError
+
+
+class LinfBall(Ball):
+    def __init__(self, x: Tensor, eps: Tensor, box: Box | None) -> None:
+        super().__init__(x, eps, box)
+        # Ball and box folded into one pair of bounds: one clamp projects onto both.
+        lower, upper = x - eps, x + eps
+        if box is not None:
+            lower, upper = torch.maximum(lower, box.low), torch.minimum(upper, box.high)
+        self.lower, self.upper = lower, upper
+
+    def step(self, direction: Tensor, size: Tensor) -> Tensor:
+        return size * direction.sign()
+
+    def project(self, x_adv: Tensor) -> Tensor:
+        return torch.minimum(torch.maximum(x_adv, self.lower), self.upper)
+
+    def random_point(self, generator: torch.Generator | None) -> Tensor:
+        noise = torch.rand(self.x.shape, generator=generator, device=self.x.device)
+        noise = (2 * noise - 1).to(self.x.dtype)
+        return self.project(self.x + self.eps * noise)
+
+
+class L2Ball(Ball):
+    def step(self, direction: Tensor, size: Tensor) -> Tensor:
+        norm = per_sample_l2_norm(direction)
+        scale = torch.where(norm > 0, _working(size) / norm, torch.zeros_like(norm))
+        return (_working(direction) * scale).to(direction.dtype)
+
+    def project(self, x_adv: Tensor) -> Tensor:
+        delta = x_adv - self.x
+        norm = per_sample_l2_norm(delta)
+        outside = norm > _working(self.eps)
+        factor = torch.where(outside, _working(self.eps) / norm, torch.ones_like(norm))
+        shrunk = self.x + (_working(delta) * factor).to(delta.dtype)
+        # Points already inside keep their exact value instead of being rebuilt as x + delta.
+        x_adv = torch.where(outside, shrunk, x_adv)
+        # Clipping to the box only moves coordinates towards x, so the ball still holds.
+        return x_adv if self.box is None else self.box.clip(x_adv)
+
+    def random_point(self, generator: torch.Generator | None) -> Tensor:
+        shape, device = self.x.shape, self.x.device
+        direction = torch.randn(shape, generator=generator, device=device)
+        norm = per_sample_l2_norm(direction).clamp_min(torch.finfo(direction.dtype).tiny)
+        dims = math.prod(shape[1:])
+        # Radius eps * U^(1/d) makes the point uniform in the ball's volume.
+        radius = torch.rand((shape[0],) + (1,) * (len(shape) - 1), generator=generator, device=device)
+        delta = direction / norm * radius.pow(1.0 / max(dims, 1)) * _working(self.eps)
+        return self.project(self.x + delta.to(self.x.dtype))
+
+
+def make_ball(norm: float, x: Tensor, eps: Tensor, box: Box | None) -> Ball:
+    if norm == math.inf:
+        return LinfBall(x, eps, box)
+    return L2Ball(x, eps, box)

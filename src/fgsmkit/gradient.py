@@ -1,0 +1,178 @@
+"""The input gradient, written once for every attack and for :class:`~fgsmkit.AdversarialLoss`.
+
+The gradient is taken with respect to the input only (``torch.autograd.grad``), so no weight
+gradient is computed and the model's ``.grad`` fields are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _validation
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-sample cross-entropy, computed in at least float32.
+
+    A single logit column is read as binary logistic regression (labels 0 and 1).
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype), reduction="none")
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def predicted_labels(logits: Tensor) -> Tensor:
+    """The class the model predicts for each row of ``logits``."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(dim=1)
+
+
+def summed_loss(per_sample_or_scalar: Tensor, batch: int) -> Tensor:
+    """A loss whose input gradient does not depend on the reduction ``loss_fn`` used.
+
+    A per-sample loss is summed; a scalar (a batch mean) is scaled back up by the batch size,
+    so that each sample's gradient has the same size either way.
+    """
+    if per_sample_or_scalar.ndim == 0:
+        return per_sample_or_scalar * batch
+    return per_sample_or_scalar.sum()
+
+
+def per_sample(loss: Tensor, batch: int) -> Tensor | None:
+    """The per-sample losses, or None where ``loss_fn`` already reduced them."""
+    if loss.ndim == 1 and loss.shape[0] == batch:
+        return loss
+    return None
+
+
+@contextlib.contextmanager
+def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
+    """Run the block with the model in eval mode if asked, and leave its state as found.
+
+    The train/eval flag of every submodule is restored, and so are the buffers (such as
+    BatchNorm running statistics), which an attack's forward passes in train mode would update.
+    """
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = [(module, module.training) for module in model.modules()]
+    buffers = [(b, b.clone()) for b in model.buffers()] if any(t for _, t in modes) else []
+    if eval_mode:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+
+
+class Objective:
+    """The attacked loss ``J(x, y)`` and its input gradient.
+
+    Parameters
+    ----------
+    model : callable
+        Maps a batch of inputs to logits of shape ``(batch, classes)``.
+    y : Tensor or None
+        Labels (or, with ``targeted``, target classes); None takes the model's predictions
+        on the first evaluated input.
+    loss_fn : callable or None
+        ``loss_fn(logits, y)`` returning per-sample losses or their mean; None is
+        :func:`cross_entropy`.
+    targeted : bool
+        If True, :meth:`ascent_direction` points towards lower loss (towards the target).
+    """
+
+    def __init__(self, model: Callable[[Tensor], Tensor], y: Tensor | None, loss_fn: LossFn | None,
+                 targeted: bool) -> None:
+        self.model = model
+        self.y = y
+        self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
+        self.checks_labels = loss_fn is None
+        self.targeted = targeted
+        self.checked = False
+
+    def _logits(self, x: Tensor) -> Tensor:
+        logits = self.model(x)
+        if not self.checked:
+            _validation.check_logits(logits, x.shape[0])
+            if not bool(torch.isfinite(logits.detach()).all()):
+                raise ValueError("model returned NaN or inf logits for these inputs; the attack cannot use them")
+            if self.y is None:
+                self.y = predicted_labels(logits.detach())
+            elif self.checks_labels:
+                _validation.check_class_labels(self.y, logits.shape[1])
+        return logits
+
+    def ascent_direction(self, x: Tensor) -> Tensor:
+        """The input gradient of the loss at ``x``, negated for a targeted attack."""
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self._logits(x)
+            grad = self._input_gradient(x, logits)
+        if not self.checked:
+            self.checked = True
+            _warn_if_zero(grad)
+        return -grad if self.targeted else grad
+
+    def _input_gradient(self, x: Tensor, logits: Tensor) -> Tensor:
+        if not logits.requires_grad:
+            return torch.zeros_like(x)
+        batch = x.shape[0]
+        if logits.dtype not in LOW_PRECISION:
+            loss = summed_loss(self.loss_fn(logits, self.y), batch)
+            (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+            return torch.zeros_like(x) if grad is None else grad
+        # float16 logits: a confident sample's gradient (1e-8, say) would flush to zero on its
+        # way back through the model. Take the logits' gradient in float32 and rescale each
+        # sample's by a power of two (exact, and it leaves that sample's direction unchanged).
+        wide = logits.float()
+        loss = summed_loss(self.loss_fn(wide, self.y), batch)
+        (logit_grad,) = torch.autograd.grad(loss, wide, retain_graph=True)
+        peak = logit_grad.abs().amax(dim=1, keepdim=True)
+        scale = torch.where(peak > 0, torch.exp2(-torch.floor(torch.log2(peak))), torch.ones_like(peak))
+        (grad,) = torch.autograd.grad(logits, x, grad_outputs=(logit_grad * scale).to(logits.dtype),
+                                      allow_unused=True)
+        return torch.zeros_like(x) if grad is None else grad
+
+    def per_sample_losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The per-sample losses at ``x`` and whether each sample is already fooled."""
+        with torch.no_grad():
+            logits = self._logits(x)
+            losses = per_sample(self.loss_fn(logits, self.y), x.shape[0])
+        if losses is None:
+            raise ValueError(
+                "restarts > 1 needs a loss_fn that returns one loss per sample "
+                "(e.g. reduction='none') to pick each sample's strongest restart"
+            )
+        predictions = predicted_labels(logits)
+        fooled = predictions == self.y if self.targeted else predictions != self.y
+        return losses, fooled
+
+
+def _warn_if_zero(grad: Tensor) -> None:
+    flat = grad.flatten(1)
+    zero = ~(flat != 0).any(dim=1)
+    count = int(zero.sum())
+    if count:
+        warnings.warn(
+            f"the input gradient is zero for {count} of {grad.shape[0]} samples (a saturated, "
+            "non-differentiable or input-independent model); those samples are returned unperturbed "
+            "and are not adversarial examples",
+            RuntimeWarning,
+            stacklevel=4,
+        )

@@ -1,0 +1,194 @@
+"""Adversarial training objectives: eq. (6) of the paper and the closed form of its section 5."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _validation
+from .constraints import make_ball
+from .gradient import LossFn, cross_entropy
+
+
+def _mean(loss: Tensor) -> Tensor:
+    return loss if loss.ndim == 0 else loss.mean()
+
+
+class _PrecomputedGradient(torch.autograd.Function):
+    """Returns ``value``; its backward hands ``params`` gradients computed ahead of time.
+
+    This lets the clean term reuse the weight gradients from the same backward pass that gave
+    the input gradient, while the caller still runs an ordinary ``loss.backward()`` (scaled
+    losses, e.g. by a GradScaler, scale these gradients too).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, grads: tuple[Tensor, ...], *params: Tensor) -> Tensor:
+        ctx.grads = grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        grads = tuple((g * grad_output).to(g.dtype) for g in ctx.grads)
+        ctx.grads = ()
+        return (None, None, *grads)
+
+
+class AdversarialLoss(nn.Module):
+    r"""The adversarial objective of Goodfellow et al. (2015), eq. (6).
+
+    .. math::
+
+        \tilde J(\theta, x, y) = \alpha\, J(\theta, x, y)
+            + (1 - \alpha)\, J\big(\theta,\ x + \epsilon\,\mathrm{sign}(\nabla_x J(\theta, x, y)),\ y\big)
+
+    As in the paper the perturbation is a constant: no gradient flows through the sign.
+    ``criterion(model, x, y)`` returns a scalar to call ``.backward()`` on, in an unchanged
+    training loop. It costs two forward and two backward passes: the backward of the clean loss
+    yields both the input gradient and the clean term's weight gradients, which are handed to the
+    parameters when the returned loss is back-propagated. ``.grad`` is not touched before that.
+
+    Parameters
+    ----------
+    alpha : float
+        Weight of the clean loss, in ``[0, 1]``. ``alpha=1`` is plain training.
+    eps : float
+        Size of the FGSM perturbation (>= 0).
+    loss_fn : callable, optional
+        ``loss_fn(logits, y)``, per-sample or mean; per-sample losses are averaged. Default:
+        cross-entropy computed in at least float32.
+    norm : float
+        ``float('inf')`` (the paper's sign step) or ``2`` (fast gradient L2 step).
+    clip : tuple or None
+        Valid input range ``(low, high)``, or None.
+
+    Attributes
+    ----------
+    clean_logits : Tensor or None
+        The logits of the clean inputs from the last call, detached (for accuracy logging).
+    adversarial_logits : Tensor or None
+        The logits of the adversarial inputs from the last call, detached (None if ``alpha=1``).
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> model = fk.models.SoftmaxRegression(4, 3)
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> criterion = fk.AdversarialLoss(alpha=0.5, eps=0.25)
+    >>> x, y = torch.rand(8, 4), torch.randint(0, 3, (8,))
+    >>> loss = criterion(model, x, y)
+    >>> loss.backward(); optimizer.step(); optimizer.zero_grad()
+    >>> criterion.clean_logits.shape
+    torch.Size([8, 3])
+    """
+
+    def __init__(self, alpha: float = 0.5, eps: float = 0.25, *, loss_fn: LossFn | None = None,
+                 norm: float = math.inf, clip: tuple | None = (0.0, 1.0)) -> None:
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be a float in [0, 1]; got {alpha!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
+        self.alpha = float(alpha)
+        self.eps = float(eps)
+        self.loss_fn = _validation.check_loss_fn(loss_fn) or cross_entropy
+        self.checks_labels = loss_fn is None
+        self.norm = _validation.check_norm(norm)
+        self.clip = clip
+        self.clean_logits: Tensor | None = None
+        self.adversarial_logits: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, eps={self.eps}, norm={self.norm}, clip={self.clip}"
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module (its parameters are trained); got {type(model).__name__}")
+        x = _validation.check_inputs(x).detach()
+        _validation.check_model(model, x)
+        if _validation.check_labels(y, x) is None:
+            raise ValueError("y must be the labels of x; adversarial training needs them")
+        box = _validation.check_clip(self.clip, x)
+        alpha = self.alpha
+
+        x_in = x.clone().requires_grad_(True)
+        logits = _validation.check_logits(model(x_in), x.shape[0])
+        if self.checks_labels:
+            _validation.check_class_labels(y, logits.shape[1])
+        clean = _mean(self.loss_fn(logits, y))
+        self.clean_logits, self.adversarial_logits = logits.detach(), None
+        if alpha == 1.0:
+            return clean
+
+        params = [p for p in model.parameters() if p.requires_grad] if alpha > 0 else []
+        grads = torch.autograd.grad(alpha * clean if alpha > 0 else clean, [x_in, *params], allow_unused=True)
+        eps = _validation.check_eps(self.eps, x)
+        ball = make_ball(self.norm, x, eps, box)
+        x_adv = ball.project(x + ball.step(grads[0], eps))
+
+        adv_logits = model(x_adv)
+        self.adversarial_logits = adv_logits.detach()
+        adversarial_term = (1.0 - alpha) * _mean(self.loss_fn(adv_logits, y))
+        used = [(p, g) for p, g in zip(params, grads[1:]) if g is not None]
+        if not used:
+            return adversarial_term
+        clean_term = _PrecomputedGradient.apply(
+            alpha * clean.detach(), tuple(g for _, g in used), *(p for p, _ in used)
+        )
+        return clean_term + adversarial_term
+
+
+def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor, eps: float) -> Tensor:
+    r"""Logistic loss on the worst-case L-inf perturbation, in closed form (section 5).
+
+    For labels :math:`y \in \{-1, +1\}` the FGSM example of logistic regression is
+    :math:`x - \epsilon\, y\, \mathrm{sign}(w)`, so its loss is
+
+    .. math::
+
+        \zeta\big(\epsilon \lVert w \rVert_1 - y\,(w^\top x + b)\big),
+        \qquad \zeta(z) = \log(1 + e^{z}).
+
+    The paper prints :math:`\zeta(y(\epsilon \lVert w \rVert_1 - w^\top x - b))`, which agrees
+    only for :math:`y = +1`; for :math:`y = -1` it would reward the attacker's budget instead of
+    charging it.
+
+    Parameters
+    ----------
+    w : Tensor
+        Weights, shape ``(d,)``.
+    b : Tensor or float
+        Bias.
+    x : Tensor
+        Inputs, shape ``(batch, d)`` or ``(batch, ...)`` with ``d`` elements per sample.
+    y : Tensor
+        Labels in ``{-1, +1}``, shape ``(batch,)``.
+    eps : float
+        Size of the perturbation (>= 0).
+
+    Returns
+    -------
+    Tensor
+        The per-sample losses, shape ``(batch,)``; take ``.mean()`` for the training objective.
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> w, x, y = torch.tensor([1.0, -2.0]), torch.tensor([[0.5, 0.5]]), torch.tensor([1.0])
+    >>> fk.adversarial_logistic_loss(w, 0.0, x, y, eps=0.1)
+    tensor([1.0859])
+    """
+    if w.ndim != 1:
+        raise ValueError(f"w must be a 1-D weight vector; got shape {tuple(w.shape)}")
+    if x.ndim < 1 or math.prod(x.shape[1:]) != w.shape[0]:
+        raise ValueError(f"x must have {w.shape[0]} elements per sample; got shape {tuple(x.shape)}")
+    if y.shape != (x.shape[0],) or not bool(((y == 1) | (y == -1)).all()):
+        raise ValueError(f"y must hold one label per sample, each -1 or +1; got {y}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
+    margin = x.flatten(1) @ w + b
+    return F.softplus(eps * w.abs().sum() - y.to(margin.dtype) * margin)

@@ -1,0 +1,54 @@
+"""Softmax regression and logistic regression, the paper's linear models (sections 4-5)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._base import Classifier
+
+
+class SoftmaxRegression(Classifier):
+    """Multinomial logistic regression: one affine map to ``num_classes`` logits.
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> fk.models.SoftmaxRegression(784, 10).predict_proba(torch.rand(2, 784)).sum(1)
+    tensor([1.0000, 1.0000])
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.in_features, self.num_classes = in_features, num_classes
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(self.flat(x))
+
+
+class LogisticRegression(Classifier):
+    """Binary logistic regression with one logit, ``p(y=1|x) = sigmoid(w.x + b)``.
+
+    The forward returns logits of shape ``(batch, 1)``; the attacks read a single column as a
+    binary problem with labels 0 and 1. :meth:`predict_proba` returns ``(batch, 2)``, the
+    columns being ``p(y=0|x)`` and ``p(y=1|x)``.
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> model = fk.models.LogisticRegression(784)
+    >>> model(torch.rand(5, 784)).shape, model.predict_proba(torch.rand(5, 784)).shape
+    (torch.Size([5, 1]), torch.Size([5, 2]))
+    """
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.in_features, self.num_classes = in_features, 2
+        self.linear = nn.Linear(in_features, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(self.flat(x))
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        return torch.cat([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)

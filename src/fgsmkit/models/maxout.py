@@ -1,0 +1,118 @@
+"""Maxout units and the paper's maxout network (Goodfellow et al., 2013)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._base import Classifier
+
+
+def max_norm_(weight: Tensor, max_norm: float) -> None:
+    """Rescale, in place, each row of ``weight`` (one unit's incoming weights) to norm <= ``max_norm``.
+
+    This is the maxout paper's max column norm constraint (its weights are stored transposed),
+    applied after each optimizer step.
+    """
+    with torch.no_grad():
+        weight.copy_(torch.renorm(weight, p=2, dim=0, maxnorm=max_norm))
+
+
+class Maxout(nn.Module):
+    """A maxout layer: each of ``out_features`` units is the max of ``pieces`` affine pieces.
+
+    Parameters
+    ----------
+    in_features : int
+        Size of each input sample.
+    out_features : int
+        Number of maxout units.
+    pieces : int
+        Number of affine pieces per unit (``k`` in the maxout paper).
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> layer = fk.models.Maxout(784, 240, pieces=5)
+    >>> layer(torch.rand(2, 784)).shape
+    torch.Size([2, 240])
+    """
+
+    def __init__(self, in_features: int, out_features: int, pieces: int) -> None:
+        super().__init__()
+        if min(in_features, out_features, pieces) < 1:
+            raise ValueError("in_features, out_features and pieces must all be >= 1")
+        self.in_features, self.out_features, self.pieces = in_features, out_features, pieces
+        # Row u * pieces + k holds piece k of unit u.
+        self.linear = nn.Linear(in_features, out_features * pieces)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).unflatten(-1, (self.out_features, self.pieces)).amax(dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, pieces={self.pieces}"
+
+
+class MaxoutMLP(Classifier):
+    """The paper's MNIST network: maxout hidden layers and a softmax output layer.
+
+    The default is 784 -> 240 units x 5 pieces -> 240 units x 5 pieces -> 10; the paper's
+    larger network is ``hidden=(1600, 1600)``.
+
+    Parameters
+    ----------
+    in_features : int
+        Features per sample (784 for MNIST); image-shaped input is flattened.
+    hidden : sequence of int
+        Units per hidden maxout layer.
+    pieces : int
+        Affine pieces per maxout unit.
+    num_classes : int
+        Number of classes.
+    dropout : float
+        Dropout probability on the hidden layers' outputs (the maxout paper used 0.5).
+    input_dropout : float
+        Dropout probability on the input (the maxout paper used 0.2).
+    max_norm : float or None
+        Max norm of each unit's incoming weights, enforced by :meth:`apply_max_norm`
+        (the maxout paper used 1.9365); None for no constraint.
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> net = fk.models.MaxoutMLP()
+    >>> net(torch.rand(3, 1, 28, 28)).shape
+    torch.Size([3, 10])
+    """
+
+    def __init__(self, in_features: int = 784, hidden: Sequence[int] = (240, 240), pieces: int = 5,
+                 num_classes: int = 10, dropout: float = 0.0, input_dropout: float = 0.0,
+                 max_norm: float | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= dropout < 1.0 or not 0.0 <= input_dropout < 1.0:
+            raise ValueError(f"dropout and input_dropout must lie in [0, 1); got {dropout}, {input_dropout}")
+        if max_norm is not None and max_norm <= 0:
+            raise ValueError(f"max_norm must be > 0 or None; got {max_norm}")
+        self.in_features, self.num_classes, self.max_norm = in_features, num_classes, max_norm
+        layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
+        width = in_features
+        for units in hidden:
+            layers.append(Maxout(width, units, pieces))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = units
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(self.flat(x))
+
+    def apply_max_norm(self) -> None:
+        """Enforce ``max_norm`` on every layer's weights; call it after each optimizer step."""
+        if self.max_norm is None:
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                max_norm_(module.weight, self.max_norm)

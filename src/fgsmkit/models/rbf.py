@@ -1,0 +1,86 @@
+"""The paper's shallow RBF network (section 7): one Gaussian detector per class."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ._base import Classifier
+
+
+def log1mexp(log_p: Tensor) -> Tensor:
+    """``log(1 - exp(log_p))`` for ``log_p <= 0``, stable at both ends (Maechler, 2012)."""
+    log_p = log_p.clamp_max(-torch.finfo(log_p.dtype).tiny)
+    return torch.where(log_p > -math.log(2), torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+
+
+def rbf_detector_loss(log_probs: Tensor, y: Tensor) -> Tensor:
+    """One-vs-rest Bernoulli negative log-likelihood of independent class detectors.
+
+    The detector of the true class is pushed towards probability 1 and every other towards 0,
+    which pins the detectors' absolute probabilities (softmax cross-entropy would leave them
+    free up to a shared factor).
+
+    Parameters
+    ----------
+    log_probs : Tensor
+        Each detector's log-probability, shape ``(batch, classes)`` (:class:`RBFNetwork`'s output).
+    y : Tensor
+        Class indices, shape ``(batch,)``.
+
+    Returns
+    -------
+    Tensor
+        Per-sample losses, shape ``(batch,)``.
+    """
+    target = torch.nn.functional.one_hot(y, log_probs.shape[1]).to(torch.bool)
+    return -torch.where(target, log_probs, log1mexp(log_probs)).sum(dim=1)
+
+
+class RBFNetwork(Classifier):
+    r"""Shallow RBF network: class ``c`` is detected with probability
+    :math:`p_c(x) = \exp\big((x - \mu_c)^\top \beta_c (x - \mu_c)\big)`.
+
+    Each class has a learned centre :math:`\mu_c` and a negative-definite diagonal
+    :math:`\beta_c = -\mathrm{diag}(e^{\rho_c})`, so a detector is confident only near its
+    centre. The forward returns the detectors' log-probabilities, usable as logits by the
+    attacks; train with :meth:`loss` (:func:`rbf_detector_loss`). :meth:`predict_proba` returns
+    the detectors' own probabilities, not renormalised: far from every centre all are near 0.
+
+    Parameters
+    ----------
+    in_features : int
+        Features per sample; image-shaped input is flattened.
+    num_classes : int
+        Number of classes (detectors).
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> net = fk.models.RBFNetwork(784, 10)
+    >>> x, y = torch.rand(4, 784), torch.tensor([0, 1, 2, 3])
+    >>> net.loss(net(x), y).shape
+    torch.Size([4])
+    """
+
+    loss = staticmethod(rbf_detector_loss)
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.in_features, self.num_classes = in_features, num_classes
+        self.centers = nn.Parameter(torch.rand(num_classes, in_features))
+        # exp(log_precision) = 1 / in_features keeps the initial log-probabilities of order -1.
+        self.log_precision = nn.Parameter(torch.full((num_classes, in_features), -math.log(in_features)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.flat(x)
+        precision = self.log_precision.exp()
+        # sum_i prec_ci (x_i - mu_ci)^2, expanded into matrix products.
+        distance = (x * x) @ precision.T - 2 * x @ (precision * self.centers).T
+        distance = distance + (precision * self.centers * self.centers).sum(dim=1)
+        return -distance.clamp_min(0)
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        return logits.exp()

@@ -7,6 +7,7 @@ training is a criterion (:class:`AdversarialLoss`); the paper's models are in
 
 from . import models
 from .attacks import fgsm, iterative_fgsm, pgd
+from .checkpoint import load_checkpoint, save_checkpoint
 from .losses import AdversarialLoss, adversarial_logistic_loss
 
 __version__ = "0.1.0"
@@ -16,6 +17,8 @@ __all__ = [
     "adversarial_logistic_loss",
     "fgsm",
     "iterative_fgsm",
+    "load_checkpoint",
     "models",
     "pgd",
+    "save_checkpoint",
 ]

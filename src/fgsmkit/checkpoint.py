@@ -1,0 +1,56 @@
+"""Checkpoints that survive a kill: written atomically, read without running code from the file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``state`` to ``path`` atomically.
+
+    The state is written to a temporary file beside ``path``, flushed to disk, then renamed over
+    ``path``: a process killed at any moment leaves either the old checkpoint or the new one,
+    never a truncated file.
+
+    Parameters
+    ----------
+    state : dict
+        Plain data only (tensors, numbers, strings, lists, dicts, state dicts), so that
+        :func:`load_checkpoint` can read it with ``weights_only=True``.
+    path : path-like
+        Destination file; its folder is created if missing.
+
+    Examples
+    --------
+    >>> import tempfile, os, torch, fgsmkit as fk
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.pt")
+    >>> fk.save_checkpoint({"epoch": 3, "w": torch.ones(2)}, path)
+    >>> fk.load_checkpoint(path)["epoch"]
+    3
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True``.
+
+    ``weights_only`` refuses pickled code, so a checkpoint file from elsewhere cannot run
+    anything when it is loaded.
+    """
+    return torch.load(Path(path), map_location=map_location, weights_only=True)

@@ -45,7 +45,8 @@ def check_inputs(x: object) -> Tensor:
         )
     if x.ndim == 0:
         raise ValueError("x must have a batch dimension; for a single sample use x.unsqueeze(0)")
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    if x.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
+        # aminmax is one fused pass (NaN propagates to both ends): much cheaper than isfinite(x).
         raise ValueError("x contains NaN or inf; clean the input before attacking it")
     return x
 
@@ -109,7 +110,13 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Ten
             value = value.double()
         values = value.detach().to(device=x.device)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        values = torch.tensor(float(value), dtype=torch.float64, device=x.device)
+        # A plain number is checked in Python: the common case costs one small tensor, not five.
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{name} must be finite; got {value}")
+        if (number <= 0) if positive else (number < 0):
+            raise ValueError(f"{name} must be {relation}; got {value}")
+        return torch.tensor(number, dtype=x.dtype, device=x.device)
     else:
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
     if values.numel() and not bool(torch.isfinite(values).all()):
@@ -152,7 +159,7 @@ def check_clip(clip: object, x: Tensor) -> Box | None:
     low, high = (_bound_tensor(value, name, x) for value, name in zip(clip, ("clip[0]", "clip[1]")))
     if bool((low > high).any()):
         raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
-    if x.numel() and bool(((x < low) | (x > high)).any()):
+    if x.numel() and _outside(x, low, high):
         raise ValueError(
             f"x must lie inside clip={_describe(clip)}; observed range [{float(x.min()):.6g}, "
             f"{float(x.max()):.6g}]. Rescale x to the box, or pass the right clip (clip=None for no box)"
@@ -160,11 +167,23 @@ def check_clip(clip: object, x: Tensor) -> Box | None:
     return Box(low, high)
 
 
+def _outside(x: Tensor, low: Tensor, high: Tensor) -> bool:
+    """Whether any element of ``x`` lies outside ``[low, high]``."""
+    if low.ndim == 0 and high.ndim == 0:
+        # Scalar bounds: compare the extremes, one pass over x instead of three.
+        x_low, x_high = torch.aminmax(x)
+        return bool((x_low < low) | (x_high > high))
+    return bool(((x < low) | (x > high)).any())
+
+
 def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         bound = value.detach().to(device=x.device, dtype=x.dtype)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        bound = torch.tensor(float(value), device=x.device, dtype=x.dtype)
+        # A number: checked in Python, and a 0-d tensor broadcasts against anything.
+        if math.isnan(float(value)):
+            raise ValueError(f"{name} must not be NaN")
+        return torch.tensor(float(value), device=x.device, dtype=x.dtype)
     else:
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
     if bool(torch.isnan(bound).any()):

@@ -79,7 +79,8 @@ class LinfBall(Ball):
         return size * direction.sign()
 
     def project(self, x_adv: Tensor) -> Tensor:
-        return torch.minimum(torch.maximum(x_adv, self.lower), self.upper)
+        # clamp with tensor bounds is min(max(x_adv, lower), upper) in one pass.
+        return torch.clamp(x_adv, self.lower, self.upper)
 
     def random_point(self, generator: torch.Generator | None) -> Tensor:
         noise = torch.rand(self.x.shape, generator=generator, device=self.x.device)

@@ -12,15 +12,28 @@ import torch
 from torch import Tensor
 
 from .. import _validation
+from . import _backends
 from ..constraints import Ball, make_ball
 from ..gradient import LossFn, Objective, model_state_kept
 
+StepFn = Callable[[Ball, Tensor, Tensor, Tensor], Tensor]
+Walk = Callable[[Objective, Ball, Tensor, Tensor, int], Tensor]
 
-def ascend(objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int) -> Tensor:
+
+def take_step(ball: Ball, x_adv: Tensor, direction: Tensor, step_size: Tensor) -> Tensor:
+    """One steepest-ascent step along ``direction`` from ``x_adv``, projected onto the ball.
+
+    The one place the step is written; the compiled backend fuses this very function.
+    """
+    return ball.project(x_adv + ball.step(direction, step_size))
+
+
+def ascend(objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int,
+           step: StepFn = take_step) -> Tensor:
     """Take ``steps`` steepest-ascent steps from ``start``, projecting after each one."""
     x_adv = start
     for _ in range(steps):
-        x_adv = ball.project(x_adv + ball.step(objective.ascent_direction(x_adv), step_size))
+        x_adv = step(ball, x_adv, objective.ascent_direction(x_adv), step_size)
     return x_adv
 
 
@@ -54,6 +67,7 @@ def projected_gradient_ascent(
     clip: tuple | None,
     generator: torch.Generator | None,
     eval_mode: bool,
+    backend: str = "auto",
 ) -> Tensor:
     """Check the arguments once, then run the walk. ``step_size=None`` means a step of eps."""
     x = _validation.check_inputs(x).detach()
@@ -67,6 +81,7 @@ def projected_gradient_ascent(
     loss_fn = _validation.check_loss_fn(loss_fn)
     box = _validation.check_clip(clip, x)
     generator = _validation.check_generator(generator, x)
+    walk = _backends.walk_for(_backends.check_backend(backend, x, norm), model)
     if restarts > 1 and not random_start:
         raise ValueError("restarts > 1 needs random_start=True; without it every restart is the same walk")
     if x.shape[0] == 0 or (not isinstance(eps, Tensor) and eps == 0):
@@ -76,10 +91,10 @@ def projected_gradient_ascent(
     objective = Objective(model, y, loss_fn, targeted)
     with model_state_kept(model, eval_mode):
         start = ball.random_point(generator) if random_start else x
-        best = ascend(objective, ball, start, step_t, steps)
+        best = walk(objective, ball, start, step_t, steps)
         if restarts > 1:
             best_loss, best_fooled = objective.per_sample_losses(best)
             for _ in range(restarts - 1):
-                candidate = ascend(objective, ball, ball.random_point(generator), step_t, steps)
+                candidate = walk(objective, ball, ball.random_point(generator), step_t, steps)
                 best, best_loss, best_fooled = keep_stronger(objective, best, best_loss, best_fooled, candidate)
     return best

@@ -22,6 +22,7 @@ def fgsm(
     loss_fn: LossFn | None = None,
     clip: tuple[float | Tensor, float | Tensor] | None = (0.0, 1.0),
     eval_mode: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Fast gradient sign method: one step of size ``eps`` along the input gradient.
 
@@ -55,6 +56,14 @@ def fgsm(
         None for no bounds. ``x`` must lie inside them.
     eval_mode : bool
         Run the model in eval mode during the attack (its mode is restored afterwards).
+    backend : {"auto", "eager", "compile", "cuda_graph"}
+        How the attack's steps run; every backend gives bit-identical results. ``"compile"``
+        fuses the L-inf step (sign, scale, add, projection, clip) into one kernel with
+        ``torch.compile`` (the first call compiles, which takes seconds). ``"cuda_graph"``
+        (CUDA, an ``nn.Module`` with static shapes and no host synchronisation in its forward)
+        captures the steps after the first once and replays them, which removes the launch
+        cost of small models; the graph is cached per model and input shape. ``"auto"`` is
+        ``"eager"``.
 
     Returns
     -------
@@ -74,4 +83,5 @@ def fgsm(
     return projected_gradient_ascent(
         model, x, y, eps=eps, step_size=None, steps=1, norm=norm, random_start=False, restarts=1,
         targeted=targeted, loss_fn=loss_fn, clip=clip, generator=None, eval_mode=eval_mode,
+        backend=backend,
     )

@@ -24,6 +24,7 @@ def iterative_fgsm(
     loss_fn: LossFn | None = None,
     clip: tuple[float | Tensor, float | Tensor] | None = (0.0, 1.0),
     eval_mode: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     """Basic iterative method (BIM): ``steps`` sign steps from ``x``, each projected to the ball.
 
@@ -33,7 +34,7 @@ def iterative_fgsm(
 
     Parameters
     ----------
-    model, x, y, eps, targeted, loss_fn, clip, eval_mode
+    model, x, y, eps, targeted, loss_fn, clip, eval_mode, backend
         As in :func:`fgsm`.
     step_size : float or Tensor
         Size of each step (> 0), a float or one per sample.
@@ -57,6 +58,7 @@ def iterative_fgsm(
     return projected_gradient_ascent(
         model, x, y, eps=eps, step_size=step_size, steps=steps, norm=math.inf, random_start=False,
         restarts=1, targeted=targeted, loss_fn=loss_fn, clip=clip, generator=None, eval_mode=eval_mode,
+        backend=backend,
     )
 
 
@@ -76,6 +78,7 @@ def pgd(
     clip: tuple[float | Tensor, float | Tensor] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
     eval_mode: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     """Projected gradient descent on the loss, in the L-inf or L2 ball.
 
@@ -90,7 +93,7 @@ def pgd(
 
     Parameters
     ----------
-    model, x, y, eps, targeted, norm, loss_fn, clip, eval_mode
+    model, x, y, eps, targeted, norm, loss_fn, clip, eval_mode, backend
         As in :func:`fgsm`.
     step_size : float or Tensor
         Size of each step (> 0), a float or one per sample.
@@ -123,4 +126,5 @@ def pgd(
         model, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=random_start,
         restarts=restarts, targeted=targeted, loss_fn=loss_fn, clip=clip, generator=generator,
         eval_mode=eval_mode,
+        backend=backend,
     )

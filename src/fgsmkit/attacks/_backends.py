@@ -1,0 +1,190 @@
+"""How the walk runs: eagerly, with the step fused by ``torch.compile``, or as a captured CUDA Graph.
+
+Every backend runs the same step (:func:`._walk.take_step`) and the same input gradient
+(:class:`~fgsmkit.gradient.Objective`) and gives bit-identical results:
+
+- ``"eager"``: plain PyTorch, one kernel per operation.
+- ``"compile"``: the attack step (sign, scale, add, projection onto the ball and the box) fused
+  into one kernel by ``torch.compile``. The L-inf step only: it is made of exact operations, so
+  fusing cannot change a bit; the L2 step's norms would be summed in another order.
+- ``"cuda_graph"``: on CUDA, the walk after its first step is captured once as a CUDA Graph and
+  replayed, so that kernel launches cost nothing. The graph is cached per model, input shape and
+  settings; it reads the model's parameters where they are, so in-place updates (an optimizer
+  step, ``load_state_dict``) are seen, and new parameter tensors make a new graph. The model must
+  be an ``nn.Module`` whose forward is capturable (no host synchronisation, no data-dependent
+  control flow), like the paper's models.
+- ``"auto"``: ``"eager"``. The fused paths are opt-in until they are measured on a GPU
+  (docs/benchmarks/gpu.md).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from ..constraints import Ball, Box, make_ball
+from ..gradient import Objective
+
+if TYPE_CHECKING:
+    from ._walk import StepFn, Walk
+
+BACKENDS = ("auto", "eager", "compile", "cuda_graph")
+GRAPHS_PER_MODEL = 4  # captured graphs kept per model (each holds its own memory pool)
+
+
+def check_backend(backend: object, x: Tensor, norm: float) -> str:
+    """The backend to run, ``"auto"`` resolved; a clear error where ``backend`` cannot serve ``x``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    if backend == "auto":
+        return "eager"
+    if backend == "compile" and norm != math.inf:
+        raise ValueError(
+            "backend='compile' fuses the L-inf step only (fusing the L2 step would reorder its sums "
+            "and change the last bits); use backend='eager' or 'cuda_graph' with norm=2"
+        )
+    if backend == "cuda_graph" and x.device.type != "cuda":
+        raise ValueError(f"backend='cuda_graph' needs x on a CUDA device; got {x.device}. Use backend='eager'")
+    return str(backend)
+
+
+def walk_for(backend: str, model: object) -> Walk:
+    """The walk function that runs ``backend``."""
+    from ._walk import ascend
+
+    if backend == "eager":
+        return ascend
+    if backend == "compile":
+        step = compiled_step()
+        return lambda objective, ball, start, step_size, steps: ascend(
+            objective, ball, start, step_size, steps, step=step)
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            "backend='cuda_graph' needs the model to be an nn.Module (its parameters are read in place "
+            f"by the captured graph); got {type(model).__name__}. Use backend='eager'"
+        )
+    return graphed_walk
+
+
+_compiled: StepFn | None = None
+
+
+def compiled_step() -> StepFn:
+    """:func:`._walk.take_step` compiled once (lazily: importing the compiler is slow)."""
+    global _compiled
+    if _compiled is None:
+        from ._walk import take_step
+
+        _compiled = torch.compile(take_step, fullgraph=True)
+    return _compiled
+
+
+# model -> OrderedDict(key -> _CapturedWalk), most recently used last.
+_graphs: weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple, _CapturedWalk]] = weakref.WeakKeyDictionary()
+
+
+def graphed_walk(objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int) -> Tensor:
+    """The walk with its first step eager and the remaining ``steps - 1`` replayed from a CUDA Graph.
+
+    The eager first step runs the objective's checks (finite logits, labels, zero gradients),
+    which synchronise with the host and cannot be captured; it also fixes the labels when
+    ``y`` was None.
+    """
+    from ._walk import take_step
+
+    x_adv = take_step(ball, start, objective.ascent_direction(start), step_size)
+    if steps == 1:
+        return x_adv
+    model = objective.model
+    assert isinstance(model, nn.Module) and objective.y is not None
+    key = _graph_key(objective, ball, x_adv, step_size, steps - 1)
+    cached = _graphs.setdefault(model, OrderedDict())
+    walk = cached.pop(key, None)
+    if walk is None:
+        walk = _CapturedWalk(objective, ball, x_adv, step_size, steps - 1)
+        while len(cached) >= GRAPHS_PER_MODEL:
+            cached.popitem(last=False)
+    cached[key] = walk
+    return walk(objective.y, ball, x_adv, step_size)
+
+
+def _signature(t: Tensor | None) -> tuple | None:
+    return None if t is None else (tuple(t.shape), t.dtype, t.device)
+
+
+def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tensor, steps: int) -> tuple:
+    model = objective.model
+    assert isinstance(model, nn.Module)
+    box = ball.box
+    tensors = [*model.parameters(), *model.buffers()]
+    return (
+        type(ball), steps, objective.targeted, objective.loss_fn,
+        _signature(x_adv), _signature(objective.y), _signature(ball.eps), _signature(step_size),
+        None if box is None else (_signature(box.low), _signature(box.high)),
+        tuple(m.training for m in model.modules()),
+        tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors),
+        _autocast_state(),
+    )
+
+
+def _autocast_state() -> tuple:
+    """Whether CUDA autocast is on and its dtype: both change the captured kernels."""
+    try:
+        return torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    except (TypeError, AttributeError):  # torch < 2.4
+        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+
+
+class _CapturedWalk:
+    """``steps`` steps of the walk captured as one CUDA Graph over static input buffers."""
+
+    def __init__(self, objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int) -> None:
+        from ._walk import ascend
+
+        box = ball.box
+        self.inputs: dict[str, Any] = {
+            "x": ball.x.clone(), "eps": ball.eps.clone(), "start": start.clone(),
+            "step_size": step_size.clone(), "y": objective.y.clone(),  # type: ignore[union-attr]
+            "low": None if box is None else box.low.clone(), "high": None if box is None else box.high.clone(),
+        }
+        static = self.inputs
+        graph_objective = Objective(objective.model, static["y"], objective.loss_fn, objective.targeted)
+        graph_objective.checked = True  # the eager first step has run the checks
+
+        def walk() -> Tensor:
+            graph_box = None if static["low"] is None else Box(static["low"], static["high"])
+            graph_ball = make_ball(_norm_of(ball), static["x"], static["eps"], graph_box)
+            return ascend(graph_objective, graph_ball, static["start"], static["step_size"], steps)
+
+        # Warm up on a side stream (as torch.cuda.graphs requires), then capture.
+        side = torch.cuda.Stream(device=start.device)
+        side.wait_stream(torch.cuda.current_stream(start.device))
+        with torch.cuda.stream(side):
+            walk()
+        torch.cuda.current_stream(start.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = walk()
+
+    def __call__(self, y: Tensor, ball: Ball, start: Tensor, step_size: Tensor) -> Tensor:
+        static = self.inputs
+        for name, value in (("x", ball.x), ("eps", ball.eps), ("start", start), ("step_size", step_size),
+                            ("y", y)):
+            static[name].copy_(value)
+        if ball.box is not None:
+            static["low"].copy_(ball.box.low)
+            static["high"].copy_(ball.box.high)
+        self.graph.replay()
+        return self.output.clone()
+
+
+def _norm_of(ball: Ball) -> float:
+    from ..constraints import LinfBall
+
+    return math.inf if isinstance(ball, LinfBall) else 2.0
+

@@ -1,0 +1,136 @@
+"""Adapters for peer attack libraries: each turns a model and a batch into FGSM and PGD calls.
+
+Every peer is optional. :func:`available` imports each one and returns the adapters that work,
+plus a reason for each one that does not, so that the benchmark can say what it skipped. All
+adapters run the same attack as fgsmkit: untargeted L-inf, cross-entropy on the true labels,
+inputs clipped to ``[0, 1]``, PGD from the clean input (no random start) with a fixed step.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .workloads import Workload
+
+Run = Callable[[], Tensor]
+Builder = Callable[[nn.Module, Tensor, Tensor, Workload], "dict[str, Run | None]"]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer library: the modules it needs and a builder of its attack calls.
+
+    ``build(model, x, y, workload)`` returns ``{"fgsm": run, "pgd": run}``; a value of None means
+    the library has no such attack, and ``note`` says why.
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    build: Builder
+    note: str = ""
+
+
+def _torchattacks(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
+    import torchattacks
+
+    fgsm = torchattacks.FGSM(model, eps=w.eps)
+    pgd = torchattacks.PGD(model, eps=w.eps, alpha=w.step_size, steps=w.steps, random_start=False)
+    return {"fgsm": lambda: fgsm(x, y), "pgd": lambda: pgd(x, y)}
+
+
+def _foolbox(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
+    import foolbox
+
+    fmodel = foolbox.PyTorchModel(model, bounds=(0.0, 1.0))
+    fgsm = foolbox.attacks.LinfFastGradientAttack(random_start=False)
+    pgd = foolbox.attacks.LinfProjectedGradientDescentAttack(
+        abs_stepsize=w.step_size, steps=w.steps, random_start=False)
+    return {
+        "fgsm": lambda: fgsm(fmodel, x, y, epsilons=w.eps)[1],
+        "pgd": lambda: pgd(fmodel, x, y, epsilons=w.eps)[1],
+    }
+
+
+def _advertorch(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
+    from advertorch.attacks import GradientSignAttack, LinfBasicIterativeAttack
+
+    fgsm = GradientSignAttack(model, eps=w.eps, clip_min=0.0, clip_max=1.0)
+    pgd = LinfBasicIterativeAttack(model, eps=w.eps, nb_iter=w.steps, eps_iter=w.step_size,
+                                   clip_min=0.0, clip_max=1.0)
+    return {"fgsm": lambda: fgsm.perturb(x, y), "pgd": lambda: pgd.perturb(x, y)}
+
+
+def _cleverhans(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
+    import math
+
+    from cleverhans.torch.attacks.fast_gradient_method import fast_gradient_method
+    from cleverhans.torch.attacks.projected_gradient_descent import projected_gradient_descent
+
+    return {
+        "fgsm": lambda: fast_gradient_method(model, x, w.eps, math.inf, clip_min=0.0, clip_max=1.0, y=y),
+        "pgd": lambda: projected_gradient_descent(model, x, w.eps, w.step_size, w.steps, math.inf,
+                                                  clip_min=0.0, clip_max=1.0, y=y, rand_init=False),
+    }
+
+
+def _art(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
+    import numpy as np
+    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+
+    classifier = PyTorchClassifier(
+        model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=w.classes,
+        clip_values=(0.0, 1.0), device_type="gpu" if x.is_cuda else "cpu")
+    batch = x.shape[0]
+    fgsm = FastGradientMethod(classifier, norm=np.inf, eps=w.eps, batch_size=batch)
+    pgd = ProjectedGradientDescent(classifier, norm=np.inf, eps=w.eps, eps_step=w.step_size,
+                                   max_iter=w.steps, num_random_init=0, batch_size=batch, verbose=False)
+    # ART works on NumPy arrays; converting is part of using it, so it is timed too.
+    y_np = y.cpu().numpy()
+
+    def run(attack: object) -> Tensor:
+        return torch.from_numpy(attack.generate(x.cpu().numpy(), y_np)).to(x.device)  # type: ignore[attr-defined]
+
+    return {"fgsm": lambda: run(fgsm), "pgd": lambda: run(pgd)}
+
+
+def _adv_lib(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
+    from adv_lib.attacks import pgd_linf
+
+    return {
+        "fgsm": None,
+        "pgd": lambda: pgd_linf(model, x, y, w.eps, steps=w.steps, random_init=False,
+                                absolute_step_size=w.step_size),
+    }
+
+
+PEERS = (
+    Peer("torchattacks", ("torchattacks",), _torchattacks),
+    Peer("foolbox", ("foolbox",), _foolbox),
+    Peer("advertorch", ("advertorch.attacks",), _advertorch),
+    Peer("cleverhans", ("cleverhans.torch.attacks.fast_gradient_method",), _cleverhans),
+    Peer("ART", ("art.attacks.evasion", "art.estimators.classification"), _art),
+    Peer("adv-lib", ("adv_lib.attacks",), _adv_lib,
+         note="adv-lib has no FGSM, and its pgd_linf returns for each sample the last iterate that "
+              "fooled the model (else the clean input), not the final iterate; its output is not "
+              "compared, only timed"),
+)
+
+
+def available(peers: tuple[Peer, ...] = PEERS) -> tuple[list[Peer], dict[str, str]]:
+    """The peers whose modules import, and ``{name: reason}`` for those that do not."""
+    usable, skipped = [], {}
+    for peer in peers:
+        try:
+            for module in peer.modules:
+                importlib.import_module(module)
+        except Exception as error:  # a broken peer raises anything at import (ImportError, AttributeError...)
+            skipped[peer.name] = f"{type(error).__name__}: {error}".splitlines()[0]
+            continue
+        usable.append(peer)
+    return usable, skipped

@@ -1,0 +1,111 @@
+"""Interleaved timing and peak memory.
+
+Every repeat runs each contender once, in an order that rotates from repeat to repeat, so that
+drift on a shared machine (other jobs, clock changes) hits all contenders alike; the median over
+repeats is reported. Peak memory is measured in a separate, untimed call per contender.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+Run = Callable[[], object]
+
+
+@dataclass
+class Timing:
+    """Seconds per call of one contender over the repeats, and its peak memory in bytes.
+
+    ``wall`` is elapsed time; ``cpu`` is the process's CPU time (all threads), which other jobs
+    on a shared machine disturb less.
+    """
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    peak_memory: int | None = None
+
+    def median(self, clock: str = "wall") -> float:
+        return statistics.median(self.wall if clock == "wall" else self.cpu)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(runs: Mapping[str, Run], device: torch.device, repeats: int, warmup: int) -> dict[str, Timing]:
+    """Time each run ``repeats`` times after ``warmup`` untimed rounds, interleaved round-robin."""
+    names = list(runs)
+    timings = {name: Timing() for name in names}
+    for _ in range(warmup):
+        for name in names:
+            runs[name]()
+    synchronize(device)
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            synchronize(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            runs[name]()
+            synchronize(device)
+            timings[name].cpu.append(time.process_time() - cpu)
+            timings[name].wall.append(time.perf_counter() - wall)
+    return timings
+
+
+def peak_memory(run: Run, device: torch.device) -> int | None:
+    """Bytes a call of ``run`` adds at its peak: CUDA max allocated, or the CPU resident set.
+
+    On CPU the kernel's high-water mark (``VmHWM``) is reset through ``/proc/self/clear_refs``;
+    where that is unavailable (not Linux) the result is None.
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    _release_free_heap()
+    if not _reset_resident_peak():
+        return None
+    base = _status_kib("VmRSS")
+    run()
+    peak = _status_kib("VmHWM")
+    return None if base is None or peak is None else max(peak - base, 0) * 1024
+
+
+def _release_free_heap() -> None:
+    """Hand freed heap memory back to the system, so that a call's peak shows in the resident set."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _reset_resident_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None

@@ -98,7 +98,7 @@ def measure(w: Workload, device: torch.device, repeats: int, warmup: int, backen
             notes[peer.name] = peer.note
 
     print(f"== {w.name}: checking that the contenders agree with fgsmkit")
-    agreement = {attack: _agreement(groups[attack], notes) for attack in ("fgsm", "pgd")}
+    agreement = {attack: _agreement(attack, groups[attack], notes) for attack in ("fgsm", "pgd")}
     identical = contenders.adversarial_loss_matches(model, x, y, w.eps)
     print(f"AdversarialLoss bit-identical to the 3-forward step: {identical}")
 
@@ -116,7 +116,8 @@ def _pgd_with(model: torch.nn.Module, x: Tensor, y: Tensor, w: Workload, backend
                        backend=backend)
 
 
-def _agreement(group: dict[str, Callable[[], object]], notes: dict[str, str]) -> dict[str, float | None]:
+def _agreement(attack: str, group: dict[str, Callable[[], object]],
+               notes: dict[str, str]) -> dict[str, float | None]:
     """Largest absolute difference of each contender's output from fgsmkit's (None: not compared)."""
     reference = group["fgsmkit"]()
     assert isinstance(reference, Tensor)
@@ -127,7 +128,7 @@ def _agreement(group: dict[str, Callable[[], object]], notes: dict[str, str]) ->
             diffs[name] = None
             continue
         diffs[name] = float((out.to(reference) - reference).abs().max())
-        print(f"  {name:24s} max abs diff {diffs[name]:.3g}")
+        print(f"  {attack:4s} {name:24s} max abs diff from fgsmkit: {diffs[name]:.3g}")
     return diffs
 
 

@@ -127,7 +127,7 @@ def _agreement(attack: str, group: dict[str, Callable[[], object]],
         if name in notes or not isinstance(out, Tensor):
             diffs[name] = None
             continue
-        diffs[name] = float((out.to(reference) - reference).abs().max())
+        diffs[name] = float((out.detach().to(reference) - reference).abs().max())
         print(f"  {attack:4s} {name:24s} max abs diff from fgsmkit: {diffs[name]:.3g}")
     return diffs
 

@@ -1,0 +1,127 @@
+"""The attack backends: every one gives exactly what the eager walk gives."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fgsmkit as fk
+from fgsmkit.attacks import _backends
+from fgsmkit.attacks._walk import take_step
+from fgsmkit.constraints import Box, make_ball
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def small_model(device: str = "cpu") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return fk.models.MaxoutMLP(in_features=12, hidden=(8, 8), pieces=3, num_classes=4).to(device).eval()
+
+
+def batch(device: str = "cpu", size: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(size, 12, generator=g).to(device), torch.randint(0, 4, (size,), generator=g).to(device)
+
+
+def attacks(model, x, y, backend, device="cpu"):
+    """The attacks the backends serve, each run with ``backend``."""
+    gen = lambda: torch.Generator(device=device).manual_seed(3)  # noqa: E731
+    return {
+        "fgsm": fk.fgsm(model, x, y, eps=0.1, backend=backend),
+        "bim": fk.iterative_fgsm(model, x, y, eps=0.1, step_size=0.02, steps=6, backend=backend),
+        "pgd": fk.pgd(model, x, y, eps=0.1, step_size=0.02, steps=6, generator=gen(), backend=backend),
+        "restarts": fk.pgd(model, x, y, eps=0.1, step_size=0.02, steps=4, restarts=3, generator=gen(),
+                           loss_fn=lambda z, t: torch.nn.functional.cross_entropy(z, t, reduction="none"),
+                           backend=backend),
+        "targeted": fk.pgd(model, x, (y + 1) % 4, eps=0.1, step_size=0.02, steps=4, targeted=True,
+                           generator=gen(), backend=backend),
+        "predicted labels": fk.iterative_fgsm(model, x, None, eps=0.1, step_size=0.02, steps=4, backend=backend),
+    }
+
+
+def test_auto_is_eager_on_cpu():
+    x, _ = batch()
+    assert _backends.check_backend("auto", x, math.inf) == "eager"
+    assert _backends.walk_for("eager", small_model()).__name__ == "ascend"
+
+
+@pytest.mark.parametrize(("backend", "norm", "message"), [
+    ("fast", math.inf, "backend must be one of"),
+    ("compile", 2, "L-inf step only"),
+    ("cuda_graph", math.inf, "needs x on a CUDA device"),
+])
+def test_unusable_backends_are_refused_with_the_fix(backend, norm, message):
+    model, (x, y) = small_model(), batch()
+    with pytest.raises(ValueError, match=message):
+        fk.pgd(model, x, y, eps=0.1, step_size=0.02, steps=2, norm=norm, backend=backend)
+
+
+@pytest.mark.compile
+def test_compiled_step_is_bit_identical_to_eager():
+    model, (x, y) = small_model(), batch()
+    x_before = x.clone()
+    eager = attacks(model, x, y, "eager")
+    compiled = attacks(model, x, y, "compile")
+    for name in eager:
+        assert torch.equal(compiled[name], eager[name]), name
+    assert torch.equal(x, x_before)
+    # Per-sample eps and a tensor box (another graph), still exact.
+    eps = torch.linspace(0.01, 0.2, x.shape[0])
+    clip = (torch.zeros(12), torch.full((12,), 0.9))
+    x = x.clamp(max=0.9)
+    args = dict(eps=eps, step_size=0.03, steps=5, random_start=False, clip=clip)
+    assert torch.equal(fk.pgd(model, x, y, backend="compile", **args), fk.pgd(model, x, y, **args))
+
+
+@pytest.mark.compile
+def test_compiled_step_is_the_same_function_as_the_eager_step():
+    # One implementation of the step: the compiled one wraps take_step, applied to any L-inf ball.
+    x = torch.rand(6, 5)
+    ball = make_ball(math.inf, x, torch.tensor(0.3), Box(torch.tensor(0.0), torch.tensor(1.0)))
+    direction, size = torch.randn(6, 5), torch.tensor(0.07)
+    assert torch.equal(_backends.compiled_step()(ball, x, direction, size), take_step(ball, x, direction, size))
+
+
+@cuda
+@pytest.mark.compile
+def test_compiled_step_on_cuda_is_bit_identical():
+    model, (x, y) = small_model("cuda"), batch("cuda")
+    eager, compiled = attacks(model, x, y, "eager", "cuda"), attacks(model, x, y, "compile", "cuda")
+    for name in eager:
+        assert torch.equal(compiled[name], eager[name]), name
+
+
+@cuda
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+def test_cuda_graph_is_bit_identical_to_eager(norm):
+    model, (x, y) = small_model("cuda"), batch("cuda")
+    args = dict(eps=0.1 if norm == math.inf else 0.5, step_size=0.02, steps=6, norm=norm)
+    g = lambda: torch.Generator(device="cuda").manual_seed(5)  # noqa: E731
+    eager = fk.pgd(model, x, y, generator=g(), **args)
+    assert torch.equal(fk.pgd(model, x, y, generator=g(), backend="cuda_graph", **args), eager)
+    # Replayed with new inputs of the same shape: the cached graph reads the new values.
+    x2, y2 = batch("cuda")[0].flip(0), y.flip(0)
+    assert torch.equal(fk.pgd(model, x2, y2, generator=g(), backend="cuda_graph", **args),
+                       fk.pgd(model, x2, y2, generator=g(), **args))
+
+
+@cuda
+def test_cuda_graph_serves_every_attack_and_sees_weight_updates():
+    model, (x, y) = small_model("cuda"), batch("cuda")
+    eager, graphed = attacks(model, x, y, "eager", "cuda"), attacks(model, x, y, "cuda_graph", "cuda")
+    for name in eager:
+        assert torch.equal(graphed[name], eager[name]), name
+    with torch.no_grad():  # an optimizer step updates the weights in place
+        for p in model.parameters():
+            p.mul_(1.5)
+    args = dict(eps=0.1, step_size=0.02, steps=6, random_start=False)
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **args), fk.pgd(model, x, y, **args))
+
+
+@cuda
+def test_cuda_graph_needs_a_module():
+    model, (x, y) = small_model("cuda"), batch("cuda")
+    with pytest.raises(TypeError, match="nn.Module"):
+        fk.pgd(lambda t: model(t), x, y, eps=0.1, step_size=0.02, steps=3, backend="cuda_graph")

@@ -1,0 +1,154 @@
+"""The benchmark: its command end to end, its timing and ratios, and that what it times agrees."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import fgsmkit as fk
+from fgsmkit.__main__ import main
+from fgsmkit.benchmarking import contenders, peers, report, timing
+from fgsmkit.benchmarking.workloads import WORKLOADS
+
+SMALL = {name: w.shrunk(8, 3) for name, w in WORKLOADS.items()}
+TRAIN = ("clean step", "AdversarialLoss step", "3-forward adversarial step")
+
+
+def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    code = main(["bench", "--quick", "--workloads", "maxout-128", "--repeats", "2", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| ratio of medians | wall | CPU |" in printed and f"wrote {out}" in printed
+
+    document = json.loads(out.read_text())
+    meta = document["meta"]
+    assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["repeats"] == 2
+    assert isinstance(document["skipped_peers"], dict)
+    (result,) = document["workloads"]
+    assert result["name"] == "maxout-128" and result["batch"] == 16 and result["steps"] == 3
+
+    timings = result["timings"]
+    expected = {"fgsm/fgsmkit", "fgsm/hand-written", "pgd/fgsmkit", "pgd/hand-written",
+                "floor/fwd+bwd to input", *(f"train/{name}" for name in TRAIN)}
+    assert expected <= set(timings)
+    for entry in timings.values():
+        assert len(entry["wall_s"]) == len(entry["cpu_s"]) == 2
+        assert entry["wall_median_s"] == pytest.approx(sorted(entry["wall_s"])[0] / 2 + sorted(entry["wall_s"])[1] / 2)
+        assert entry["wall_median_s"] > 0
+        assert entry["peak_memory_bytes"] is None or entry["peak_memory_bytes"] >= 0
+
+    ratios = result["ratios"]
+    wall = {key: entry["wall_median_s"] for key, entry in timings.items()}
+    assert ratios["pgd: fgsmkit / hand-written"]["wall"] == pytest.approx(wall["pgd/fgsmkit"] / wall["pgd/hand-written"])
+    assert ratios["pgd: fgsmkit / (3 x floor)"]["wall"] == pytest.approx(
+        wall["pgd/fgsmkit"] / (3 * wall["floor/fwd+bwd to input"]))
+    assert ratios["AdversarialLoss step / clean step"]["wall"] == pytest.approx(
+        wall["train/AdversarialLoss step"] / wall["train/clean step"])
+    assert result["agreement_max_abs_diff"]["fgsm"]["hand-written"] == 0.0
+    assert result["agreement_max_abs_diff"]["pgd"]["hand-written"] == 0.0
+    assert result["adversarial_loss_bit_identical"] is True
+
+
+def test_bad_options_are_refused(capsys):
+    assert main(["bench", "--quick", "--workloads", "no-such-model"]) == 2
+    assert "unknown workloads" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="cuda_graph"):
+        main(["bench", "--quick", "--backends", "cuda_graph", "--workloads", "maxout-128"])
+
+
+def test_contenders_are_interleaved_round_robin():
+    calls: list[str] = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    timings = timing.interleaved(runs, torch.device("cpu"), repeats=3, warmup=1)
+    assert calls[:3] == ["a", "b", "c"]  # the warm-up round
+    rounds = [calls[3:6], calls[6:9], calls[9:12]]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert len({r[0] for r in rounds}) == 3  # each contender leads one round
+    assert all(len(t.wall) == len(t.cpu) == 3 for t in timings.values())
+
+
+def test_ratios_are_ratios_of_medians():
+    w = SMALL["maxout-128"]
+    timings = {key: timing.Timing(wall=[v, 3 * v, 2 * v], cpu=[v, v, v]) for key, v in
+               [("fgsm/fgsmkit", 1.0), ("fgsm/hand-written", 2.0), ("pgd/fgsmkit", 6.0),
+                ("pgd/hand-written", 3.0), ("floor/fwd+bwd to input", 0.5)]}
+    ratios = report.WorkloadResult(w, timings).ratios()
+    assert ratios["fgsm: fgsmkit / hand-written"] == {"wall": 0.5, "cpu": 0.5}
+    assert ratios["pgd: fgsmkit / hand-written"] == {"wall": 2.0, "cpu": 2.0}
+    assert ratios["pgd: fgsmkit / (3 x floor)"]["wall"] == pytest.approx(6.0 / 1.5)
+    assert "AdversarialLoss step / clean step" not in ratios  # not measured, not invented
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the resident peak is read from Linux /proc")
+def test_peak_memory_sees_a_large_allocation():
+    size = 64 * 2**20
+    peak = timing.peak_memory(lambda: torch.ones(size // 4), torch.device("cpu"))
+    assert peak is not None and size * 0.9 <= peak <= size * 4
+    assert timing.peak_memory(lambda: None, torch.device("cpu")) < size * 0.1
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_hand_written_loops_compute_what_fgsmkit_computes(name):
+    # float64, so that the comparison is of the algorithm, not of rounding inside the loss.
+    w = SMALL[name]
+    model, x, y = w.make("cpu")
+    model, x = model.double(), x.double()
+    assert torch.equal(contenders.hand_fgsm(model, x, y, w.eps), fk.fgsm(model, x, y, eps=w.eps))
+    assert torch.equal(
+        contenders.hand_pgd(model, x, y, w.eps, w.step_size, w.steps),
+        fk.pgd(model, x, y, eps=w.eps, step_size=w.step_size, steps=w.steps, random_start=False))
+    # The floor is the input gradient itself: FGSM is one sign step along it.
+    floor = contenders.input_gradient_floor(model, x, y)
+    assert torch.equal((x + w.eps * floor.sign()).clamp(0, 1), fk.fgsm(model, x, y, eps=w.eps))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_adversarial_loss_trains_bit_identically_to_the_3_forward_step(name):
+    w = SMALL[name]
+    model, x, y = w.make("cpu")
+    assert contenders.adversarial_loss_matches(model, x, y, w.eps)
+    # ...and the comparison can fail: a different eps gives different parameters.
+    criterion = fk.AdversarialLoss(alpha=contenders.ALPHA, eps=w.eps)
+    a, b = (w.make("cpu")[0] for _ in range(2))
+    contenders.training_step(a, lambda m: criterion(m, x, y))()
+    contenders.training_step(b, lambda m: contenders.straightforward_adversarial_loss(m, x, y, w.eps / 2))()
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_training_steps_change_only_their_own_copy():
+    w = SMALL["maxout-128"]
+    model, x, y = w.make("cpu")
+    before = [p.clone() for p in model.parameters()]
+    for step in contenders.training_steps(model, x, y, w).values():
+        step()
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+
+
+AVAILABLE, SKIPPED = peers.available()
+
+
+def test_unimportable_peers_are_reported_with_a_reason():
+    names = {p.name for p in AVAILABLE} | set(SKIPPED)
+    assert names == {p.name for p in peers.PEERS}
+    assert all(reason for reason in SKIPPED.values())
+
+
+@pytest.mark.parametrize("peer", AVAILABLE, ids=[p.name for p in AVAILABLE])
+def test_peers_fgsm_agrees_with_fgsmkit(peer):
+    w = SMALL["maxout-128"]
+    model, x, y = w.make("cpu")
+    runs = peer.build(model, x, y, w)
+    ours = fk.fgsm(model, x, y, eps=w.eps)
+    if runs["fgsm"] is None:
+        assert peer.note  # a peer without FGSM says why
+        return
+    theirs = runs["fgsm"]().detach()
+    assert theirs.shape == ours.shape
+    # A flipped sign would move a coordinate by up to 2 eps; only rounding is allowed.
+    assert float((theirs - ours).abs().max()) <= 1e-6
+    assert math.isfinite(float(theirs.sum()))

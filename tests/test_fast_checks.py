@@ -1,0 +1,94 @@
+"""The argument checks' fast paths decide exactly what the plain elementwise checks decide."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fgsmkit as fk
+from fgsmkit import _validation
+from fgsmkit.constraints import Box, LinfBall
+
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", [0, 517, -1])
+def test_any_non_finite_input_is_refused(dtype, bad, where):
+    x = torch.rand(4, 3, 7, 7).to(dtype)
+    x.view(-1)[where] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        _validation.check_inputs(x)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_scalar_clip_catches_one_coordinate_outside(dtype):
+    x = torch.rand(5, 40).to(dtype) * 0.5 + 0.25
+    assert _validation.check_clip((0.0, 1.0), x) is not None
+    for value in (-0.01, 1.01):  # representable as outside in every dtype
+        y = x.clone()
+        y[3, 17] = value
+        with pytest.raises(ValueError, match="must lie inside clip"):
+            _validation.check_clip((0.0, 1.0), y)
+    # On the bounds is inside.
+    y = x.clone()
+    y[0, 0], y[1, 1] = 0.0, 1.0
+    _validation.check_clip((0.0, 1.0), y)
+
+
+def test_tensor_clip_is_still_checked_per_coordinate():
+    x = torch.full((2, 3), 0.5)
+    low, high = torch.tensor([0.0, 0.6, 0.0]), torch.ones(3)
+    with pytest.raises(ValueError, match="must lie inside clip"):
+        _validation.check_clip((low, high), x)  # 0.5 < 0.6 in column 1 only
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("value", [0.1, 0.25, 1 / 3, 8 / 255, 3])
+def test_number_budgets_round_once_to_the_input_dtype(dtype, value):
+    x = torch.rand(2, 3).to(dtype)
+    expected = torch.tensor(float(value), dtype=torch.float64).to(dtype)  # the general path
+    got = _validation.check_eps(value, x)
+    assert got.dtype == dtype and got.shape == () and torch.equal(got, expected)
+    assert torch.equal(_validation.check_step_size(value, x), expected)
+
+
+@pytest.mark.parametrize(("name", "check", "value", "message"), [
+    ("eps", _validation.check_eps, -0.1, "eps must be >= 0"),
+    ("eps", _validation.check_eps, math.nan, "eps must be finite"),
+    ("eps", _validation.check_eps, math.inf, "eps must be finite"),
+    ("step_size", _validation.check_step_size, 0, "step_size must be > 0"),
+])
+def test_bad_number_budgets_name_the_argument(name, check, value, message):
+    with pytest.raises(ValueError, match=message):
+        check(value, torch.rand(2, 3))
+
+
+def test_nan_clip_bound_is_refused():
+    with pytest.raises(ValueError, match=r"clip\[1\] must not be NaN"):
+        _validation.check_clip((0.0, math.nan), torch.rand(2, 3))
+
+
+def test_linf_projection_is_min_of_max():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 30, generator=g)
+    eps = torch.rand(8, 1, generator=g) * 0.3
+    ball = LinfBall(x, eps, Box(torch.tensor(0.1), torch.tensor(0.9)))
+    point = torch.randn(8, 30, generator=g)
+    assert torch.equal(ball.project(point), torch.minimum(torch.maximum(point, ball.lower), ball.upper))
+
+
+def test_scaled_backward_scales_the_reused_clean_gradients():
+    # The unscaled fast path must not leak into a scaled backward (e.g. a GradScaler's).
+    torch.manual_seed(0)
+    model = fk.models.SoftmaxRegression(6, 3)
+    x, y = torch.rand(5, 6), torch.randint(0, 3, (5,))
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.1)
+    criterion(model, x, y).backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    (criterion(model, x, y) * 8.0).backward()
+    assert all(torch.equal(p.grad, 8.0 * g) for p, g in zip(model.parameters(), plain))

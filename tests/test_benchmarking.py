@@ -20,7 +20,7 @@ TRAIN = ("clean step", "AdversarialLoss step", "3-forward adversarial step")
 
 def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     out = tmp_path / "results.json"
-    code = main(["bench", "--quick", "--workloads", "maxout-128", "--repeats", "2", "--json", str(out)])
+    code = main(["bench", "--quick", "--workloads", "maxout-128", "--repeats", "2", "--fast-repeats", "2", "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| ratio of medians | wall | CPU |" in printed and f"wrote {out}" in printed

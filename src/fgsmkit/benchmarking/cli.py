@@ -31,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help=f"comma-separated workloads (default: all of {', '.join(WORKLOADS)})")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported (default: 5)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed rounds of the PGD contenders; the median is reported (default: 5)")
+    parser.add_argument("--fast-repeats", type=int, default=30,
+                        help="timed rounds of the one-pass contenders (FGSM, floor, training steps), "
+                             "which are cheaper and noisier (default: 30)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     parser.add_argument("--backends", default=None,
                         help="fgsmkit PGD backends to time, comma-separated, among eager, compile, cuda_graph "
@@ -53,9 +57,11 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown workloads {unknown}; choose among {list(WORKLOADS)}", file=sys.stderr)
         return 2
-    repeats, warmup = (min(args.repeats, 2), min(args.warmup, 1)) if args.quick else (args.repeats, args.warmup)
-    if repeats < 1 or warmup < 0:
-        print("error: --repeats must be >= 1 and --warmup >= 0", file=sys.stderr)
+    repeats, fast_repeats, warmup = args.repeats, args.fast_repeats, args.warmup
+    if args.quick:
+        repeats, fast_repeats, warmup = min(repeats, 2), min(fast_repeats, 2), min(warmup, 1)
+    if min(repeats, fast_repeats) < 1 or warmup < 0:
+        print("error: --repeats and --fast-repeats must be >= 1, --warmup >= 0", file=sys.stderr)
         return 2
     backends = _backends(args.backends, device, args.quick)
 
@@ -66,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
         for name, reason in skipped.items():
             print(f"skipping {name}: not importable ({reason})")
 
-    meta = _meta(device, repeats, warmup, backends)
+    meta = _meta(device, repeats, fast_repeats, warmup, backends)
     results = []
     for name in names:
         workload = WORKLOADS[name]
         if args.quick:
             workload = workload.shrunk(QUICK_BATCH, QUICK_STEPS)
-        result = measure(workload, device, repeats, warmup, backends, usable)
+        result = measure(workload, device, (fast_repeats, repeats), warmup, backends, usable)
         print(report.table(result))
         results.append(result)
     meta["load_average_after"] = _load_average()
@@ -81,9 +87,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure(w: Workload, device: torch.device, repeats: int, warmup: int, backends: Sequence[str],
+def measure(w: Workload, device: torch.device, repeats: tuple[int, int], warmup: int, backends: Sequence[str],
             usable: Sequence[peers.Peer]) -> report.WorkloadResult:
-    """Check agreement on ``w``, then time every contender on it."""
+    """Check agreement on ``w``, then time every contender on it.
+
+    The one-pass contenders (FGSM, the floor, the training steps) and the PGD contenders are
+    timed as two round-robin groups, ``repeats = (one-pass rounds, PGD rounds)``.
+    """
     model, x, y = w.make(device)
     groups: dict[str, dict[str, Callable[[], object]]] = contenders.attacks(model, x, y, w)
     for backend in backends:
@@ -102,12 +112,15 @@ def measure(w: Workload, device: torch.device, repeats: int, warmup: int, backen
     identical = contenders.adversarial_loss_matches(model, x, y, w.eps)
     print(f"AdversarialLoss bit-identical to the 3-forward step: {identical}")
 
-    runs = {f"{attack}/{name}": run for attack, group in groups.items() for name, run in group.items()}
-    runs.update({f"train/{name}": run for name, run in contenders.training_steps(model, x, y, w).items()})
-    print(f"== {w.name}: timing {len(runs)} contenders, {repeats} repeats after {warmup} warm-up")
-    timings = timing.interleaved(runs, device, repeats, warmup)
-    for key, run in runs.items():
-        timings[key].peak_memory = timing.peak_memory(run, device)
+    one_pass = {f"{attack}/{name}": run for attack in ("fgsm", "floor") for name, run in groups[attack].items()}
+    one_pass.update({f"train/{name}": run for name, run in contenders.training_steps(model, x, y, w).items()})
+    iterative = {f"pgd/{name}": run for name, run in groups["pgd"].items()}
+    timings = {}
+    for runs, rounds in ((one_pass, repeats[0]), (iterative, repeats[1])):
+        print(f"== {w.name}: timing {len(runs)} contenders, {rounds} rounds after {warmup} warm-up")
+        timings.update(timing.interleaved(runs, device, rounds, warmup))
+        for key, run in runs.items():
+            timings[key].peak_memory = timing.peak_memory(run, device)
     return report.WorkloadResult(w, timings, agreement, identical, notes)
 
 
@@ -162,14 +175,16 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def _meta(device: torch.device, repeats: int, warmup: int, backends: Sequence[str]) -> dict[str, Any]:
+def _meta(device: torch.device, repeats: int, fast_repeats: int, warmup: int,
+          backends: Sequence[str]) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "fgsmkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "processor": _processor(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "device": str(device), "repeats": repeats, "warmup": warmup, "backends": list(backends),
+        "device": str(device), "repeats": repeats, "fast_repeats": fast_repeats, "warmup": warmup,
+        "backends": list(backends),
         "load_average_before": _load_average(),
     }
     if device.type == "cuda":

@@ -1,7 +1,8 @@
 """How the walk runs: eagerly, with the step fused by ``torch.compile``, or as a captured CUDA Graph.
 
 Every backend runs the same step (:func:`._walk.take_step`) and the same input gradient
-(:class:`~fgsmkit.gradient.Objective`) and gives bit-identical results:
+(:class:`~fgsmkit.gradient.Objective`) and gives bit-identical results (for models without
+random layers in training mode, such as dropout, whose draws may differ between backends):
 
 - ``"eager"``: plain PyTorch, one kernel per operation.
 - ``"compile"``: the attack step (sign, scale, add, projection onto the ball and the box) fused
@@ -19,6 +20,7 @@ Every backend runs the same step (:func:`._walk.take_step`) and the same input g
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections import OrderedDict
@@ -164,11 +166,11 @@ class _CapturedWalk:
         # Warm up on a side stream (as torch.cuda.graphs requires), then capture.
         side = torch.cuda.Stream(device=start.device)
         side.wait_stream(torch.cuda.current_stream(start.device))
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), _without_autocast_cache():
             walk()
         torch.cuda.current_stream(start.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with _without_autocast_cache(), torch.cuda.graph(self.graph):
             self.output = walk()
 
     def __call__(self, y: Tensor, ball: Ball, start: Tensor, step_size: Tensor) -> Tensor:
@@ -181,6 +183,15 @@ class _CapturedWalk:
             static["high"].copy_(ball.box.high)
         self.graph.replay()
         return self.output.clone()
+
+
+def _without_autocast_cache() -> contextlib.AbstractContextManager:
+    """Autocast as the caller set it, minus its weight cache, which a captured graph must not use
+    (the cached casts would be freed when the caller's autocast region ends)."""
+    enabled, dtype = _autocast_state()
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
 
 
 def _norm_of(ball: Ball) -> float:

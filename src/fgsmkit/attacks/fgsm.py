@@ -57,7 +57,8 @@ def fgsm(
     eval_mode : bool
         Run the model in eval mode during the attack (its mode is restored afterwards).
     backend : {"auto", "eager", "compile", "cuda_graph"}
-        How the attack's steps run; every backend gives bit-identical results. ``"compile"``
+        How the attack's steps run; every backend gives bit-identical results (unless the
+        model draws random numbers, e.g. dropout in training mode). ``"compile"``
         fuses the L-inf step (sign, scale, add, projection, clip) into one kernel with
         ``torch.compile`` (the first call compiles, which takes seconds). ``"cuda_graph"``
         (CUDA, an ``nn.Module`` with static shapes and no host synchronisation in its forward)

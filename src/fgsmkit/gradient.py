@@ -118,6 +118,11 @@ class Objective:
                 _validation.check_class_labels(self.y, logits.shape[1])
         return logits
 
+    def label_with_predictions(self, x: Tensor) -> None:
+        """Take the model's predictions on the clean ``x`` as labels (``y=None``)."""
+        with torch.no_grad():
+            self.y = predicted_labels(self._logits(x))
+
     def ascent_direction(self, x: Tensor) -> Tensor:
         """The input gradient of the loss at ``x``, negated for a targeted attack."""
         x = x.detach().requires_grad_(True)

@@ -20,15 +20,15 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """Per-sample cross-entropy, computed in at least float32.
+def cross_entropy(logits: Tensor, y: Tensor, reduction: str = "none") -> Tensor:
+    """Cross-entropy, per sample unless ``reduction`` says otherwise, computed in at least float32.
 
     A single logit column is read as binary logistic regression (labels 0 and 1).
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype), reduction="none")
-    return F.cross_entropy(logits, y, reduction="none")
+        return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype), reduction=reduction)
+    return F.cross_entropy(logits, y, reduction=reduction)
 
 
 def predicted_labels(logits: Tensor) -> Tensor:

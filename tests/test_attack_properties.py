@@ -34,7 +34,8 @@ NORMS = {"fgsm": (math.inf, 2.0), "iterative_fgsm": (math.inf,), "pgd": (math.in
 @st.composite
 def attack_cases(draw: st.DrawFn) -> dict:
     name = draw(st.sampled_from(sorted(ATTACKS)))
-    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    dtype = draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]))
+    device = draw(st.sampled_from(["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]))
     batch = draw(st.integers(1, 5))
     sample_shape = draw(st.sampled_from([(12,), (3, 2, 2), (1, 3, 4)]))
     eps = draw(st.floats(0.0, 0.6, allow_nan=False))
@@ -42,19 +43,20 @@ def attack_cases(draw: st.DrawFn) -> dict:
     box = draw(st.sampled_from(["unit", "none", "tensor"]))
     seed = draw(st.integers(0, 2**16))
     generator = torch.Generator().manual_seed(seed)
-    x = torch.rand((batch, *sample_shape), generator=generator, dtype=torch.float64).to(dtype)
-    low = torch.zeros(sample_shape, dtype=dtype)
-    high = torch.ones(sample_shape, dtype=dtype)
+    x = torch.rand((batch, *sample_shape), generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    low = torch.zeros(sample_shape, dtype=dtype, device=device)
+    high = torch.ones(sample_shape, dtype=dtype, device=device)
     if box == "tensor":  # a box that differs per feature, still containing x
         low = torch.minimum(low - 0.1, x.min(0).values - 0.05).clamp_min(-0.3)
         high = (x.max(0).values + 0.05).clamp_max(1.2)
     clip = {"unit": (0.0, 1.0), "none": None, "tensor": (low, high)}[box]
-    eps_arg = torch.full((batch,), eps, dtype=dtype) * torch.rand(batch, generator=generator, dtype=dtype) \
-        if per_sample else eps
+    eps_arg = (torch.full((batch,), eps, dtype=torch.float64) * torch.rand(batch, generator=generator, dtype=torch.float64)
+               ).to(device=device, dtype=dtype) if per_sample else eps
     return {
-        "name": name, "dtype": dtype, "x": x, "y": torch.randint(0, 4, (batch,), generator=generator),
+        "name": name, "dtype": dtype, "device": device, "x": x,
+        "y": torch.randint(0, 4, (batch,), generator=generator).to(device),
         "eps": eps_arg, "norm": draw(st.sampled_from(NORMS[name])), "targeted": draw(st.booleans()),
-        "clip": clip, "seed": seed, "model": small_mlp(12, 4, seed=seed % 7, dtype=dtype),
+        "clip": clip, "seed": seed, "model": small_mlp(12, 4, seed=seed % 7, dtype=dtype, device=device),
     }
 
 
@@ -64,7 +66,7 @@ def default_step(case: dict) -> float:
 
 
 def run(case: dict, step: float | None = None) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(case["seed"])
+    generator = torch.Generator(device=case["device"]).manual_seed(case["seed"])
     step = default_step(case) if step is None else step
     return ATTACKS[case["name"]](case["model"], case["x"], case["y"], case["eps"], step, case["norm"],
                                  case["targeted"], case["clip"], generator)
@@ -73,7 +75,10 @@ def run(case: dict, step: float | None = None) -> torch.Tensor:
 def eps_per_sample(case: dict) -> torch.Tensor:
     eps = case["eps"]
     batch = case["x"].shape[0]
-    return eps.double() if isinstance(eps, torch.Tensor) else torch.full((batch,), float(eps), dtype=torch.float64)
+    if isinstance(eps, torch.Tensor):
+        return eps.double()
+    # A float eps is used as the dtype of x stores it.
+    return torch.full((batch,), float(eps), dtype=case["dtype"], device=case["device"]).double()
 
 
 @SETTINGS
@@ -91,7 +96,7 @@ def test_perturbation_stays_in_the_ball_and_the_box(case: dict) -> None:
     else:
         assert (delta.norm(dim=1) <= eps * (1 + 16 * ulp) + 4 * ulp).all()
     if case["clip"] is not None:
-        low, high = (torch.as_tensor(b, dtype=x.dtype) for b in case["clip"])
+        low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in case["clip"])
         assert (x_adv >= low).all() and (x_adv <= high).all()
 
 
@@ -129,7 +134,7 @@ def test_scalar_eps_equals_the_same_eps_per_sample(case: dict) -> None:
     first = case["eps"][0] if isinstance(case["eps"], torch.Tensor) else case["eps"]
     # eps as the dtype of x stores it, so that the test derives the same step size from both.
     case = {**case, "eps": float(torch.tensor(float(first), dtype=case["dtype"]))}
-    per_sample = {**case, "eps": torch.full((case["x"].shape[0],), case["eps"], dtype=case["dtype"])}
+    per_sample = {**case, "eps": torch.full((case["x"].shape[0],), case["eps"], dtype=case["dtype"], device=case["device"])}
     assert torch.equal(run(case), run(per_sample))
 
 
@@ -139,6 +144,7 @@ def test_attacking_a_batch_equals_attacking_each_sample_alone(case: dict) -> Non
     if case["name"].startswith("pgd"):  # random starts are drawn for the whole batch at once
         case = {**case, "name": "iterative_fgsm"}
     case = {**case, "dtype": torch.float64, "x": case["x"].double(), "model": case["model"].double(),
+            "y": case["y"],
             "clip": None if case["clip"] is None else tuple(torch.as_tensor(b).double() for b in case["clip"])}
     if isinstance(case["eps"], torch.Tensor):
         case["eps"] = case["eps"].double()

@@ -179,5 +179,5 @@ def _warn_if_zero(grad: Tensor) -> None:
             "non-differentiable or input-independent model); those samples are returned unperturbed "
             "and are not adversarial examples",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=6,  # the caller of fgsm/iterative_fgsm/pgd
         )

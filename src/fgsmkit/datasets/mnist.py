@@ -171,7 +171,8 @@ def split_files(split: str) -> tuple[str, str]:
     return f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
 
 
-def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool, timeout: float) -> tuple[Tensor, Tensor]:
+def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool,
+          timeout: float) -> tuple[Tensor, Tensor]:
     split = check_split(split)
     if not isinstance(remote, RemoteFiles):
         raise TypeError(f"remote must be a RemoteFiles; got {type(remote).__name__}")

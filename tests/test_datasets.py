@@ -455,3 +455,26 @@ def test_bad_arguments_are_named(tmp_path) -> None:
         load_mnist(tmp_path, "test", download=False, remote="https://example.org/")
     with pytest.raises(ValueError, match="mirrors must be a non-empty tuple"):
         RemoteFiles("MNIST", "https://example.org/")
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        load_mnist(tmp_path, "test", timeout=0)
+
+
+def test_remote_files_refuse_a_digest_that_is_not_sha256() -> None:
+    md5 = "9fb629c4189551a2d022fa330f9573f3"  # torchvision's MD5 of t10k-images: not what we check
+    with pytest.raises(ValueError, match=r"sha256\['t10k-images-idx3-ubyte.gz'\] must be a SHA-256 digest"):
+        dataclasses.replace(MNIST, sha256={"t10k-images-idx3-ubyte.gz": md5})
+
+
+def test_a_file_without_a_checksum_is_never_downloaded(tmp_path, server, published) -> None:
+    serve(server, "a", published[2])
+    remote = dataclasses.replace(remote_for(server, published, "a"), sha256={})
+    with pytest.raises(ValueError, match="no SHA-256 for 't10k-images-idx3-ubyte.gz'"):
+        load_mnist(tmp_path, "test", remote=remote)
+    assert server.requests == []
+
+
+def test_downloaded_files_are_readable_by_others(tmp_path, server, published) -> None:
+    serve(server, "a", published[2])
+    load_mnist(tmp_path, "test", remote=remote_for(server, published, "a"))
+    for name in TEST_FILES:
+        assert (tmp_path / "MNIST" / "raw" / name).stat().st_mode & 0o044 == 0o044

@@ -52,6 +52,11 @@ class RemoteFiles:
         if isinstance(self.mirrors, str) or not self.mirrors:
             raise ValueError(f"mirrors must be a non-empty tuple of base URLs; got {self.mirrors!r}")
         object.__setattr__(self, "mirrors", tuple(self.mirrors))
+        for filename, digest in self.sha256.items():
+            if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+                raise ValueError(
+                    f"sha256[{filename!r}] must be a SHA-256 digest (64 lowercase hex characters); got {digest!r}"
+                )
         object.__setattr__(self, "sha256", MappingProxyType(dict(self.sha256)))
 
     def urls(self, filename: str) -> tuple[str, ...]:
@@ -72,7 +77,8 @@ def fetch(remote: RemoteFiles, filename: str, folder: Path, *, timeout: float) -
         Listing each mirror and why it failed (HTTP error, timeout, cut-off or checksum mismatch).
     """
     if filename not in remote.sha256:
-        raise KeyError(f"{remote.name} has no checksum for {filename!r}; add it to RemoteFiles.sha256")
+        # Nothing is downloaded unchecked.
+        raise ValueError(f"{remote.name} has no SHA-256 for {filename!r}; add it to RemoteFiles.sha256")
     folder.mkdir(parents=True, exist_ok=True)
     failures = []
     for url in remote.urls(filename):
@@ -103,6 +109,7 @@ def _fetch_one(url: str, destination: Path, expected: str, timeout: float) -> Pa
             os.fsync(out.fileno())
         if digest.hexdigest() != expected:
             raise ValueError(f"checksum mismatch (SHA-256 {digest.hexdigest()}, expected {expected})")
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide a shared data folder from its other users
         os.replace(temporary, destination)
         return destination
     finally:

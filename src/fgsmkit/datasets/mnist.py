@@ -27,7 +27,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ._tensors import as_tensors, check_split
-from .download import DownloadError, RemoteFiles, fetch
+from .download import RemoteFiles, fetch
 from .idx import read_idx
 
 MNIST = RemoteFiles(
@@ -136,11 +136,10 @@ def load_fashion_mnist(
 
     Examples
     --------
-    >>> from fgsmkit.datasets import DatasetNotFoundError, load_fashion_mnist
-    >>> try:
-    ...     x, y = load_fashion_mnist(split="test", download=False)
-    ... except DatasetNotFoundError as error:
-    ...     print("missing")  # doctest: +SKIP
+    >>> from fgsmkit.datasets import FASHION_MNIST, load_fashion_mnist, search_folders
+    >>> [folder.as_posix() for folder in search_folders(FASHION_MNIST, "data")[:2]]
+    ['data', 'data/FashionMNIST/raw']
+    >>> x, y = load_fashion_mnist("data", split="test")  # doctest: +SKIP
     """
     return _load(remote, root, split, download, timeout)
 
@@ -153,9 +152,9 @@ def cache_dir() -> Path:
 
 def search_folders(remote: RemoteFiles, root: PathLike | None = None) -> list[Path]:
     """The folders searched for ``remote``'s files, in order (see the module documentation)."""
-    bases = [Path(root)] if root is not None else []
+    bases = [Path(root).expanduser()] if root is not None else []
     if os.environ.get("FGSMKIT_DATA"):
-        bases.append(Path(os.environ["FGSMKIT_DATA"]))
+        bases.append(Path(os.environ["FGSMKIT_DATA"]).expanduser())
     bases.append(cache_dir())
     folders: list[Path] = []
     for base in bases:
@@ -176,6 +175,8 @@ def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool
     split = check_split(split)
     if not isinstance(remote, RemoteFiles):
         raise TypeError(f"remote must be a RemoteFiles; got {type(remote).__name__}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds; got {timeout!r}")
     names = split_files(split)
     folders = search_folders(remote, root)
     found = _find(folders, names)
@@ -214,7 +215,7 @@ def _download(remote: RemoteFiles, split: str, folders: list[Path], names: tuple
             continue
         try:
             paths.append(fetch(remote, name, destination, timeout=timeout))
-        except (DownloadError, OSError) as error:
+        except OSError as error:  # DownloadError, or the folder cannot be created
             raise DatasetNotFoundError(_missing_message(remote, split, folders, names, error)) from error
     return tuple(paths)
 

@@ -233,7 +233,7 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
     with model_state_kept(model, eval_mode), torch.no_grad():
         for start in range(0, n, batch_size):
             noise = torch.randn((min(batch_size, n - start), *shape), generator=generator, device=device, dtype=dtype)
-            confidences.append(_confidence_and_class(model, noise)[0])
+            confidences.append(_class_probabilities(model, noise).amax(dim=1))
     confidence = torch.cat(confidences)
     rubbish = confidence > threshold
     return _mean(rubbish.double()), _mean(confidence[rubbish])
@@ -288,7 +288,7 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
                 )
             x_adv = x_adv.detach()
             with torch.no_grad():
-                confidence, predicted = _confidence_and_class(model, x_adv)
+                confidence, predicted = _class_probabilities(model, x_adv).max(dim=1)
             wrong.append(predicted != y_batch)
             confident.append(confidence)
             if keep_examples:
@@ -313,10 +313,9 @@ def _probabilities(model: Model, logits: Tensor) -> Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def _confidence_and_class(model: Model, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The probability of the predicted class, and that class, for one batch."""
-    logits = _validation.check_logits(model(x), x.shape[0])
-    return _probabilities(model, logits).max(dim=1)
+def _class_probabilities(model: Model, x: Tensor) -> Tensor:
+    """Class probabilities of one batch, shape ``(batch, classes)``."""
+    return _probabilities(model, _validation.check_logits(model(x), x.shape[0]))
 
 
 def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: int) -> None:
@@ -338,10 +337,10 @@ def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: int,
     confidences, predictions = [], []
     with model_state_kept(model, eval_mode), torch.no_grad():
         for batch in x.split(batch_size):
-            logits = _validation.check_logits(model(batch), batch.shape[0])
+            probabilities = _class_probabilities(model, batch)
             if y is not None and not predictions:
-                _validation.check_class_labels(y, logits.shape[1])
-            confidence, predicted = _probabilities(model, logits).max(dim=1)
+                _validation.check_class_labels(y, probabilities.shape[1])
+            confidence, predicted = probabilities.max(dim=1)
             confidences.append(confidence)
             predictions.append(predicted)
     return torch.cat(predictions), torch.cat(confidences)

@@ -17,12 +17,14 @@ Run it again with more epochs and it resumes from the checkpoint:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import torch
 
 import fgsmkit as fk
 from fgsmkit.datasets import mnist_sample
+from fgsmkit.evaluation import evaluate_attack
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,16 +36,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint", default="adversarial_training.pt", help="checkpoint file (resumed if present)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-def test_errors(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[float, float]:
-    """Clean and FGSM error on held-out digits, with the model in eval mode."""
-    model.eval()
-    x_adv = fk.fgsm(model, x, y, eps=eps)
-    with torch.no_grad():
-        clean = (model(x).argmax(dim=1) != y).float().mean().item()
-        adversarial = (model(x_adv).argmax(dim=1) != y).float().mean().item()
-    return clean, adversarial
 
 
 def main() -> None:
@@ -83,11 +75,12 @@ def main() -> None:
             adversarial_correct += (criterion.adversarial_logits.argmax(dim=1) == y).sum().item()
             seen += len(y)
 
-        clean_error, adversarial_error = test_errors(model, x_test, y_test, args.eps)
+        # Held-out error, clean and under FGSM, with the model in eval mode.
+        report = evaluate_attack(model, functools.partial(fk.fgsm, eps=args.eps), x_test, y_test, eval_mode=True)
         print(
             f"epoch {epoch + 1}/{epochs}: train accuracy clean {clean_correct / seen:.1%}, "
-            f"adversarial {adversarial_correct / seen:.1%} | test error clean {clean_error:.1%}, "
-            f"FGSM {adversarial_error:.1%}"
+            f"adversarial {adversarial_correct / seen:.1%} | test error clean {report.clean_error:.1%}, "
+            f"FGSM {report.adversarial_error:.1%}"
         )
         fk.save_checkpoint(
             {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),

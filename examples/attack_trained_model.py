@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import fgsmkit as fk
 from fgsmkit.datasets import mnist_sample
+from fgsmkit.evaluation import confidence_on_mistakes, error_rate
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,20 +98,14 @@ def main() -> None:
     # The attack: one call. The model is in eval mode, so the attack is made against it as deployed.
     x_adv = fk.fgsm(model, x_test, y_test, eps=args.eps)
 
-    with torch.no_grad():
-        clean_pred = model(x_test).argmax(dim=1)
-        adv_pred = model(x_adv).argmax(dim=1)
-        adv_confidence = model.predict_proba(x_adv).amax(dim=1)
-    clean_error = (clean_pred != y_test).float().mean().item()
-    adversarial_error = (adv_pred != y_test).float().mean().item()
-    mistakes = adv_pred != y_test
-    confidence = adv_confidence[mistakes].mean().item() if mistakes.any() else float("nan")
-    print(f"clean error: {clean_error:.1%}")
-    print(f"adversarial error (FGSM, eps={args.eps}): {adversarial_error:.1%}")
-    print(f"mean confidence on adversarial mistakes: {confidence:.1%}")
+    print(f"clean error: {error_rate(model, x_test, y_test):.1%}")
+    print(f"adversarial error (FGSM, eps={args.eps}): {error_rate(model, x_adv, y_test):.1%}")
+    print(f"mean confidence on adversarial mistakes: {confidence_on_mistakes(model, x_adv, y_test):.1%}")
     print(f"largest pixel change: {(x_adv - x_test).abs().max().item():.3f}")
 
     # Show the first digits the model reads correctly but gets wrong after the attack.
+    with torch.no_grad():
+        clean_pred, adv_pred = model(x_test).argmax(dim=1), model(x_adv).argmax(dim=1)
     fooled = ((clean_pred == y_test) & (adv_pred != y_test)).nonzero().flatten()[:8]
     if len(fooled) == 0:
         print("no digit was both classified correctly and fooled; nothing to show")

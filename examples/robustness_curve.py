@@ -14,12 +14,14 @@ It prints the table and, when matplotlib is installed, saves the curves to
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 import torch.nn.functional as F
 
 import fgsmkit as fk
 from fgsmkit.datasets import mnist_sample
+from fgsmkit.evaluation import evaluate_attack
 
 EPSILONS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 
@@ -54,9 +56,7 @@ def train(criterion, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -
 
 
 def error_under_fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> float:
-    x_adv = fk.fgsm(model, x, y, eps=eps)
-    with torch.no_grad():
-        return (model(x_adv).argmax(dim=1) != y).float().mean().item()
+    return evaluate_attack(model, functools.partial(fk.fgsm, eps=eps), x, y).adversarial_error
 
 
 def save_plot(path: str, curves: dict[str, list[float]], train_eps: float) -> bool:

@@ -61,3 +61,4 @@ torch.manual_seed(0)
 html_theme = "furo"
 html_title = f"fgsmkit {release}"
 html_static_path: list[str] = []
+

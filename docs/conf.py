@@ -24,7 +24,6 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
-    "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "sphinx.ext.doctest",
@@ -33,7 +32,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-# The Markdown reports are pulled into .rst pages with ``include``; they are not pages themselves.
+# The generated Markdown reports are pulled into pages with MyST's ``include``; not pages themselves.
 exclude_patterns = ["_build", "reproduction/*.md", "benchmarks/*.md"]
 
 # NumPy-style docstrings; the types come from the docstrings and the signatures' hints.
@@ -61,4 +60,3 @@ torch.manual_seed(0)
 html_theme = "furo"
 html_title = f"fgsmkit {release}"
 html_static_path: list[str] = []
-

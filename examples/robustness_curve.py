@@ -4,7 +4,7 @@ Trains the same network twice on the MNIST sample shipped with fgsmkit, once wit
 and once with ``fk.AdversarialLoss(alpha=0.5, eps=0.25)``, then measures the test error of each
 on FGSM examples for eps from 0 to 0.3:
 
-    python examples/robustness_curve.py            # 8,000 digits, 5 epochs each
+    python examples/robustness_curve.py            # 8,000 digits, 4 epochs each
     python examples/robustness_curve.py --small    # a quick check
 
 It prints the table and, when matplotlib is installed, saves the curves to
@@ -29,7 +29,7 @@ EPSILONS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="fewer digits and epochs, for a quick check")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per model (default: 5, or 3 with --small)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per model (default: 4, or 3 with --small)")
     parser.add_argument("--train-eps", type=float, default=0.25, help="eps of adversarial training (default: 0.25)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="robustness_curve.png", help="where to save the plot")
@@ -83,7 +83,7 @@ def save_plot(path: str, curves: dict[str, list[float]], train_eps: float) -> bo
 
 def main() -> None:
     args = parse_args()
-    epochs = args.epochs if args.epochs is not None else (3 if args.small else 5)
+    epochs = args.epochs if args.epochs is not None else (3 if args.small else 4)
     x_train, y_train = mnist_sample("train")
     x_test, y_test = mnist_sample("test")
     if args.small:

@@ -69,7 +69,8 @@ def save_plot(path: str, curves: dict[str, list[float]], train_eps: float) -> bo
         return False
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, errors in curves.items():
-        ax.plot(EPSILONS, [100 * e for e in errors], marker="o", label=name)
+        label = f"adversarially trained (eps={train_eps})" if name == "adversarial" else "plainly trained"
+        ax.plot(EPSILONS, [100 * e for e in errors], marker="o", label=label)
     ax.axvline(train_eps, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("FGSM eps (pixel units)")
     ax.set_ylabel("test error (%)")

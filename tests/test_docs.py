@@ -56,19 +56,6 @@ def test_docstring_examples_run(module_name: str) -> None:
     assert result.failed == 0, f"{result.failed} docstring example(s) of {module_name} failed (see above)"
 
 
-@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
-def test_public_modules_have_docstring_examples(module_name: str) -> None:
-    module = importlib.import_module(module_name)
-    finder = doctest.DocTestFinder()
-    examples = sum(
-        len(test.examples)
-        for name in module.__all__
-        if not inspect.ismodule(getattr(module, name))
-        for test in finder.find(getattr(module, name), name)
-    )
-    assert examples > 0
-
-
 @pytest.mark.parametrize(
     "module_name, name, obj", _public_objects(), ids=[f"{m}.{n}" for m, n, _ in _public_objects()]
 )

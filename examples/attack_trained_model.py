@@ -114,7 +114,7 @@ def main() -> None:
         print(f"saved {args.out}")
     else:
         i = int(fooled[0])
-        print(f"(install matplotlib for a picture) digit {int(y_test[i])}, read as {int(adv_pred[i])} after the attack:")
+        print(f"(install matplotlib for a picture) a {int(y_test[i])}, read as {int(adv_pred[i])} after the attack:")
         for left, right in zip(ascii_digit(x_test[i]), ascii_digit(x_adv[i])):
             print(f"{left}   {right}")
 

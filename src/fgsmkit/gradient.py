@@ -20,15 +20,15 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """Per-sample cross-entropy, computed in at least float32.
+def cross_entropy(logits: Tensor, y: Tensor, reduction: str = "none") -> Tensor:
+    """Cross-entropy, per sample unless ``reduction`` says otherwise, computed in at least float32.
 
     A single logit column is read as binary logistic regression (labels 0 and 1).
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype), reduction="none")
-    return F.cross_entropy(logits, y, reduction="none")
+        return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype), reduction=reduction)
+    return F.cross_entropy(logits, y, reduction=reduction)
 
 
 def predicted_labels(logits: Tensor) -> Tensor:
@@ -118,6 +118,11 @@ class Objective:
                 _validation.check_class_labels(self.y, logits.shape[1])
         return logits
 
+    def label_with_predictions(self, x: Tensor) -> None:
+        """Take the model's predictions on the clean ``x`` as labels (``y=None``)."""
+        with torch.no_grad():
+            self.y = predicted_labels(self._logits(x))
+
     def ascent_direction(self, x: Tensor) -> Tensor:
         """The input gradient of the loss at ``x``, negated for a targeted attack."""
         x = x.detach().requires_grad_(True)
@@ -174,5 +179,5 @@ def _warn_if_zero(grad: Tensor) -> None:
             "non-differentiable or input-independent model); those samples are returned unperturbed "
             "and are not adversarial examples",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=6,  # the caller of fgsm/iterative_fgsm/pgd
         )

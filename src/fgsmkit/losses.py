@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -98,7 +99,8 @@ class AdversarialLoss(nn.Module):
             raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
         self.alpha = float(alpha)
         self.eps = float(eps)
-        self.loss_fn = _validation.check_loss_fn(loss_fn) or cross_entropy
+        # The default averages like a plain training loop's F.cross_entropy, to the last bit.
+        self.loss_fn = _validation.check_loss_fn(loss_fn) or functools.partial(cross_entropy, reduction="mean")
         self.checks_labels = loss_fn is None
         self.norm = _validation.check_norm(norm)
         self.clip = clip
@@ -183,7 +185,7 @@ def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor
     >>> import torch, fgsmkit as fk
     >>> w, x, y = torch.tensor([1.0, -2.0]), torch.tensor([[0.5, 0.5]]), torch.tensor([1.0])
     >>> fk.adversarial_logistic_loss(w, 0.0, x, y, eps=0.1)
-    tensor([1.0859])
+    tensor([1.1711])
     """
     if w.ndim != 1:
         raise ValueError(f"w must be a 1-D weight vector; got shape {tuple(w.shape)}")

@@ -21,6 +21,7 @@ random layers in training mode, such as dropout, whose draws may differ between 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import weakref
 from collections import OrderedDict
@@ -62,9 +63,8 @@ def walk_for(backend: str, model: object) -> Walk:
     if backend == "eager":
         return ascend
     if backend == "compile":
-        step = compiled_step()
-        return lambda objective, ball, start, step_size, steps: ascend(
-            objective, ball, start, step_size, steps, step=step)
+        # A partial, not a lambda: no extra frame, so warnings still point at the attack's caller.
+        return functools.partial(ascend, step=compiled_step())
     if not isinstance(model, nn.Module):
         raise TypeError(
             "backend='cuda_graph' needs the model to be an nn.Module (its parameters are read in place "

@@ -90,6 +90,9 @@ def projected_gradient_ascent(
     ball = make_ball(norm, x, eps_t, box)
     objective = Objective(model, y, loss_fn, targeted)
     with model_state_kept(model, eval_mode):
+        if y is None and random_start:
+            # Labels come from the clean input, never from a random starting point.
+            objective.label_with_predictions(x)
         start = ball.random_point(generator) if random_start else x
         best = walk(objective, ball, start, step_t, steps)
         if restarts > 1:

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import AdversarialLoss, fgsm, pgd
-from ..gradient import cross_entropy
 from .workloads import Workload
 
 Run = Callable[[], object]
@@ -45,10 +44,14 @@ def input_gradient_floor(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return grad
 
 
+_CRITERION_LOSS = AdversarialLoss().loss_fn
+
+
 def mean_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """fgsmkit's default loss, averaged: the training contenders all use it, so that they
-    differ in the algorithm only, not in the loss's backward."""
-    return cross_entropy(logits, y).mean()
+    """The batch loss :class:`AdversarialLoss` uses by default: the training contenders all use
+    it, so that they differ in the algorithm only, not in the loss or its backward."""
+    loss = _CRITERION_LOSS(logits, y)
+    return loss if loss.ndim == 0 else loss.mean()
 
 
 def straightforward_adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, eps: float,

@@ -23,7 +23,8 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     code = main(["bench", "--quick", "--workloads", "maxout-128", "--repeats", "2", "--fast-repeats", "2", "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| ratio of medians | wall | CPU |" in printed and f"wrote {out}" in printed
+    assert "| ratio | wall, of medians | CPU, of medians | CPU, median of per-round ratios |" in printed
+    assert f"wrote {out}" in printed
 
     document = json.loads(out.read_text())
     meta = document["meta"]
@@ -45,6 +46,10 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     ratios = result["ratios"]
     wall = {key: entry["wall_median_s"] for key, entry in timings.items()}
     assert ratios["pgd: fgsmkit / hand-written"]["wall"] == pytest.approx(wall["pgd/fgsmkit"] / wall["pgd/hand-written"])
+    ours, hand = timings["pgd/fgsmkit"]["cpu_s"], timings["pgd/hand-written"]["cpu_s"]
+    assert ratios["pgd: fgsmkit / hand-written"]["paired_cpu"] == pytest.approx(
+        (ours[0] / hand[0] + ours[1] / hand[1]) / 2)
+    assert "paired_cpu" not in ratios["pgd: fgsmkit / (3 x floor)"]  # the floor ran in other rounds
     assert ratios["pgd: fgsmkit / (3 x floor)"]["wall"] == pytest.approx(
         wall["pgd/fgsmkit"] / (3 * wall["floor/fwd+bwd to input"]))
     assert ratios["AdversarialLoss step / clean step"]["wall"] == pytest.approx(
@@ -72,15 +77,20 @@ def test_contenders_are_interleaved_round_robin():
     assert all(len(t.wall) == len(t.cpu) == 3 for t in timings.values())
 
 
-def test_ratios_are_ratios_of_medians():
+def test_ratios_are_ratios_of_medians_and_medians_of_paired_ratios():
     w = SMALL["maxout-128"]
-    timings = {key: timing.Timing(wall=[v, 3 * v, 2 * v], cpu=[v, v, v]) for key, v in
-               [("fgsm/fgsmkit", 1.0), ("fgsm/hand-written", 2.0), ("pgd/fgsmkit", 6.0),
-                ("pgd/hand-written", 3.0), ("floor/fwd+bwd to input", 0.5)]}
+    timings = {key: timing.Timing(wall=[v, 3 * v, 2 * v], cpu=[v, v, v], group=group) for key, v, group in
+               [("fgsm/fgsmkit", 1.0, "a"), ("fgsm/hand-written", 2.0, "a"), ("pgd/fgsmkit", 6.0, "b"),
+                ("pgd/hand-written", 3.0, "b"), ("floor/fwd+bwd to input", 0.5, "a")]}
+    # A drifting machine: round 2 of fgsmkit's FGSM was slow, but so was hand-written's.
+    timings["fgsm/fgsmkit"].cpu = [1.0, 4.0, 1.2]
+    timings["fgsm/hand-written"].cpu = [2.0, 8.0, 2.0]
     ratios = report.WorkloadResult(w, timings).ratios()
-    assert ratios["fgsm: fgsmkit / hand-written"] == {"wall": 0.5, "cpu": 0.5}
-    assert ratios["pgd: fgsmkit / hand-written"] == {"wall": 2.0, "cpu": 2.0}
-    assert ratios["pgd: fgsmkit / (3 x floor)"]["wall"] == pytest.approx(6.0 / 1.5)
+    assert ratios["fgsm: fgsmkit / hand-written"]["wall"] == 0.5
+    assert ratios["fgsm: fgsmkit / hand-written"]["cpu"] == pytest.approx(1.2 / 2.0)
+    assert ratios["fgsm: fgsmkit / hand-written"]["paired_cpu"] == pytest.approx(0.5)  # 0.5, 0.5, 0.6
+    assert ratios["pgd: fgsmkit / hand-written"] == {"wall": 2.0, "cpu": 2.0, "paired_wall": 2.0, "paired_cpu": 2.0}
+    assert ratios["pgd: fgsmkit / (3 x floor)"] == {"wall": pytest.approx(6.0 / 1.5), "cpu": pytest.approx(6.0 / 1.5)}
     assert "AdversarialLoss step / clean step" not in ratios  # not measured, not invented
 
 

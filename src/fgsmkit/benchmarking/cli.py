@@ -116,9 +116,9 @@ def measure(w: Workload, device: torch.device, repeats: tuple[int, int], warmup:
     one_pass.update({f"train/{name}": run for name, run in contenders.training_steps(model, x, y, w).items()})
     iterative = {f"pgd/{name}": run for name, run in groups["pgd"].items()}
     timings = {}
-    for runs, rounds in ((one_pass, repeats[0]), (iterative, repeats[1])):
+    for group, runs, rounds in (("one-pass", one_pass, repeats[0]), ("pgd", iterative, repeats[1])):
         print(f"== {w.name}: timing {len(runs)} contenders, {rounds} rounds after {warmup} warm-up")
-        timings.update(timing.interleaved(runs, device, rounds, warmup))
+        timings.update(timing.interleaved(runs, device, rounds, warmup, group))
         for key, run in runs.items():
             timings[key].peak_memory = timing.peak_memory(run, device)
     return report.WorkloadResult(w, timings, agreement, identical, notes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ from .timing import Timing
 from .workloads import Workload
 
 CLOCKS = ("wall", "cpu")
+# "paired": the median over rounds of the ratio within each round. Contenders of a group run in
+# the same rounds, so a slow round (another job on the machine) slows both sides of the ratio.
+PAIRED = ("paired_wall", "paired_cpu")
 FLOOR = "floor/fwd+bwd to input"
 OURS, HAND = "fgsmkit", "hand-written"
 
@@ -57,9 +61,22 @@ class WorkloadResult:
                 a, b = self.median(top, clock), self.median(bottom, clock)
                 if a is not None and b:
                     values[clock] = a / (times * b)
+                paired = self.paired_ratio(top, bottom, clock)
+                if paired is not None:
+                    values[f"paired_{clock}"] = paired / times
             if values:
                 ratios[description] = values
         return ratios
+
+    def paired_ratio(self, top: str, bottom: str, clock: str) -> float | None:
+        """Median over rounds of ``top / bottom``, when both ran in the same rounds."""
+        a, b = self.timings.get(top), self.timings.get(bottom)
+        if a is None or b is None or not a.group or a.group != b.group:
+            return None
+        xs, ys = a.samples(clock), b.samples(clock)
+        if len(xs) != len(ys) or not all(ys):
+            return None
+        return statistics.median(x / y for x, y in zip(xs, ys))
 
     def to_json(self) -> dict[str, Any]:
         w = self.workload
@@ -68,7 +85,7 @@ class WorkloadResult:
             "input_shape": list(w.input_shape), "eps": w.eps, "step_size": w.step_size, "steps": w.steps,
             "timings": {
                 key: {"wall_median_s": t.median("wall"), "cpu_median_s": t.median("cpu"),
-                      "wall_s": t.wall, "cpu_s": t.cpu, "peak_memory_bytes": t.peak_memory}
+                      "wall_s": t.wall, "cpu_s": t.cpu, "peak_memory_bytes": t.peak_memory, "group": t.group}
                 for key, t in self.timings.items()
             },
             "agreement_max_abs_diff": self.agreement,
@@ -104,9 +121,11 @@ def table(result: WorkloadResult) -> str:
         diff = result.agreement.get(attack, {}).get(contender)
         lines.append(f"| {attack} | {contender} | {_ms(timing.median('wall'))} | {_ms(timing.median('cpu'))} "
                      f"| {_mib(timing.peak_memory)} | {_diff(diff)} |")
-    lines += ["", "| ratio of medians | wall | CPU |", "|---|---:|---:|"]
+    lines += ["", "| ratio | wall, of medians | CPU, of medians | CPU, median of per-round ratios |",
+              "|---|---:|---:|---:|"]
     for description, values in result.ratios().items():
-        lines.append(f"| {description} | {values.get('wall', float('nan')):.3f} | {values.get('cpu', float('nan')):.3f} |")
+        cells = (values.get(k) for k in ("wall", "cpu", "paired_cpu"))
+        lines.append(f"| {description} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
     if result.adversarial_loss_bit_identical is not None:
         verdict = "yes" if result.adversarial_loss_bit_identical else "NO"
         lines += ["", f"AdversarialLoss parameters after one SGD step bit-identical to the 3-forward step: {verdict}."]

@@ -30,6 +30,10 @@ class Timing:
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     peak_memory: int | None = None
+    group: str = ""  # contenders of one group ran in the same rounds: sample i of each is paired
+
+    def samples(self, clock: str) -> list[float]:
+        return self.wall if clock == "wall" else self.cpu
 
     def median(self, clock: str = "wall") -> float:
         return statistics.median(self.wall if clock == "wall" else self.cpu)
@@ -40,10 +44,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(runs: Mapping[str, Run], device: torch.device, repeats: int, warmup: int) -> dict[str, Timing]:
-    """Time each run ``repeats`` times after ``warmup`` untimed rounds, interleaved round-robin."""
+def interleaved(runs: Mapping[str, Run], device: torch.device, repeats: int, warmup: int,
+                group: str = "") -> dict[str, Timing]:
+    """Time each run ``repeats`` times after ``warmup`` untimed rounds, interleaved round-robin.
+
+    Sample ``i`` of every run comes from round ``i``, so that ratios can be taken round by round.
+    """
     names = list(runs)
-    timings = {name: Timing() for name in names}
+    timings = {name: Timing(group=group) for name in names}
     for _ in range(warmup):
         for name in names:
             runs[name]()

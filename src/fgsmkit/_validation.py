@@ -45,6 +45,8 @@ def check_inputs(x: object) -> Tensor:
         )
     if x.ndim == 0:
         raise ValueError("x must have a batch dimension; for a single sample use x.unsqueeze(0)")
+    if x.device.type == "meta":
+        raise ValueError("x is on the meta device, which holds no values; move it to the model's device")
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf; clean the input before attacking it")
     return x

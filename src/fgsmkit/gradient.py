@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import _validation
 
@@ -54,6 +55,25 @@ def per_sample(loss: Tensor, batch: int) -> Tensor | None:
     if loss.ndim == 1 and loss.shape[0] == batch:
         return loss
     return None
+
+
+def local_model(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """The module inside a DistributedDataParallel wrapper (compiled or not), else ``model``.
+
+    An input gradient needs no gradient synchronisation, and DDP's forward is not free of
+    collectives: it broadcasts buffers (BatchNorm statistics) from rank 0, which hangs an attack
+    that runs on one rank only (e.g. evaluation on rank 0) and reorders the others' collectives.
+    """
+    inner = getattr(model, "_orig_mod", model)  # what torch.compile wrapped
+    return inner.module if isinstance(inner, DistributedDataParallel) else model
+
+
+def autograd_usable(t: Tensor) -> Tensor:
+    """``t``, or a copy of it if it was made under inference_mode (autograd cannot record those)."""
+    if not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return t.clone()
 
 
 @contextlib.contextmanager
@@ -100,7 +120,7 @@ class Objective:
     def __init__(self, model: Callable[[Tensor], Tensor], y: Tensor | None, loss_fn: LossFn | None,
                  targeted: bool) -> None:
         self.model = model
-        self.y = y
+        self.y = None if y is None else autograd_usable(y)
         self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
         self.checks_labels = loss_fn is None
         self.targeted = targeted
@@ -120,16 +140,24 @@ class Objective:
 
     def ascent_direction(self, x: Tensor) -> Tensor:
         """The input gradient of the loss at ``x``, negated for a targeted attack."""
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
+        # The caller may be inside no_grad or inference_mode (an evaluation loop); the input
+        # gradient is needed all the same.
+        with torch.inference_mode(False), torch.enable_grad():
+            x = autograd_usable(x).detach().requires_grad_(True)
             logits = self._logits(x)
-            grad = self._input_gradient(x, logits)
+            grad = self.input_gradient(x, logits)
         if not self.checked:
             self.checked = True
-            _warn_if_zero(grad)
+            warn_if_unusable(grad)
+        grad = usable(grad)
         return -grad if self.targeted else grad
 
-    def _input_gradient(self, x: Tensor, logits: Tensor) -> Tensor:
+    def input_gradient(self, x: Tensor, logits: Tensor) -> Tensor:
+        """The gradient of the summed loss at ``logits = model(x)`` with respect to ``x``.
+
+        Each sample's gradient may be scaled by a power of two (float16/bfloat16 logits), which
+        changes neither its sign nor its direction.
+        """
         if not logits.requires_grad:
             return torch.zeros_like(x)
         batch = x.shape[0]
@@ -164,8 +192,26 @@ class Objective:
         return losses, fooled
 
 
-def _warn_if_zero(grad: Tensor) -> None:
+def usable(grad: Tensor) -> Tensor:
+    """``grad`` with NaN entries set to zero: no step along them, and no NaN in the result."""
+    return torch.nan_to_num(grad, nan=0.0)
+
+
+def warn_if_unusable(grad: Tensor, stacklevel: int = 6) -> None:
+    """Warn about samples whose input gradient is NaN somewhere or zero everywhere.
+
+    The default ``stacklevel`` points at the caller of a public attack.
+    """
     flat = grad.flatten(1)
+    nan = torch.isnan(flat).any(dim=1)
+    if bool(nan.any()):
+        warnings.warn(
+            f"the input gradient has NaN entries for {int(nan.sum())} of {grad.shape[0]} samples "
+            "(e.g. log or sqrt at 0 inside the model or loss_fn); those entries are treated as zero "
+            "and the inputs are not moved along them",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
     zero = ~(flat != 0).any(dim=1)
     count = int(zero.sum())
     if count:
@@ -174,5 +220,5 @@ def _warn_if_zero(grad: Tensor) -> None:
             "non-differentiable or input-independent model); those samples are returned unperturbed "
             "and are not adversarial examples",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )

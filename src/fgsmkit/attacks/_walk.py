@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .. import _validation
 from ..constraints import Ball, make_ball
-from ..gradient import LossFn, Objective, model_state_kept
+from ..gradient import LossFn, Objective, local_model, model_state_kept
 
 
 def ascend(objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int) -> Tensor:
@@ -73,6 +73,7 @@ def projected_gradient_ascent(
         return x.clone()
 
     ball = make_ball(norm, x, eps_t, box)
+    model = local_model(model)
     objective = Objective(model, y, loss_fn, targeted)
     with model_state_kept(model, eval_mode):
         start = ball.random_point(generator) if random_start else x

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from . import _validation
 from .constraints import make_ball
-from .gradient import LossFn, cross_entropy
+from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, cross_entropy, local_model,
+                       usable, warn_if_unusable)
 
 
 def _mean(loss: Tensor) -> Tensor:
@@ -101,6 +102,7 @@ class AdversarialLoss(nn.Module):
         self.clip = clip
         self.clean_logits: Tensor | None = None
         self.adversarial_logits: Tensor | None = None
+        self.checked = False  # the input gradient is checked (a device sync) on the first call only
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, eps={self.eps}, norm={self.norm}, clip={self.clip}"
@@ -112,34 +114,61 @@ class AdversarialLoss(nn.Module):
         _validation.check_model(model, x)
         if _validation.check_labels(y, x) is None:
             raise ValueError("y must be the labels of x; adversarial training needs them")
+        if x.shape[0] == 0:
+            raise ValueError("x must hold at least one sample; the mean loss of an empty batch is NaN")
         box = _validation.check_clip(self.clip, x)
         alpha = self.alpha
 
-        x_in = x.clone().requires_grad_(True)
-        logits = _validation.check_logits(model(x_in), x.shape[0])
-        if self.checks_labels:
-            _validation.check_class_labels(y, logits.shape[1])
-        clean = _mean(self.loss_fn(logits, y))
-        self.clean_logits, self.adversarial_logits = logits.detach(), None
-        if alpha == 1.0:
-            return clean
-
-        params = [p for p in model.parameters() if p.requires_grad] if alpha > 0 else []
-        grads = torch.autograd.grad(alpha * clean if alpha > 0 else clean, [x_in, *params], allow_unused=True)
+        # Weight gradients only when the loss will be back-propagated; the input gradient even
+        # under no_grad or inference_mode (an adversarial validation loss needs it too).
+        training = torch.is_grad_enabled()
+        # Under DistributedDataParallel only the pass that the returned loss is back-propagated
+        # through may go through the wrapper (DDP expects one forward per backward); the clean
+        # pass's weight gradients reach the parameters through that same backward.
+        clean_model = model if alpha == 1.0 else local_model(model)
+        with torch.inference_mode(False), torch.enable_grad():
+            x_in, y = autograd_usable(x).clone().requires_grad_(True), autograd_usable(y)
+            logits = _validation.check_logits(clean_model(x_in), x.shape[0])
+            if self.checks_labels:
+                _validation.check_class_labels(y, logits.shape[1])
+            clean = _mean(self.loss_fn(logits, y))
+            self.clean_logits, self.adversarial_logits = logits.detach(), None
+            if alpha == 1.0:
+                return clean if training else clean.detach()
+            params = [p for p in model.parameters() if p.requires_grad] if alpha > 0 and training else []
+            direction, weight_grads = self._clean_gradients(x_in, logits, y, clean, params)
+        if not self.checked:
+            self.checked = True
+            warn_if_unusable(direction, stacklevel=5)
         eps = _validation.check_eps(self.eps, x)
         ball = make_ball(self.norm, x, eps, box)
-        x_adv = ball.project(x + ball.step(grads[0], eps))
+        x_adv = ball.project(x + ball.step(usable(direction), eps))
 
         adv_logits = model(x_adv)
         self.adversarial_logits = adv_logits.detach()
         adversarial_term = (1.0 - alpha) * _mean(self.loss_fn(adv_logits, y))
-        used = [(p, g) for p, g in zip(params, grads[1:]) if g is not None]
+        used = [(p, g) for p, g in zip(params, weight_grads) if g is not None]
         if not used:
-            return adversarial_term
+            return alpha * clean.detach() + adversarial_term
         clean_term = _PrecomputedGradient.apply(
             alpha * clean.detach(), tuple(g for _, g in used), *(p for p, _ in used)
         )
         return clean_term + adversarial_term
+
+    def _clean_gradients(self, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
+                         params: list[Tensor]) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        """The clean loss's input gradient (only its direction is used) and its weight gradients."""
+        if not logits.requires_grad:  # the model cut the graph (no_grad or detach inside it)
+            return torch.zeros_like(x_in), ()
+        scaled = self.alpha * clean if self.alpha > 0 else clean
+        if logits.dtype not in LOW_PRECISION:
+            grads = torch.autograd.grad(scaled, [x_in, *params], allow_unused=True)
+            return (torch.zeros_like(x_in) if grads[0] is None else grads[0]), grads[1:]
+        # float16/bfloat16 logits: the weight gradients at their true scale, and the input
+        # gradient rescaled per sample so that a confident sample's does not underflow to zero.
+        weight_grads = torch.autograd.grad(scaled, params, retain_graph=True, allow_unused=True) if params else ()
+        objective = Objective(lambda t: logits, y, self.loss_fn, targeted=False)
+        return objective.input_gradient(x_in, logits), weight_grads
 
 
 def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor, eps: float) -> Tensor:

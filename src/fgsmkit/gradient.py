@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn.parallel import DistributedDataParallel
 
 from . import _validation
@@ -22,14 +24,57 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """Per-sample cross-entropy, computed in at least float32.
+    """Per-sample cross-entropy, computed in at least float32, with a cancellation-free gradient.
 
     A single logit column is read as binary logistic regression (labels 0 and 1).
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype), reduction="none")
-    return F.cross_entropy(logits, y, reduction="none")
+        return _BinaryCrossEntropy.apply(logits[:, 0], y.to(logits.dtype))
+    return _CrossEntropy.apply(logits, y)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Softmax cross-entropy whose logit gradient keeps the true class's entry.
+
+    The usual backward, ``softmax - onehot``, forms that entry as ``p_y - 1``: exactly zero once
+    ``p_y`` rounds to 1 (a margin above about 17 in float32), while the other entries (``p_k``,
+    tiny but representable) survive, so a confident sample's input gradient points the wrong
+    way. Here the entry is ``-(sum of the other p_k)``, the same number without cancellation.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, y: Tensor) -> Tensor:
+        log_p = torch.log_softmax(logits, dim=1)
+        ctx.save_for_backward(log_p, y)
+        return -log_p.gather(1, y[:, None])[:, 0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+        log_p, y = ctx.saved_tensors
+        index = y[:, None]
+        others = log_p.exp().scatter(1, index, 0.0)
+        grad = others.scatter(1, index, -others.sum(dim=1, keepdim=True))
+        return grad * grad_output[:, None], None
+
+
+class _BinaryCrossEntropy(torch.autograd.Function):
+    """Logistic loss whose gradient ``sigmoid(z) - y`` is formed as ``(1-y) sigmoid(z) - y sigmoid(-z)``.
+
+    The two are equal, but the first is exactly zero for ``y = 1`` once ``sigmoid(z)`` rounds to 1.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, y: Tensor) -> Tensor:
+        ctx.save_for_backward(z, y)
+        return F.binary_cross_entropy_with_logits(z, y, reduction="none")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+        z, y = ctx.saved_tensors
+        return ((1 - y) * torch.sigmoid(z) - y * torch.sigmoid(-z)) * grad_output, None
 
 
 def predicted_labels(logits: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from . import _validation
 from .constraints import make_ball
 from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, cross_entropy, local_model,
-                       usable, warn_if_unusable)
+                       model_state_kept, usable, warn_if_unusable)
 
 
 def _mean(loss: Tensor) -> Tensor:
@@ -52,6 +52,15 @@ class AdversarialLoss(nn.Module):
     training loop. It costs two forward and two backward passes: the backward of the clean loss
     yields both the input gradient and the clean term's weight gradients, which are handed to the
     parameters when the returned loss is back-propagated. ``.grad`` is not touched before that.
+    With float16/bfloat16 logits (half-precision models, autocast) the input gradient takes a
+    forward and backward pass of its own, rescaled per sample so that it cannot underflow.
+
+    It works under ``DistributedDataParallel`` (pass the wrapped model; only the adversarial pass
+    goes through the wrapper, and the one backward all-reduces the combined gradient), with
+    ``torch.compile``-d models, and inside ``no_grad``/``inference_mode`` (the value, without a
+    graph). BatchNorm statistics are updated by the clean and the adversarial pass, as by two
+    training steps' forwards. A model whose input gradient is zero or NaN is reported with a
+    ``RuntimeWarning`` on the first call.
 
     Parameters
     ----------
@@ -136,7 +145,7 @@ class AdversarialLoss(nn.Module):
             if alpha == 1.0:
                 return clean if training else clean.detach()
             params = [p for p in model.parameters() if p.requires_grad] if alpha > 0 and training else []
-            direction, weight_grads = self._clean_gradients(x_in, logits, y, clean, params)
+            direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, params)
         if not self.checked:
             self.checked = True
             warn_if_unusable(direction, stacklevel=5)
@@ -147,6 +156,9 @@ class AdversarialLoss(nn.Module):
         adv_logits = model(x_adv)
         self.adversarial_logits = adv_logits.detach()
         adversarial_term = (1.0 - alpha) * _mean(self.loss_fn(adv_logits, y))
+        if weight_grads is None:  # the clean term is back-propagated through its own graph
+            clean_term = alpha * clean if training and alpha > 0 else alpha * clean.detach()
+            return clean_term + adversarial_term
         used = [(p, g) for p, g in zip(params, weight_grads) if g is not None]
         if not used:
             return alpha * clean.detach() + adversarial_term
@@ -155,20 +167,27 @@ class AdversarialLoss(nn.Module):
         )
         return clean_term + adversarial_term
 
-    def _clean_gradients(self, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
-                         params: list[Tensor]) -> tuple[Tensor, tuple[Tensor | None, ...]]:
-        """The clean loss's input gradient (only its direction is used) and its weight gradients."""
+    def _clean_gradients(self, clean_model: nn.Module, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
+                         params: list[Tensor]) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
+        """The clean loss's input gradient (only its direction is used) and its weight gradients.
+
+        The weight gradients are None where the clean term must keep its graph instead.
+        """
         if not logits.requires_grad:  # the model cut the graph (no_grad or detach inside it)
             return torch.zeros_like(x_in), ()
-        scaled = self.alpha * clean if self.alpha > 0 else clean
         if logits.dtype not in LOW_PRECISION:
+            scaled = self.alpha * clean if self.alpha > 0 else clean
             grads = torch.autograd.grad(scaled, [x_in, *params], allow_unused=True)
             return (torch.zeros_like(x_in) if grads[0] is None else grads[0]), grads[1:]
-        # float16/bfloat16 logits: the weight gradients at their true scale, and the input
-        # gradient rescaled per sample so that a confident sample's does not underflow to zero.
-        weight_grads = torch.autograd.grad(scaled, params, retain_graph=True, allow_unused=True) if params else ()
-        objective = Objective(lambda t: logits, y, self.loss_fn, targeted=False)
-        return objective.input_gradient(x_in, logits), weight_grads
+        # float16/bfloat16 logits: the input gradient is rescaled per sample (Objective) so that a
+        # confident sample's does not underflow to zero; the weight gradients need the true scale.
+        # One backward cannot give both, and a compiled graph may be back-propagated only once, so
+        # the input gradient comes from a pass of its own (statistics such as BatchNorm's kept).
+        objective = Objective(clean_model, y, self.loss_fn, targeted=False)
+        with model_state_kept(clean_model, eval_mode=False):
+            x_again = x_in.detach().requires_grad_(True)
+            direction = objective.input_gradient(x_again, clean_model(x_again))
+        return direction, None
 
 
 def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor, eps: float) -> Tensor:

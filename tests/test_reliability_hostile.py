@@ -431,3 +431,56 @@ def test_adversarial_loss_of_inference_tensors():
         got = fk.AdversarialLoss(alpha=0.5, eps=0.1)(model, x, y)
     expected = fk.AdversarialLoss(alpha=0.5, eps=0.1)(model, x.clone(), y.clone())
     torch.testing.assert_close(got, expected.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_labels_of_any_integer_dtype_work(dtype):
+    x, y = batch()
+    model = linear_net()
+    expected = fk.fgsm(model, x, y, eps=0.1)
+    torch.testing.assert_close(fk.fgsm(model, x, y.to(dtype), eps=0.1), expected, rtol=0, atol=0)
+    torch.testing.assert_close(fk.AdversarialLoss()(model, x, y.to(dtype)), fk.AdversarialLoss()(model, x, y))
+
+
+# --- models that write into their input -----------------------------------------------------------
+
+class InPlaceFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.ReLU(inplace=True), linear_net())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_models_writing_into_their_input_get_an_error_naming_the_fix():
+    x, y = batch()
+    with pytest.raises(ValueError, match=r"writes into its input in place.*model\(x\.clone\(\)\)"):
+        fk.fgsm(InPlaceFirst(), x, y, eps=0.1)
+    with pytest.raises(ValueError, match="writes into its input in place"):
+        fk.AdversarialLoss()(InPlaceFirst(), x, y)
+    model = InPlaceFirst()
+    x_adv = fk.fgsm(lambda t: model(t.clone()), x, y, eps=0.1)  # the fix named in the message
+    torch.testing.assert_close(x_adv, fk.fgsm(model.net[1], x, y, eps=0.1), rtol=0, atol=0)
+
+
+# --- loss functions and argument types -------------------------------------------------------------
+
+@pytest.mark.parametrize("bad_loss", [lambda logits, y: 3.0, lambda logits, y: logits.argmax(1),
+                                      lambda logits, y: logits.sum(0)])
+def test_loss_fn_returning_something_else_gets_a_clear_error(bad_loss):
+    x, y = batch()
+    with pytest.raises((TypeError, ValueError), match="loss_fn must return"):
+        fk.fgsm(linear_net(), x, y, eps=0.1, loss_fn=bad_loss)
+    with pytest.raises((TypeError, ValueError), match="loss_fn must return"):
+        fk.AdversarialLoss(loss_fn=bad_loss)(linear_net(), x, y)
+
+
+def test_numpy_scalars_are_accepted_as_numbers():
+    np = pytest.importorskip("numpy")
+    x, y = batch()
+    model = linear_net()
+    expected = fk.pgd(model, x, y, eps=0.125, step_size=0.0625, steps=2, random_start=False)
+    got = fk.pgd(model, x, y, eps=np.float32(0.125), step_size=np.float16(0.0625), steps=np.int64(2),
+                 random_start=False, clip=(np.float32(0), np.float64(1)))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

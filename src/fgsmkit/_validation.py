@@ -7,6 +7,7 @@ which stays free of checks. Each message names the argument and says how to fix 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Union
 
@@ -98,6 +99,22 @@ def check_logits(logits: object, batch: int) -> Tensor:
     return logits
 
 
+def check_loss(loss: object, batch: int) -> Tensor:
+    """What ``loss_fn`` returned: per-sample losses (batch first) or their mean."""
+    if not isinstance(loss, Tensor) or not loss.is_floating_point():
+        got = f"dtype {loss.dtype}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise TypeError(
+            f"loss_fn must return a floating-point tensor (per-sample losses of shape ({batch},) or "
+            f"their mean); got {got}"
+        )
+    if loss.ndim > 0 and loss.shape[0] != batch:
+        raise ValueError(
+            f"loss_fn must return per-sample losses of shape ({batch},) or their mean (a scalar); "
+            f"got shape {tuple(loss.shape)}"
+        )
+    return loss
+
+
 def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Tensor:
     """A float or a per-sample tensor, returned as a tensor that broadcasts against x."""
     relation = "> 0" if positive else ">= 0"
@@ -110,7 +127,7 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Ten
         if not value.is_floating_point():
             value = value.double()
         values = value.detach().to(device=x.device)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy scalars too
         values = torch.tensor(float(value), dtype=torch.float64, device=x.device)
     else:
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
@@ -132,9 +149,9 @@ def check_step_size(step_size: object, x: Tensor) -> Tensor:
 
 
 def check_steps(steps: object, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"{name} must be an int >= 1; got {steps!r}")
-    return steps
+    return int(steps)
 
 
 def check_norm(norm: object) -> float:
@@ -165,7 +182,7 @@ def check_clip(clip: object, x: Tensor) -> Box | None:
 def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         bound = value.detach().to(device=x.device, dtype=x.dtype)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         bound = torch.tensor(float(value), device=x.device, dtype=x.dtype)
     else:
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")

@@ -31,7 +31,7 @@ def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if logits.shape[1] == 1:
         return _BinaryCrossEntropy.apply(logits[:, 0], y.to(logits.dtype))
-    return _CrossEntropy.apply(logits, y)
+    return _CrossEntropy.apply(logits, y.long())  # any integer dtype (uint8 labels, say)
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -90,6 +90,7 @@ def summed_loss(per_sample_or_scalar: Tensor, batch: int) -> Tensor:
     A per-sample loss is summed; a scalar (a batch mean) is scaled back up by the batch size,
     so that each sample's gradient has the same size either way.
     """
+    _validation.check_loss(per_sample_or_scalar, batch)
     if per_sample_or_scalar.ndim == 0:
         return per_sample_or_scalar * batch
     return per_sample_or_scalar.sum()
@@ -111,6 +112,20 @@ def local_model(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]
     """
     inner = getattr(model, "_orig_mod", model)  # what torch.compile wrapped
     return inner.module if isinstance(inner, DistributedDataParallel) else model
+
+
+def logits_of(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``model(x)``, with a clear error for a model that writes into the input being differentiated."""
+    try:
+        return model(x)
+    except RuntimeError as error:
+        if "leaf Variable that requires grad is being used in an in-place operation" not in str(error):
+            raise
+        raise ValueError(
+            "model writes into its input in place (e.g. nn.ReLU(inplace=True) or x.mul_() as its first "
+            "operation), which autograd forbids on the input it differentiates; make that operation "
+            "out of place, or pass lambda x: model(x.clone())"
+        ) from error
 
 
 def autograd_usable(t: Tensor) -> Tensor:
@@ -172,7 +187,7 @@ class Objective:
         self.checked = False
 
     def _logits(self, x: Tensor) -> Tensor:
-        logits = self.model(x)
+        logits = logits_of(self.model, x)
         if not self.checked:
             _validation.check_logits(logits, x.shape[0])
             if not bool(torch.isfinite(logits.detach()).all()):

@@ -12,10 +12,11 @@ from torch import Tensor, nn
 from . import _validation
 from .constraints import make_ball
 from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, cross_entropy, local_model,
-                       model_state_kept, usable, warn_if_unusable)
+                       logits_of, model_state_kept, usable, warn_if_unusable)
 
 
-def _mean(loss: Tensor) -> Tensor:
+def _mean(loss: Tensor, batch: int) -> Tensor:
+    _validation.check_loss(loss, batch)
     return loss if loss.ndim == 0 else loss.mean()
 
 
@@ -137,10 +138,10 @@ class AdversarialLoss(nn.Module):
         clean_model = model if alpha == 1.0 else local_model(model)
         with torch.inference_mode(False), torch.enable_grad():
             x_in, y = autograd_usable(x).clone().requires_grad_(True), autograd_usable(y)
-            logits = _validation.check_logits(clean_model(x_in), x.shape[0])
+            logits = _validation.check_logits(logits_of(clean_model, x_in), x.shape[0])
             if self.checks_labels:
                 _validation.check_class_labels(y, logits.shape[1])
-            clean = _mean(self.loss_fn(logits, y))
+            clean = _mean(self.loss_fn(logits, y), x.shape[0])
             self.clean_logits, self.adversarial_logits = logits.detach(), None
             if alpha == 1.0:
                 return clean if training else clean.detach()
@@ -155,7 +156,7 @@ class AdversarialLoss(nn.Module):
 
         adv_logits = model(x_adv)
         self.adversarial_logits = adv_logits.detach()
-        adversarial_term = (1.0 - alpha) * _mean(self.loss_fn(adv_logits, y))
+        adversarial_term = (1.0 - alpha) * _mean(self.loss_fn(adv_logits, y), x.shape[0])
         if weight_grads is None:  # the clean term is back-propagated through its own graph
             clean_term = alpha * clean if training and alpha > 0 else alpha * clean.detach()
             return clean_term + adversarial_term
@@ -186,7 +187,7 @@ class AdversarialLoss(nn.Module):
         objective = Objective(clean_model, y, self.loss_fn, targeted=False)
         with model_state_kept(clean_model, eval_mode=False):
             x_again = x_in.detach().requires_grad_(True)
-            direction = objective.input_gradient(x_again, clean_model(x_again))
+            direction = objective.input_gradient(x_again, logits_of(clean_model, x_again))
         return direction, None
 
 

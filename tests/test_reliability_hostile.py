@@ -484,3 +484,14 @@ def test_numpy_scalars_are_accepted_as_numbers():
     got = fk.pgd(model, x, y, eps=np.float32(0.125), step_size=np.float16(0.0625), steps=np.int64(2),
                  random_start=False, clip=(np.float32(0), np.float64(1)))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attacks_without_labels_inside_inference_mode(name):
+    """y=None: the labels the attack takes from the model are made inside inference_mode too."""
+    x, _ = batch()
+    model = linear_net()
+    expected = ATTACKS[name](model, x, None)
+    with torch.inference_mode():
+        got = ATTACKS[name](model, x, None)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

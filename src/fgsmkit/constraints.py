@@ -106,12 +106,13 @@ class L2Ball(Ball):
 
     def random_point(self, generator: torch.Generator | None) -> Tensor:
         shape, device = self.x.shape, self.x.device
-        direction = torch.randn(shape, generator=generator, device=device)
-        norm = per_sample_l2_norm(direction).clamp_min(torch.finfo(direction.dtype).tiny)
+        dtype = torch.promote_types(self.x.dtype, torch.float32)
+        direction = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        norm = per_sample_l2_norm(direction).clamp_min(torch.finfo(dtype).tiny)
         dims = math.prod(shape[1:])
         # Radius eps * U^(1/d) makes the point uniform in the ball's volume.
-        radius = torch.rand((shape[0],) + (1,) * (len(shape) - 1), generator=generator, device=device)
-        delta = direction / norm * radius.pow(1.0 / max(dims, 1)) * _working(self.eps)
+        radius = torch.rand((shape[0],) + (1,) * (len(shape) - 1), generator=generator, device=device, dtype=dtype)
+        delta = direction / norm * radius.pow(1.0 / max(dims, 1)) * self.eps.to(dtype)
         return self.project(self.x + delta.to(self.x.dtype))
 
 

@@ -23,15 +23,22 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """Per-sample cross-entropy, computed in at least float32, with a cancellation-free gradient.
+def cross_entropy(logits: Tensor, y: Tensor, reduction: str = "none") -> Tensor:
+    """Cross-entropy, per sample unless ``reduction`` says otherwise, computed in at least float32.
 
-    A single logit column is read as binary logistic regression (labels 0 and 1).
+    A single logit column is read as binary logistic regression (labels 0 and 1). Its gradient
+    stays right for confident samples, where PyTorch's cancels (see :class:`_CrossEntropy`).
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if logits.shape[1] == 1:
-        return _BinaryCrossEntropy.apply(logits[:, 0], y.to(logits.dtype))
-    return _CrossEntropy.apply(logits, y.long())  # any integer dtype (uint8 labels, say)
+        losses = _BinaryCrossEntropy.apply(logits[:, 0], y.to(logits.dtype))
+    else:
+        losses = _CrossEntropy.apply(logits, y.long())  # any integer dtype (uint8 labels, say)
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    return losses
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -197,6 +204,11 @@ class Objective:
             elif self.checks_labels:
                 _validation.check_class_labels(self.y, logits.shape[1])
         return logits
+
+    def label_with_predictions(self, x: Tensor) -> None:
+        """Take the model's predictions on the clean ``x`` as labels (``y=None``)."""
+        with torch.no_grad():
+            self.y = autograd_usable(predicted_labels(self._logits(x)))
 
     def ascent_direction(self, x: Tensor) -> Tensor:
         """The input gradient of the loss at ``x``, negated for a targeted attack."""

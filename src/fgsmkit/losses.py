@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -106,7 +107,8 @@ class AdversarialLoss(nn.Module):
             raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
         self.alpha = float(alpha)
         self.eps = float(eps)
-        self.loss_fn = _validation.check_loss_fn(loss_fn) or cross_entropy
+        # The default averages like a plain training loop's F.cross_entropy, to the last bit.
+        self.loss_fn = _validation.check_loss_fn(loss_fn) or functools.partial(cross_entropy, reduction="mean")
         self.checks_labels = loss_fn is None
         self.norm = _validation.check_norm(norm)
         self.clip = clip

@@ -76,6 +76,9 @@ def projected_gradient_ascent(
     model = local_model(model)
     objective = Objective(model, y, loss_fn, targeted)
     with model_state_kept(model, eval_mode):
+        if y is None and random_start:
+            # Labels come from the clean input, never from a random starting point.
+            objective.label_with_predictions(x)
         start = ball.random_point(generator) if random_start else x
         best = ascend(objective, ball, start, step_t, steps)
         if restarts > 1:

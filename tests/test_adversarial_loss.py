@@ -1,0 +1,234 @@
+"""AdversarialLoss (eq. 6) and the closed-form adversarial logistic loss (section 5)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fgsmkit as fk
+from _support import small_mlp
+from fgsmkit.gradient import cross_entropy
+
+
+def data(n: int = 32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 12, generator=g, dtype=torch.float64), torch.randint(0, 4, (n,), generator=g)
+
+
+def grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def mean_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The library's default loss: F.cross_entropy's value, with a cancellation-free gradient."""
+    return cross_entropy(logits, y, reduction="mean")
+
+
+def slow_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, eps: float,
+                   norm: float = math.inf) -> torch.Tensor:
+    """Eq. (6) the straightforward way: attack, then recompute the clean loss, then add."""
+    x_adv = fk.fgsm(model, x, y, eps=eps, norm=norm)
+    return alpha * mean_cross_entropy(model(x), y) + (1 - alpha) * mean_cross_entropy(model(x_adv), y)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+def test_value_and_gradient_equal_the_straightforward_computation(alpha: float, norm: float) -> None:
+    x, y = data()
+    model = small_mlp()
+    loss = fk.AdversarialLoss(alpha=alpha, eps=0.25, norm=norm)(model, x, y)
+    loss.backward()
+    ours = grads(model)
+    model.zero_grad(set_to_none=True)
+    reference = slow_reference(model, x, y, alpha, 0.25, norm)
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-14, atol=0)
+    for a, b in zip(ours, grads(model)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_gradient_is_bit_identical_to_the_straightforward_computation_at_alpha_half() -> None:
+    torch.manual_seed(0)
+    model = fk.models.MaxoutMLP()
+    x, y = torch.rand(128, 784), torch.randint(0, 10, (128,))
+    fk.AdversarialLoss(alpha=0.5, eps=0.25)(model, x, y).backward()
+    ours = grads(model)
+    model.zero_grad(set_to_none=True)
+    slow_reference(model, x, y, 0.5, 0.25).backward()
+    assert all(torch.equal(a, b) for a, b in zip(ours, grads(model)))
+
+
+def test_alpha_one_is_the_plain_loss() -> None:
+    x, y = data()
+    model = small_mlp()
+    loss = fk.AdversarialLoss(alpha=1.0, eps=0.25)(model, x, y)
+    loss.backward()
+    ours = grads(model)
+    model.zero_grad(set_to_none=True)
+    plain = mean_cross_entropy(model(x), y)
+    plain.backward()
+    assert torch.equal(loss, plain)
+    assert all(torch.equal(a, b) for a, b in zip(ours, grads(model)))
+    # and PyTorch's loss, up to the rounding of its true-class gradient entry (p_y - 1)
+    model.zero_grad(set_to_none=True)
+    torch_loss = F.cross_entropy(model(x), y)
+    torch_loss.backward()
+    torch.testing.assert_close(loss, torch_loss, rtol=1e-14, atol=0)
+    for a, b in zip(ours, grads(model)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_two_forward_passes_and_no_gradient_before_backward() -> None:
+    x, y = data()
+    model = small_mlp()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    stale = [torch.full_like(p, 7.0) for p in model.parameters()]
+    for p, g in zip(model.parameters(), stale):
+        p.grad = g.clone()
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.25)
+    loss = criterion(model, x, y)
+    assert len(calls) == 2
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), stale))  # untouched until backward
+    loss.backward()
+    assert len(calls) == 2
+    model.zero_grad(set_to_none=True)
+    slow_reference(model, x, y, 0.5, 0.25).backward()
+    for p, g in zip(model.parameters(), stale):
+        torch.testing.assert_close(p.grad + g, p.grad + g)  # sanity of shapes
+    # Accumulation onto existing grads, as loss.backward() always does.
+    model.zero_grad(set_to_none=True)
+    for p, g in zip(model.parameters(), stale):
+        p.grad = g.clone()
+    criterion(model, x, y).backward()
+    accumulated = grads(model)
+    model.zero_grad(set_to_none=True)
+    slow_reference(model, x, y, 0.5, 0.25).backward()
+    for a, g, p in zip(accumulated, stale, model.parameters()):
+        torch.testing.assert_close(a, g + p.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_clean_logits_are_given_without_another_pass() -> None:
+    x, y = data()
+    model = small_mlp()
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.25)
+    criterion(model, x, y)
+    assert torch.equal(criterion.clean_logits, model(x))
+    assert not criterion.clean_logits.requires_grad
+    assert torch.equal(criterion.adversarial_logits, model(fk.fgsm(model, x, y, eps=0.25)))
+
+
+def test_a_scaled_backward_scales_every_gradient() -> None:
+    x, y = data()
+    model = small_mlp()
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.25)
+    criterion(model, x, y).backward()
+    once = grads(model)
+    model.zero_grad(set_to_none=True)
+    (criterion(model, x, y) * 4.0).backward()  # e.g. a GradScaler's loss scale
+    for a, b in zip(once, grads(model)):
+        torch.testing.assert_close(4 * a, b, rtol=1e-14, atol=0)
+
+
+def test_inputs_are_not_modified_and_train_mode_is_kept() -> None:
+    x, y = data()
+    model = small_mlp().train()
+    x_before, y_before = x.clone(), y.clone()
+    fk.AdversarialLoss()(model, x, y).backward()
+    assert torch.equal(x, x_before) and torch.equal(y, y_before) and model.training
+
+
+def test_training_with_it_lowers_the_adversarial_error_of_a_linear_model() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(400, 10)
+    y = (x[:, :5].sum(1) > x[:, 5:].sum(1)).long()
+    errors = {}
+    for alpha in (1.0, 0.5):
+        torch.manual_seed(1)
+        model = fk.models.SoftmaxRegression(10, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        criterion = fk.AdversarialLoss(alpha=alpha, eps=0.1)
+        for _ in range(300):
+            optimizer.zero_grad()
+            criterion(model, x, y).backward()
+            optimizer.step()
+        x_adv = fk.fgsm(model, x, y, eps=0.1)
+        errors[alpha] = (model(x_adv).argmax(1) != y).float().mean().item()
+    assert errors[0.5] < errors[1.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(alpha=1.5), r"alpha must be a float in \[0, 1\]"),
+        (dict(alpha=-0.1), r"alpha must be a float in \[0, 1\]"),
+        (dict(alpha=math.nan), r"alpha must be a float in \[0, 1\]"),
+        (dict(eps=-0.25), r"eps must be a finite float >= 0"),
+        (dict(eps=math.inf), r"eps must be a finite float >= 0"),
+        (dict(norm=1), r"norm must be 2 or float\('inf'\)"),
+    ],
+)
+def test_bad_settings_are_rejected(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fk.AdversarialLoss(**kwargs)
+
+
+def test_bad_call_arguments_are_rejected() -> None:
+    x, y = data()
+    criterion = fk.AdversarialLoss()
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        criterion(lambda t: t, x, y)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):
+        criterion(small_mlp(), x, torch.full_like(y, 4))
+    with pytest.raises(ValueError, match=r"x must lie inside clip"):
+        criterion(small_mlp(), x * 3, y)
+
+
+# The closed form of section 5 ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("label", [-1.0, 1.0])
+def test_closed_form_equals_the_logistic_loss_on_the_fgsm_example(label: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(20, generator=g, dtype=torch.float64), 0.3
+    x = torch.rand(16, 20, generator=g, dtype=torch.float64)
+    y = torch.full((16,), label, dtype=torch.float64)
+    x_fgsm = x - 0.1 * y[:, None] * w.sign()
+    on_example = F.softplus(-y * (x_fgsm @ w + b))
+    torch.testing.assert_close(fk.adversarial_logistic_loss(w, b, x, y, eps=0.1), on_example)
+
+
+def test_closed_form_uses_the_fgsm_example_of_fk_fgsm() -> None:
+    torch.manual_seed(3)
+    model = fk.models.LogisticRegression(20).double()
+    x = torch.rand(10, 20, dtype=torch.float64) * 0.6 + 0.2
+    y01 = torch.tensor([0, 1] * 5)
+    x_adv = fk.fgsm(model, x, y01, eps=0.1)
+    y_pm = 2 * y01.double() - 1
+    w, b = model.linear.weight.detach()[0], model.linear.bias.detach()[0]
+    torch.testing.assert_close(fk.adversarial_logistic_loss(w, b, x, y_pm, eps=0.1),
+                               F.softplus(-y_pm * (x_adv @ w + b)))
+
+
+def test_the_paper_printed_form_is_wrong_for_negative_labels() -> None:
+    g = torch.Generator().manual_seed(1)
+    w, x = torch.randn(5, generator=g, dtype=torch.float64), torch.rand(3, 5, generator=g, dtype=torch.float64)
+    for label in (1.0, -1.0):
+        y = torch.full((3,), label, dtype=torch.float64)
+        printed = F.softplus(y * (0.2 * w.abs().sum() - x @ w))
+        ours = fk.adversarial_logistic_loss(w, 0.0, x, y, eps=0.2)
+        assert torch.allclose(printed, ours) == (label == 1.0)
+
+
+def test_closed_form_rejects_bad_labels_and_shapes() -> None:
+    w, x = torch.ones(4), torch.rand(2, 4)
+    with pytest.raises(ValueError, match=r"y must hold one label per sample, each -1 or \+1"):
+        fk.adversarial_logistic_loss(w, 0.0, x, torch.tensor([0.0, 1.0]), eps=0.1)
+    with pytest.raises(ValueError, match=r"x must have 4 elements per sample"):
+        fk.adversarial_logistic_loss(w, 0.0, torch.rand(2, 5), torch.tensor([1.0, -1.0]), eps=0.1)
+    with pytest.raises(ValueError, match=r"eps must be a finite float >= 0"):
+        fk.adversarial_logistic_loss(w, 0.0, x, torch.tensor([1.0, -1.0]), eps=-1.0)

@@ -1,0 +1,267 @@
+"""Property tests of the invariants every attack must keep, whatever its arguments."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import fgsmkit as fk
+
+from _support import assert_same_state, small_mlp, state_of
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+ATTACKS = {
+    "fgsm": lambda model, x, y, eps, step, norm, targeted, clip, g: fk.fgsm(
+        model, x, y, eps=eps, norm=norm, targeted=targeted, clip=clip),
+    "iterative_fgsm": lambda model, x, y, eps, step, norm, targeted, clip, g: fk.iterative_fgsm(
+        model, x, y, eps=eps, step_size=step, steps=4, targeted=targeted, clip=clip),
+    "pgd": lambda model, x, y, eps, step, norm, targeted, clip, g: fk.pgd(
+        model, x, y, eps=eps, step_size=step, steps=4, norm=norm, targeted=targeted, clip=clip,
+        generator=g),
+    "pgd_restarts": lambda model, x, y, eps, step, norm, targeted, clip, g: fk.pgd(
+        model, x, y, eps=eps, step_size=step, steps=2, norm=norm, restarts=3, targeted=targeted,
+        clip=clip, generator=g),
+}
+NORMS = {"fgsm": (math.inf, 2.0), "iterative_fgsm": (math.inf,), "pgd": (math.inf, 2.0), "pgd_restarts": (math.inf, 2.0)}
+
+
+@st.composite
+def attack_cases(draw: st.DrawFn) -> dict:
+    name = draw(st.sampled_from(sorted(ATTACKS)))
+    dtype = draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]))
+    device = draw(st.sampled_from(["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]))
+    batch = draw(st.integers(1, 5))
+    sample_shape = draw(st.sampled_from([(12,), (3, 2, 2), (1, 3, 4)]))
+    eps = draw(st.floats(0.0, 0.6, allow_nan=False))
+    per_sample = draw(st.booleans())
+    box = draw(st.sampled_from(["unit", "none", "tensor"]))
+    seed = draw(st.integers(0, 2**16))
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand((batch, *sample_shape), generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    low = torch.zeros(sample_shape, dtype=dtype, device=device)
+    high = torch.ones(sample_shape, dtype=dtype, device=device)
+    if box == "tensor":  # a box that differs per feature, still containing x
+        low = torch.minimum(low - 0.1, x.min(0).values - 0.05).clamp_min(-0.3)
+        high = (x.max(0).values + 0.05).clamp_max(1.2)
+    clip = {"unit": (0.0, 1.0), "none": None, "tensor": (low, high)}[box]
+    eps_arg = (torch.full((batch,), eps, dtype=torch.float64) * torch.rand(batch, generator=generator, dtype=torch.float64)
+               ).to(device=device, dtype=dtype) if per_sample else eps
+    return {
+        "name": name, "dtype": dtype, "device": device, "x": x,
+        "y": torch.randint(0, 4, (batch,), generator=generator).to(device),
+        "eps": eps_arg, "norm": draw(st.sampled_from(NORMS[name])), "targeted": draw(st.booleans()),
+        "clip": clip, "seed": seed, "model": small_mlp(12, 4, seed=seed % 7, dtype=dtype, device=device),
+    }
+
+
+def default_step(case: dict) -> float:
+    eps = case["eps"]
+    return float(eps.max() if isinstance(eps, torch.Tensor) else eps) / 3 + 1e-3
+
+
+def run(case: dict, step: float | None = None) -> torch.Tensor:
+    generator = torch.Generator(device=case["device"]).manual_seed(case["seed"])
+    step = default_step(case) if step is None else step
+    return ATTACKS[case["name"]](case["model"], case["x"], case["y"], case["eps"], step, case["norm"],
+                                 case["targeted"], case["clip"], generator)
+
+
+def eps_per_sample(case: dict) -> torch.Tensor:
+    eps = case["eps"]
+    batch = case["x"].shape[0]
+    if isinstance(eps, torch.Tensor):
+        return eps.double()
+    # A float eps is used as the dtype of x stores it.
+    return torch.full((batch,), float(eps), dtype=case["dtype"], device=case["device"]).double()
+
+
+@SETTINGS
+@given(attack_cases())
+def test_perturbation_stays_in_the_ball_and_the_box(case: dict) -> None:
+    x_adv = run(case)
+    x = case["x"]
+    delta = (x_adv - x).double().flatten(1)
+    eps = eps_per_sample(case)
+    ulp = torch.finfo(x.dtype).eps
+    if case["norm"] == math.inf:
+        # Rounding of x +/- eps may add at most an ulp of the larger operand.
+        slack = 2 * ulp * (x.double().abs().flatten(1).amax(1) + eps)
+        assert (delta.abs().amax(1) <= eps + slack).all()
+    else:
+        assert (delta.norm(dim=1) <= eps * (1 + 16 * ulp) + 4 * ulp).all()
+    if case["clip"] is not None:
+        low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in case["clip"])
+        assert (x_adv >= low).all() and (x_adv <= high).all()
+
+
+@SETTINGS
+@given(attack_cases())
+def test_result_is_a_new_detached_tensor_like_x_and_nothing_is_modified(case: dict) -> None:
+    model, x, y = case["model"], case["x"], case["y"]
+    model.train(case["seed"] % 2 == 0)
+    for p in list(model.parameters())[:1]:
+        p.grad = torch.full_like(p, 3.0)  # a stale gradient the attack must leave alone
+    x_before, y_before = x.clone(), y.clone()
+    eps_before = case["eps"].clone() if isinstance(case["eps"], torch.Tensor) else case["eps"]
+    before = state_of(model)
+    x_adv = run(case)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
+    assert not x_adv.requires_grad and x_adv.grad_fn is None
+    assert x_adv.data_ptr() != x.data_ptr()
+    assert torch.equal(x, x_before) and torch.equal(y, y_before)
+    if isinstance(eps_before, torch.Tensor):
+        assert torch.equal(case["eps"], eps_before)
+    assert_same_state(before, state_of(model))
+
+
+@SETTINGS
+@given(attack_cases())
+def test_eps_zero_returns_x_exactly(case: dict) -> None:
+    case = {**case, "eps": 0.0 if not isinstance(case["eps"], torch.Tensor) else torch.zeros_like(case["eps"])}
+    case["name"] = "pgd" if case["name"] == "pgd_restarts" else case["name"]
+    assert torch.equal(run(case), case["x"])
+
+
+@SETTINGS
+@given(attack_cases())
+def test_scalar_eps_equals_the_same_eps_per_sample(case: dict) -> None:
+    first = case["eps"][0] if isinstance(case["eps"], torch.Tensor) else case["eps"]
+    # eps as the dtype of x stores it, so that the test derives the same step size from both.
+    case = {**case, "eps": float(torch.tensor(float(first), dtype=case["dtype"]))}
+    per_sample = {**case, "eps": torch.full((case["x"].shape[0],), case["eps"], dtype=case["dtype"], device=case["device"])}
+    assert torch.equal(run(case), run(per_sample))
+
+
+@SETTINGS
+@given(attack_cases())
+def test_attacking_a_batch_equals_attacking_each_sample_alone(case: dict) -> None:
+    if case["name"].startswith("pgd"):  # random starts are drawn for the whole batch at once
+        case = {**case, "name": "iterative_fgsm"}
+    case = {**case, "dtype": torch.float64, "x": case["x"].double(), "model": case["model"].double(),
+            "y": case["y"],
+            "clip": None if case["clip"] is None else tuple(torch.as_tensor(b).double() for b in case["clip"])}
+    if isinstance(case["eps"], torch.Tensor):
+        case["eps"] = case["eps"].double()
+    step = default_step(case)
+    batched = run(case, step)
+    for i in range(case["x"].shape[0]):
+        eps_i = case["eps"][i : i + 1] if isinstance(case["eps"], torch.Tensor) else case["eps"]
+        alone = run({**case, "x": case["x"][i : i + 1], "y": case["y"][i : i + 1], "eps": eps_i}, step)
+        torch.testing.assert_close(alone, batched[i : i + 1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_fgsm_on_softmax_regression_equals_its_closed_form(norm: float, targeted: bool) -> None:
+    torch.manual_seed(1)
+    model = fk.models.SoftmaxRegression(10, 3).double()
+    x, y = torch.rand(16, 10, dtype=torch.float64), torch.randint(0, 3, (16,))
+    w, b = model.linear.weight.detach(), model.linear.bias.detach()
+    # d CE / dx = W^T (softmax(Wx + b) - onehot(y)), written out without autograd.
+    grad = (torch.softmax(x @ w.T + b, 1) - torch.nn.functional.one_hot(y, 3).double()) @ w
+    direction = -grad if targeted else grad
+    step = direction.sign() if norm == math.inf else direction / direction.norm(dim=1, keepdim=True)
+    expected = (x + 0.2 * step).clamp(0, 1)
+    actual = fk.fgsm(model, x, y, eps=0.2, norm=norm, targeted=targeted)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
+
+
+def test_fgsm_on_logistic_regression_moves_against_the_label_along_sign_w() -> None:
+    torch.manual_seed(2)
+    model = fk.models.LogisticRegression(20).double()
+    x, y = torch.rand(8, 20, dtype=torch.float64) * 0.5 + 0.25, torch.tensor([0, 1] * 4)
+    sign_w = model.linear.weight.detach()[0].sign()
+    y_pm = (2 * y - 1).double()[:, None]  # labels in {-1, +1}
+    torch.testing.assert_close(fk.fgsm(model, x, y, eps=0.1), x - 0.1 * y_pm * sign_w, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_targeted_attacks_lower_the_target_loss(seed: int) -> None:
+    model = small_mlp(12, 4, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(32, 12, generator=generator, dtype=torch.float64)
+    target = torch.randint(0, 4, (32,), generator=generator)
+    loss = lambda inputs: torch.nn.functional.cross_entropy(model(inputs), target, reduction="none")  # noqa: E731
+    for x_adv in (
+        fk.fgsm(model, x, target, eps=0.01, targeted=True, clip=None),
+        fk.pgd(model, x, target, eps=0.1, step_size=0.01, steps=10, targeted=True, clip=None, generator=generator),
+        fk.pgd(model, x, target, eps=0.5, step_size=0.05, steps=10, targeted=True, norm=2, clip=None,
+               random_start=False),
+    ):
+        assert (loss(x_adv) < loss(x)).all()
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+def test_restarts_never_weaken_pgd(targeted: bool, norm: float) -> None:
+    model = small_mlp(12, 4, seed=3)
+    x = torch.rand(64, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(1))
+    kwargs = dict(eps=0.15 if norm == math.inf else 0.6, step_size=0.05, steps=3, norm=norm, targeted=targeted)
+    one = fk.pgd(model, x, y, generator=torch.Generator().manual_seed(7), **kwargs)
+    five = fk.pgd(model, x, y, restarts=5, generator=torch.Generator().manual_seed(7), **kwargs)
+    logits_one, logits_five = model(one), model(five)
+    loss_one = torch.nn.functional.cross_entropy(logits_one, y, reduction="none")
+    loss_five = torch.nn.functional.cross_entropy(logits_five, y, reduction="none")
+    hit = (lambda logits: logits.argmax(1) == y) if targeted else (lambda logits: logits.argmax(1) != y)
+    fooled_one, fooled_five = hit(logits_one), hit(logits_five)
+    assert (fooled_five | ~fooled_one).all()
+    same = fooled_one == fooled_five
+    better = loss_five[same] <= loss_one[same] if targeted else loss_five[same] >= loss_one[same]
+    assert better.all()
+    assert not torch.equal(one, five)  # the later restarts did find something in some samples
+
+
+def test_attacks_run_on_the_device_of_x(device: str) -> None:
+    model = small_mlp(12, 4, dtype=torch.float32, device=device)
+    x = torch.rand(4, 12, device=device)
+    y = torch.randint(0, 4, (4,), device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    for x_adv in (fk.fgsm(model, x, y, eps=0.1), fk.pgd(model, x, y, eps=0.1, step_size=0.05, steps=2, generator=g),
+                  fk.iterative_fgsm(model, x, y, eps=0.1, step_size=0.05, steps=2)):
+        assert x_adv.device == x.device and x_adv.dtype == x.dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs_keep_their_dtype_and_move_every_sample(dtype: torch.dtype) -> None:
+    model = small_mlp(12, 4, seed=5, dtype=dtype)
+    x = torch.rand(16, 12).to(dtype)
+    y = model(x).argmax(1)
+    x_adv = fk.fgsm(model, x, y, eps=0.125)
+    assert x_adv.dtype == dtype
+    moved = (x_adv != x).flatten(1).any(1)
+    assert moved.all()
+
+
+class _Dense(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def test_model_in_train_mode_with_batchnorm_keeps_its_running_statistics() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).train()
+    x, y = torch.rand(10, 6), torch.randint(0, 3, (10,))
+    before = state_of(model)
+    fk.pgd(model, x, y, eps=0.1, step_size=0.02, steps=5)
+    assert_same_state(before, state_of(model))
+
+
+def test_eval_mode_option_attacks_the_eval_model_and_restores_train_mode() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 3)).train()
+    x, y = torch.rand(10, 6), torch.randint(0, 3, (10,))
+    in_eval = fk.fgsm(model, x, y, eps=0.1, eval_mode=True)
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    assert torch.equal(in_eval, fk.fgsm(model, x, y, eps=0.1))

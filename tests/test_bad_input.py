@@ -1,0 +1,125 @@
+"""Every bad argument raises an error that names the argument and says how to fix it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fgsmkit as fk
+from _support import small_mlp
+
+MODEL = small_mlp(dtype=torch.float32)
+X = torch.rand(4, 12)
+Y = torch.tensor([0, 1, 2, 3])
+
+
+def all_attacks(**overrides):
+    """Each attack with valid arguments, updated by ``overrides``."""
+    base = dict(model=MODEL, x=X, y=Y, eps=0.1)
+    iterative = dict(step_size=0.02, steps=2)
+    return [
+        lambda: fk.fgsm(**{**base, **overrides}),
+        lambda: fk.iterative_fgsm(**{**base, **iterative, **overrides}),
+        lambda: fk.pgd(**{**base, **iterative, **overrides}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (dict(eps=-0.1), ValueError, r"eps must be >= 0"),
+        (dict(eps=math.nan), ValueError, r"eps must be finite"),
+        (dict(eps=math.inf), ValueError, r"eps must be finite"),
+        (dict(eps=torch.tensor([0.1, -0.1, 0.1, 0.1])), ValueError, r"eps must be >= 0"),
+        (dict(eps=torch.tensor([0.1, 0.1])), ValueError, r"eps must be a float or a tensor of shape \(4,\)"),
+        (dict(eps="0.1"), TypeError, r"eps must be a float or a tensor"),
+        (dict(x=X.double().mul(255).long()), TypeError, r"x must be a floating-point tensor.*x.float\(\) / 255"),
+        (dict(x=torch.where(X > 0.5, math.nan, X)), ValueError, r"x contains NaN"),
+        (dict(x=X + 1.0), ValueError, r"x must lie inside clip=\(0.0, 1.0\); observed range \[1"),
+        (dict(x=torch.rand(4, 13)), ValueError, r"expects 12 features per sample"),
+        (dict(x=torch.tensor(0.5)), ValueError, r"x must have a batch dimension"),
+        (dict(x=[[0.5]]), TypeError, r"x must be a torch.Tensor"),
+        (dict(y=Y[:3]), ValueError, r"y must have one label per sample, shape \(4,\)"),
+        (dict(y=Y.float()), TypeError, r"y must hold integer class indices.*y.long\(\)"),
+        (dict(y=torch.tensor([0, 1, 2, 4])), ValueError, r"labels must lie in \[0, 3\]"),
+        (dict(y=torch.tensor([0, -1, 2, 3])), ValueError, r"labels must lie in \[0, 3\]"),
+        (dict(y=Y[:, None].expand(4, 2)), ValueError, r"y must be a 1-D tensor of class indices"),
+        (dict(clip=(1.0, 0.0)), ValueError, r"clip must satisfy low <= high"),
+        (dict(clip=(0.0,)), TypeError, r"clip must be a pair \(low, high\) or None"),
+        (dict(clip=(torch.zeros(5), 1.0)), ValueError, r"clip\[0\] of shape \(5,\) does not broadcast"),
+        (dict(model=lambda x: MODEL(x)[:, :, None]), ValueError, r"model must return floating-point logits of shape \(batch, classes\)"),
+        (dict(model=lambda x: (MODEL(x), None)), TypeError, r"model must return a tensor of logits.*Wrap a model that returns a tuple"),
+        (dict(model=lambda x: MODEL(x)[:2]), ValueError, r"shape \(batch, classes\) = \(4, C\)"),
+        (dict(model=lambda x: MODEL(x) * math.nan), ValueError, r"model returned NaN or inf logits"),
+        (dict(model="not a model"), TypeError, r"model must be callable"),
+        (dict(loss_fn="ce"), TypeError, r"loss_fn must be callable"),
+    ],
+)
+def test_every_attack_rejects(overrides: dict, error: type, message: str) -> None:
+    for attack in all_attacks(**overrides):
+        with pytest.raises(error, match=message):
+            attack()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(step_size=0.0), r"step_size must be > 0"),
+        (dict(step_size=-1.0), r"step_size must be > 0"),
+        (dict(steps=0), r"steps must be an int >= 1"),
+        (dict(steps=2.5), r"steps must be an int >= 1"),
+    ],
+)
+def test_iterative_attacks_reject(overrides: dict, message: str) -> None:
+    for attack in all_attacks(**overrides)[1:]:
+        with pytest.raises(ValueError, match=message):
+            attack()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (dict(norm=1), ValueError, r"norm must be 2 or float\('inf'\)"),
+        (dict(restarts=0), ValueError, r"restarts must be an int >= 1"),
+        (dict(restarts=2, random_start=False), ValueError, r"restarts > 1 needs random_start=True"),
+        (dict(restarts=2, loss_fn=lambda logits, y: nn.functional.cross_entropy(logits, y)), ValueError,
+         r"restarts > 1 needs a loss_fn that returns one loss per sample"),
+        (dict(generator=0), TypeError, r"generator must be a torch.Generator"),
+    ],
+)
+def test_pgd_rejects(overrides: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, **overrides)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device type (CUDA)")
+def test_a_generator_on_another_device_is_named() -> None:
+    with pytest.raises(ValueError, match=r"generator is on cuda.* but x is on cpu"):
+        fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, generator=torch.Generator(device="cuda"))
+
+
+def test_fgsm_rejects_an_unsupported_norm() -> None:
+    with pytest.raises(ValueError, match=r"norm must be 2 or float\('inf'\)"):
+        fk.fgsm(MODEL, X, Y, eps=0.1, norm=1)
+
+
+def test_a_model_on_another_device_is_named() -> None:
+    model = small_mlp(dtype=torch.float32).to("meta")
+    with pytest.raises(ValueError, match=r"model has parameters on meta but x is on cpu"):
+        fk.fgsm(model, X, Y, eps=0.1)
+
+
+def test_labels_on_another_device_are_named() -> None:
+    with pytest.raises(ValueError, match=r"y is on meta but x is on cpu"):
+        fk.fgsm(MODEL, X, Y.to("meta"), eps=0.1)
+
+
+def test_errors_leave_nothing_modified() -> None:
+    x, y = X.clone(), Y.clone()
+    with pytest.raises(ValueError):
+        fk.fgsm(MODEL, x, torch.tensor([0, 1, 2, 9]), eps=0.1)
+    assert torch.equal(x, X) and torch.equal(y, Y)
+    assert all(p.grad is None for p in MODEL.parameters())

@@ -1,0 +1,143 @@
+"""The model zoo: shapes, probabilities, gradients and the paper's definitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fgsmkit as fk
+from fgsmkit.models import LogisticRegression, Maxout, MaxoutMLP, RBFNetwork, SoftmaxRegression
+
+ZOO = {
+    "maxout": lambda: MaxoutMLP(),
+    "maxout_dropout": lambda: MaxoutMLP(hidden=(32, 16), pieces=3, dropout=0.5, input_dropout=0.2, max_norm=1.9365),
+    "rbf": lambda: RBFNetwork(784, 10),
+    "softmax": lambda: SoftmaxRegression(784, 10),
+    "logistic": lambda: LogisticRegression(784),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_flat_and_image_input_give_the_same_logits(name: str) -> None:
+    torch.manual_seed(0)
+    model = ZOO[name]().eval()
+    images = torch.rand(5, 1, 28, 28)
+    logits = model(images)
+    assert torch.equal(logits, model(images.flatten(1)))
+    assert logits.shape == (5, 1 if name == "logistic" else 10)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_predict_proba_is_a_probability_per_class_without_autograd(name: str) -> None:
+    torch.manual_seed(0)
+    model = ZOO[name]().eval()
+    probs = model.predict_proba(torch.rand(7, 784))
+    assert probs.shape == (7, 10 if name != "logistic" else 2)
+    assert not probs.requires_grad
+    assert ((probs >= 0) & (probs <= 1)).all()
+    if name != "rbf":  # RBF detectors are independent: their probabilities need not sum to 1
+        torch.testing.assert_close(probs.sum(1), torch.ones(7))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_parameter_gets_a_gradient_and_attacks_work(name: str) -> None:
+    torch.manual_seed(0)
+    model = ZOO[name]()
+    x = torch.rand(6, 784)
+    y = torch.randint(0, 2 if name == "logistic" else 10, (6,))
+    loss_fn = RBFNetwork.loss if name == "rbf" else None
+    fk.AdversarialLoss(loss_fn=loss_fn)(model, x, y).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert fk.fgsm(model.eval(), x, y, eps=0.1, loss_fn=loss_fn).shape == x.shape
+
+
+def test_maxout_is_the_max_over_its_affine_pieces() -> None:
+    torch.manual_seed(0)
+    layer = Maxout(6, 4, pieces=3)
+    x = torch.randn(5, 6)
+    pieces = x @ layer.linear.weight.T + layer.linear.bias  # (5, 4 * 3), unit-major
+    expected = torch.stack([pieces[:, u * 3 : (u + 1) * 3].max(1).values for u in range(4)], dim=1)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_the_paper_network_has_the_paper_shape() -> None:
+    net = MaxoutMLP()
+    maxouts = [m for m in net.modules() if isinstance(m, Maxout)]
+    assert [(m.in_features, m.out_features, m.pieces) for m in maxouts] == [(784, 240, 5), (240, 240, 5)]
+    assert [m.out_features for m in MaxoutMLP(hidden=(1600, 1600)).modules() if isinstance(m, Maxout)] == [1600, 1600]
+
+
+def test_max_norm_caps_every_unit_weight_vector() -> None:
+    torch.manual_seed(0)
+    net = MaxoutMLP(hidden=(16,), pieces=2, max_norm=0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(50)
+    small_row = net.layers[0].linear.weight[0].detach().clone()
+    net.apply_max_norm()
+    for module in net.modules():
+        if isinstance(module, torch.nn.Linear):
+            assert (module.weight.norm(dim=1) <= 0.5 + 1e-6).all()
+    # Directions are kept, only lengths shrink.
+    torch.testing.assert_close(net.layers[0].linear.weight[0], small_row / small_row.norm() * 0.5)
+
+
+def test_rbf_network_is_the_paper_detector() -> None:
+    torch.manual_seed(0)
+    net = RBFNetwork(5, 3)
+    x = torch.rand(4, 5, dtype=torch.float64)
+    net = net.double()
+    beta = -net.log_precision.exp()
+    expected = torch.stack([((x - net.centers[c]) ** 2 * beta[c]).sum(1) for c in range(3)], dim=1)
+    torch.testing.assert_close(net(x), expected)
+    torch.testing.assert_close(net.predict_proba(x), expected.exp())
+
+
+def test_rbf_confidence_vanishes_far_from_the_centres() -> None:
+    net = RBFNetwork(784, 10)
+    assert net.predict_proba(torch.full((3, 784), 50.0)).max() < 1e-6
+
+
+def test_rbf_detector_loss_is_the_one_vs_rest_bernoulli_likelihood() -> None:
+    log_probs = torch.log(torch.tensor([[0.9, 0.2, 0.5], [0.1, 0.7, 0.3]], dtype=torch.float64))
+    y = torch.tensor([0, 1])
+    p = log_probs.exp()
+    expected = torch.stack([
+        -(torch.log(p[0, 0]) + torch.log(1 - p[0, 1]) + torch.log(1 - p[0, 2])),
+        -(torch.log(1 - p[1, 0]) + torch.log(p[1, 1]) + torch.log(1 - p[1, 2])),
+    ])
+    torch.testing.assert_close(RBFNetwork.loss(log_probs, y), expected)
+    # Stable where a detector is (numerically) certain.
+    assert torch.isfinite(RBFNetwork.loss(torch.tensor([[0.0, -1e-30]]), torch.tensor([0]))).all()
+
+
+def test_trained_rbf_network_separates_two_blobs_and_is_unsure_elsewhere() -> None:
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(100, 2) * 0.1 + 1, torch.randn(100, 2) * 0.1 - 1])
+    y = torch.cat([torch.zeros(100), torch.ones(100)]).long()
+    net = RBFNetwork(2, 2)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(300):
+        optimizer.zero_grad()
+        net.loss(net(x), y).mean().backward()
+        optimizer.step()
+    assert (net(x).argmax(1) == y).float().mean() > 0.98
+    assert net.predict_proba(torch.tensor([[6.0, -6.0]])).max() < 0.05
+
+
+def test_logistic_regression_probabilities_are_the_sigmoid() -> None:
+    model = LogisticRegression(3)
+    x = torch.rand(4, 3)
+    z = model(x)[:, 0]
+    torch.testing.assert_close(model.predict_proba(x), torch.stack([1 - torch.sigmoid(z), torch.sigmoid(z)], 1).detach())
+
+
+def test_models_reject_the_wrong_number_of_features() -> None:
+    with pytest.raises(ValueError, match="MaxoutMLP expects 784 features per sample; got input of shape"):
+        MaxoutMLP()(torch.rand(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="dropout"):
+        MaxoutMLP(dropout=1.0)
+    with pytest.raises(ValueError, match="max_norm"):
+        MaxoutMLP(max_norm=0)
+    with pytest.raises(ValueError, match="pieces"):
+        Maxout(3, 3, pieces=0)

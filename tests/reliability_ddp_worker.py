@@ -34,16 +34,18 @@ def make_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.rand(8, 10, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(STEPS)]
 
 
-def adversarial_training(model: nn.Module, batches, shard: slice | None = None) -> nn.Module:
+def adversarial_training(model: nn.Module, batches, shard: slice | None = None,
+                         autocast: torch.dtype | None = None) -> nn.Module:
     """STEPS steps of eq. (6) training; every step also runs the attacks on the model."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     criterion = fk.AdversarialLoss(alpha=0.5, eps=0.1)
     for x, y in batches:
         if shard is not None:
             x, y = x[shard], y[shard]
-        fk.fgsm(model, x, y, eps=0.1)
-        fk.pgd(model, x, y, eps=0.1, step_size=0.04, steps=2, restarts=2)
-        loss = criterion(model, x, y)
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            fk.fgsm(model, x, y, eps=0.1)
+            fk.pgd(model, x, y, eps=0.1, step_size=0.04, steps=2, restarts=2)
+            loss = criterion(model, x, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -60,10 +62,10 @@ def run(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def train(rank: int, **ddp_options) -> dict:
+def train(rank: int, autocast: torch.dtype | None = None, **ddp_options) -> dict:
     shard = slice(rank * 4, (rank + 1) * 4)  # each rank half of every batch
     ddp = DistributedDataParallel(make_model(), **ddp_options)
-    adversarial_training(ddp, make_batches(), shard)
+    adversarial_training(ddp, make_batches(), shard, autocast)
     return {"params": [p.detach().clone() for p in ddp.module.parameters()]}
 
 
@@ -88,6 +90,7 @@ SCENARIOS = {
     "train": train,
     "train_unused": lambda rank: train(rank, find_unused_parameters=True),
     "train_static": lambda rank: train(rank, static_graph=True),
+    "train_bfloat16_autocast": lambda rank: train(rank, autocast=torch.bfloat16),
     "attack_on_rank_zero_only": attack_on_rank_zero_only,
 }
 

@@ -76,6 +76,20 @@ def test_ddp_adversarial_training_equals_one_process_on_the_combined_batch(scena
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_ddp_adversarial_training_under_autocast(ranks):
+    """bfloat16 autocast takes AdversarialLoss's low-precision path: a third pass, one backward."""
+    rank0, rank1 = ranks["train_bfloat16_autocast"]
+    for a, b in zip(rank0["params"], rank1["params"]):
+        assert torch.equal(a, b)  # the ranks stay in step
+    model = worker.adversarial_training(worker.make_model(), worker.make_batches(), autocast=torch.bfloat16)
+    initial = list(worker.make_model().parameters())
+    for got, expected, start in zip(rank0["params"], model.parameters(), initial):
+        # bfloat16 products summed over 4 rows instead of 8 round differently: a loose tolerance,
+        # still far below the size of one training step.
+        assert float((expected - start).detach().abs().max()) > 0.01  # ten times the tolerance below
+        torch.testing.assert_close(got, expected.detach(), rtol=0, atol=1e-3)
+
+
 def test_an_attack_on_one_rank_issues_no_collective(ranks):
     """DDP's forward broadcasts BatchNorm buffers; an attack on rank 0 alone must not go through it."""
     rank0, rank1 = ranks["attack_on_rank_zero_only"]

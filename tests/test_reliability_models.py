@@ -135,3 +135,50 @@ def test_model_state_kept_restores_buffers_of_a_compiled_model():
     fk.pgd(model, x, y, eps=0.1, step_size=0.03, steps=2)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert F.cross_entropy(model(x), y).requires_grad
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_an_attack_between_a_forward_and_its_backward_keeps_that_graph_usable(name):
+    """Clean logits first, then the attack, then one backward (TRADES-style loops, accuracy logging).
+
+    BatchNorm saves its running statistics for backward; restoring them after the attack must not
+    invalidate that saved state (an in-place copy would bump their version counters).
+    """
+    model = warmed_up_bn_net().train()
+    x, y = batch()
+    clean_logits = model(x)
+    x_adv = ATTACKS[name](model, x, y)
+    loss = F.cross_entropy(clean_logits, y) + F.cross_entropy(model(x_adv), y)
+    loss.backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_adversarial_loss_of_a_batchnorm_model_under_autocast(dtype):
+    """The low-precision path's extra input-gradient pass restores statistics before the backward."""
+    model = warmed_up_bn_net().train()
+    reference = warmed_up_bn_net().train()
+    x, y = batch()
+    with torch.autocast("cpu", dtype=dtype):
+        loss = fk.AdversarialLoss(alpha=0.5, eps=0.1)(model, x, y)
+        x_adv = fk.fgsm(reference, x, y, eps=0.1)
+        with torch.no_grad():
+            reference(x)
+            reference(x_adv)
+    loss.backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    for (key, got), expected in zip(model.state_dict().items(), reference.state_dict().values()):
+        if "running" in key or "num_batches" in key:  # as two training passes, not three
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7, msg=key)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_batchnorm_statistics_are_restored_inside_no_grad_and_inference_mode(mode):
+    model = warmed_up_bn_net().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = batch()
+    expected = ATTACKS["pgd"](model, x, y)
+    with mode():
+        got = ATTACKS["pgd"](model, x, y)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -162,9 +162,12 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+        # Through .data, like BatchNorm's own update: a graph built before the attack saved these
+        # buffers for its backward, and a tracked in-place copy would bump their version counters
+        # and make that backward fail.
         with torch.no_grad():
             for buffer, saved in buffers:
-                buffer.copy_(saved)
+                buffer.data.copy_(saved)
 
 
 class Objective:

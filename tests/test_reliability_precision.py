@@ -213,3 +213,29 @@ def test_float16_eps_rounding_never_leaves_the_ball():
     radius = torch.tensor(0.1, dtype=torch.float16).double()
     assert float((x_adv.double() - x.double()).abs().max()) <= float(radius) * (1 + 2 ** -10) + 2 ** -11
     assert math.isfinite(float(x_adv.double().sum()))
+
+
+def test_adversarial_loss_with_a_grad_scaler():
+    """Scaled losses scale the precomputed clean gradients too; unscaled, they are the plain ones."""
+    x, y = batch(32)
+    model, reference = mlp(), mlp()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fk.AdversarialLoss(alpha=0.5, eps=0.125)(model, x, y)
+    scaler.scale(loss).backward()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler.unscale_(optimizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fk.AdversarialLoss(alpha=0.5, eps=0.125)(reference, x, y).backward()
+    for p, r in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_dtype_mismatch_inside_the_model_is_the_models_own_error():
+    """The library does not refuse float64 inputs to a float32 model: the model may cast them."""
+    with pytest.raises(RuntimeError, match="dtype"):
+        fk.fgsm(mlp(), batch(dtype=torch.float64)[0], batch()[1], eps=0.1)
+    casting = nn.Sequential(mlp())
+    casting.register_forward_pre_hook(lambda module, args: (args[0].float(),))
+    x, y = batch(dtype=torch.float64)
+    assert fk.fgsm(casting, x, y, eps=0.1).dtype == torch.float64

@@ -182,3 +182,40 @@ def test_batchnorm_statistics_are_restored_inside_no_grad_and_inference_mode(mod
         got = ATTACKS["pgd"](model, x, y)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class FailsOnThirdCall(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = warmed_up_bn_net()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("out of memory (simulated)")
+        return self.net(x)
+
+
+@pytest.mark.parametrize("eval_mode", [False, True])
+def test_an_exception_inside_the_model_leaves_its_state_as_found(eval_mode):
+    """A job that catches the error (a retry with a smaller batch, say) goes on with an intact model."""
+    model = FailsOnThirdCall().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = batch()
+    with pytest.raises(RuntimeError, match="simulated"):
+        fk.pgd(model, x, y, eps=0.1, step_size=0.03, steps=5, eval_mode=eval_mode)
+    assert model.calls == 3
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torchscript_models_are_attacked_like_eager_ones():
+    model = warmed_up_bn_net().train()
+    scripted = torch.jit.script(warmed_up_bn_net().train())
+    x, y = batch()
+    for eval_mode in (False, True):
+        torch.testing.assert_close(ATTACKS["pgd"](scripted, x, y, eval_mode=eval_mode),
+                                   ATTACKS["pgd"](model, x, y, eval_mode=eval_mode), rtol=1e-6, atol=1e-6)
+    assert scripted.training

@@ -495,3 +495,14 @@ def test_attacks_without_labels_inside_inference_mode(name):
     with torch.inference_mode():
         got = ATTACKS[name](model, x, None)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_zero_gradient_pgd_stays_at_its_random_start_and_says_so():
+    x, y = batch()
+    runs = []
+    for steps in (1, 4):
+        with pytest.warns(RuntimeWarning, match="random start"):
+            runs.append(fk.pgd(Detaching(), x, y, eps=0.1, step_size=0.05, steps=steps,
+                               generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(runs[0], runs[1])  # no step moved it
+    assert not torch.equal(runs[0], x)  # the random start did

@@ -292,8 +292,8 @@ def warn_if_unusable(grad: Tensor, stacklevel: int = 6) -> None:
     if count:
         warnings.warn(
             f"the input gradient is zero for {count} of {grad.shape[0]} samples (a saturated, "
-            "non-differentiable or input-independent model); those samples are returned unperturbed "
-            "and are not adversarial examples",
+            "non-differentiable or input-independent model); the gradient does not move those samples "
+            "(they stay at x, or at pgd's random start), so they are not adversarial examples",
             RuntimeWarning,
             stacklevel=stacklevel,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -239,3 +240,20 @@ def test_a_dtype_mismatch_inside_the_model_is_the_models_own_error():
     casting.register_forward_pre_hook(lambda module, args: (args[0].float(),))
     x, y = batch(dtype=torch.float64)
     assert fk.fgsm(casting, x, y, eps=0.1).dtype == torch.float64
+
+
+@pytest.mark.parametrize("margin", [30.0, 60.0, 80.0])
+def test_the_l2_step_of_a_tiny_gradient_has_full_length(margin):
+    """A margin of 60 gives an input gradient near 1e-26, whose squares underflow in float32."""
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]))
+        model.bias.copy_(torch.tensor([margin, 0.0]))
+    x, y = torch.full((3, 4), 0.5), torch.zeros(3, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the gradient is not zero: no warning either
+        x_adv = fk.fgsm(model, x, y, eps=0.1, norm=2, clip=None)
+    delta = (x_adv - x).double()
+    torch.testing.assert_close(delta.norm(dim=1), torch.full((3,), 0.1, dtype=torch.float64), rtol=1e-6, atol=0)
+    expected = torch.tensor([-1.0, 1.0, 0.0, 0.0], dtype=torch.float64) / math.sqrt(2)  # the exact direction
+    torch.testing.assert_close(delta / 0.1, expected.expand(3, 4), rtol=0, atol=1e-6)

@@ -257,3 +257,23 @@ def test_the_l2_step_of_a_tiny_gradient_has_full_length(margin):
     torch.testing.assert_close(delta.norm(dim=1), torch.full((3,), 0.1, dtype=torch.float64), rtol=1e-6, atol=0)
     expected = torch.tensor([-1.0, 1.0, 0.0, 0.0], dtype=torch.float64) / math.sqrt(2)  # the exact direction
     torch.testing.assert_close(delta / 0.1, expected.expand(3, 4), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", LOW + [torch.float32])
+@pytest.mark.parametrize("margin", [60.0, 95.0])
+def test_a_margin_near_the_end_of_float32_keeps_the_gradient_direction(dtype, margin):
+    """p_k = exp(-95) is a float32 subnormal: still a direction, for every dtype and both norms."""
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]))
+        model.bias.copy_(torch.tensor([margin, 0.0]))
+    model = model.to(dtype)
+    x, y = torch.full((2, 4), 0.5, dtype=dtype), torch.zeros(2, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        linf = fk.fgsm(model, x, y, eps=0.125, clip=None)
+        l2 = fk.fgsm(model, x, y, eps=0.125, norm=2, clip=None)
+    sign = torch.tensor([-1.0, 1.0, 0.0, 0.0], dtype=torch.float64).expand(2, 4)
+    assert torch.equal((linf.double() - x.double()) / 0.125, sign)
+    torch.testing.assert_close((l2.double() - x.double()) / 0.125, sign / math.sqrt(2), rtol=0,
+                               atol=4 * torch.finfo(dtype).eps)

@@ -247,8 +247,10 @@ class Objective:
         loss = summed_loss(self.loss_fn(wide, self.y), batch)
         (logit_grad,) = torch.autograd.grad(loss, wide, retain_graph=True)
         peak = logit_grad.abs().amax(dim=1, keepdim=True)
-        scale = torch.where(peak > 0, torch.exp2(-torch.floor(torch.log2(peak))), torch.ones_like(peak))
-        (grad,) = torch.autograd.grad(logits, x, grad_outputs=(logit_grad * scale).to(logits.dtype),
+        # Divide by the power of two rather than multiply by its inverse: below 2^-127 (a margin
+        # near 90) the inverse overflows float32, while the power itself is still representable.
+        unit = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
+        (grad,) = torch.autograd.grad(logits, x, grad_outputs=(logit_grad / unit).to(logits.dtype),
                                       allow_unused=True)
         return torch.zeros_like(x) if grad is None else grad
 

@@ -154,3 +154,27 @@ def assert_expected_refusal(error: Exception, x: torch.Tensor, eps, clip) -> Non
     bad_eps = not bool(torch.isfinite(eps_values).all()) or bool((eps_values < 0).any())
     outside = clip is not None and x.numel() > 0 and bool(((x < clip[0]) | (x > clip[1])).any())
     assert bad_eps or outside, f"unexpected refusal: {error!r}"
+
+
+@FUZZ
+@given(batch=st.integers(0, 5), features=st.integers(1, 6), dtype=st.sampled_from([torch.float32, torch.float64]),
+       eps=budgets, seed=st.integers(0, 2**16))
+def test_adversarial_logistic_loss_fuzz(batch, features, dtype, eps, seed):
+    g = torch.Generator().manual_seed(seed)
+    w, b = torch.randn(features, generator=g).to(dtype), float(torch.randn(1, generator=g))
+    x = torch.rand(batch, features, generator=g).to(dtype)
+    y = (torch.randint(0, 2, (batch,), generator=g) * 2 - 1).to(dtype)
+    try:
+        loss = fk.adversarial_logistic_loss(w, b, x, y, eps)
+    except (ValueError, TypeError):
+        event("refused")
+        assert not (math.isfinite(eps) and eps >= 0)
+        return
+    event("computed")
+    assert loss.shape == (batch,) and bool(torch.isfinite(loss).all())
+    # the loss at the FGSM example of logistic regression, x - eps * y * sign(w)
+    x_adv = x - eps * y[:, None] * w.sign()
+    expected = torch.nn.functional.softplus(-y * (x_adv @ w + b))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    clean = torch.nn.functional.softplus(-y * (x @ w + b))
+    assert bool((loss >= clean - 1e-6).all())

@@ -219,3 +219,21 @@ def test_torchscript_models_are_attacked_like_eager_ones():
         torch.testing.assert_close(ATTACKS["pgd"](scripted, x, y, eval_mode=eval_mode),
                                    ATTACKS["pgd"](model, x, y, eval_mode=eval_mode), rtol=1e-6, atol=1e-6)
     assert scripted.training
+
+
+def test_a_compiled_training_step_and_a_compiled_attack_call():
+    """torch.compile around the library's calls (not only around the model): Dynamo breaks the
+    graph where it must (autograd.grad, host checks) and the results are the eager ones."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 10, generator=g), torch.randint(0, 3, (8,), generator=g)
+    model = small_net()
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.1)
+    step = torch.compile(lambda x, y: criterion(model, x, y), backend="aot_eager")
+    attack = torch.compile(lambda x, y: fk.fgsm(model, x, y, eps=0.1), backend="aot_eager")
+    torch.testing.assert_close(attack(x, y), fk.fgsm(model, x, y, eps=0.1), rtol=1e-6, atol=1e-6)
+    step(x, y).backward()
+    compiled_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    criterion(model, x, y).backward()
+    for got, expected in zip(compiled_grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)

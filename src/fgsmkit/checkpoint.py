@@ -52,5 +52,26 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
     ``weights_only`` refuses pickled code, so a checkpoint file from elsewhere cannot run
     anything when it is loaded.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint file.
+    map_location : str, torch.device or None
+        Where to put the tensors (default: CPU), as in :func:`torch.load`.
+
+    Returns
+    -------
+    dict
+        The state that was saved.
+
+    Examples
+    --------
+    >>> import tempfile, os, torch, fgsmkit as fk
+    >>> model = fk.models.SoftmaxRegression(4, 3)
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.pt")
+    >>> fk.save_checkpoint({"model": model.state_dict()}, path)
+    >>> model.load_state_dict(fk.load_checkpoint(path)["model"])
+    <All keys matched successfully>
     """
     return torch.load(Path(path), map_location=map_location, weights_only=True)

@@ -57,6 +57,16 @@ class AttackReport:
         (nan if there are none).
     examples : Tensor or None
         The adversarial examples, when asked for with ``keep_examples=True``.
+
+    Examples
+    --------
+    >>> import functools, torch, fgsmkit as fk
+    >>> from fgsmkit.evaluation import evaluate_attack
+    >>> model = fk.models.SoftmaxRegression(4, 3)
+    >>> x, y = torch.rand(16, 4), torch.randint(0, 3, (16,))
+    >>> report = evaluate_attack(model, functools.partial(fk.fgsm, eps=0.25), x, y)
+    >>> report.n
+    16
     """
 
     n: int

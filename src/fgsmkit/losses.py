@@ -231,7 +231,7 @@ def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor
     >>> import torch, fgsmkit as fk
     >>> w, x, y = torch.tensor([1.0, -2.0]), torch.tensor([[0.5, 0.5]]), torch.tensor([1.0])
     >>> fk.adversarial_logistic_loss(w, 0.0, x, y, eps=0.1)
-    tensor([1.0859])
+    tensor([1.1711])
     """
     if w.ndim != 1:
         raise ValueError(f"w must be a 1-D weight vector; got shape {tuple(w.shape)}")

@@ -151,7 +151,15 @@ def cache_dir() -> Path:
 
 
 def search_folders(remote: RemoteFiles, root: PathLike | None = None) -> list[Path]:
-    """The folders searched for ``remote``'s files, in order (see the module documentation)."""
+    """The folders searched for ``remote``'s files, in order (see the module documentation).
+
+    Examples
+    --------
+    >>> from fgsmkit.datasets import MNIST, search_folders
+    >>> folders = search_folders(MNIST, root="data")
+    >>> [folder.as_posix() for folder in folders[:2]]
+    ['data', 'data/MNIST/raw']
+    """
     bases = [Path(root).expanduser()] if root is not None else []
     if os.environ.get("FGSMKIT_DATA"):
         bases.append(Path(os.environ["FGSMKIT_DATA"]).expanduser())

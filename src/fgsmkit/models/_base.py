@@ -12,7 +12,21 @@ class Classifier(nn.Module):
     """A classifier that returns logits and knows the probabilities behind them.
 
     Inputs of any shape ``(batch, ...)`` with ``in_features`` elements per sample are
-    flattened to ``(batch, in_features)``.
+    flattened to ``(batch, in_features)``. Subclasses set ``in_features``, call :meth:`flat` in
+    their forward and override :meth:`probabilities` when their logits are not softmax logits.
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> class TwoLayer(fk.models.Classifier):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.in_features = 784
+    ...         self.net = torch.nn.Sequential(torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    ...     def forward(self, x):
+    ...         return self.net(self.flat(x))
+    >>> TwoLayer().predict_proba(torch.rand(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
     """
 
     in_features: int

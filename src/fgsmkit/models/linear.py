@@ -14,8 +14,9 @@ class SoftmaxRegression(Classifier):
     Examples
     --------
     >>> import torch, fgsmkit as fk
-    >>> fk.models.SoftmaxRegression(784, 10).predict_proba(torch.rand(2, 784)).sum(1)
-    tensor([1.0000, 1.0000])
+    >>> p = fk.models.SoftmaxRegression(784, 10).predict_proba(torch.rand(2, 784))
+    >>> p.shape, torch.allclose(p.sum(dim=1), torch.ones(2))
+    (torch.Size([2, 10]), True)
     """
 
     def __init__(self, in_features: int, num_classes: int) -> None:

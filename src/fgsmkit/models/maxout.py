@@ -15,6 +15,14 @@ def max_norm_(weight: Tensor, max_norm: float) -> None:
 
     This is the maxout paper's max column norm constraint (its weights are stored transposed),
     applied after each optimizer step.
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> weight = torch.full((3, 4), 2.0)             # rows of norm 4
+    >>> fk.models.max_norm_(weight, 1.9365)
+    >>> weight.norm(dim=1)
+    tensor([1.9365, 1.9365, 1.9365])
     """
     with torch.no_grad():
         weight.copy_(torch.renorm(weight, p=2, dim=0, maxnorm=max_norm))

@@ -34,6 +34,14 @@ def rbf_detector_loss(log_probs: Tensor, y: Tensor) -> Tensor:
     -------
     Tensor
         Per-sample losses, shape ``(batch,)``.
+
+    Examples
+    --------
+    >>> import math, torch, fgsmkit as fk
+    >>> log_probs = torch.log(torch.tensor([[0.9, 0.2]]))   # detector 0 at 0.9, detector 1 at 0.2
+    >>> loss = fk.models.rbf_detector_loss(log_probs, torch.tensor([0]))
+    >>> math.isclose(loss.item(), -math.log(0.9) - math.log(1 - 0.2), rel_tol=1e-6)
+    True
     """
     target = torch.nn.functional.one_hot(y, log_probs.shape[1]).to(torch.bool)
     return -torch.where(target, log_probs, log1mexp(log_probs)).sum(dim=1)

@@ -1,0 +1,123 @@
+"""Run every script of ``examples/`` with its quick flag and check that it shows what it claims.
+
+The scripts train small models on the embedded MNIST sample. They are started together, two at a
+time, when the first test needs them, and each test then reads its script's output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import fgsmkit
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TIMEOUT_S = 300
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # The scripts import the same fgsmkit as these tests, installed or not.
+    package_root = str(Path(fgsmkit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode == 0, f"{' '.join(args)} failed with code {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _chain(commands: list[list[str]], cwd: Path) -> list[str]:
+    """Run commands one after the other (a later one may read what an earlier one wrote)."""
+    return [_run(args, cwd) for args in commands]
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future[list[str]]]:
+    work = tmp_path_factory.mktemp("examples")
+    script = lambda name: str(EXAMPLES / name)  # noqa: E731
+    jobs = {
+        "attack": [[script("attack_trained_model.py"), "--small", "--out", str(work / "attack.png")]],
+        "training": [
+            [script("adversarial_training_loop.py"), "--small", "--epochs", "1", "--checkpoint", str(work / "a.pt")],
+            [script("adversarial_training_loop.py"), "--small", "--epochs", "2", "--checkpoint", str(work / "a.pt")],
+            [script("adversarial_training_loop.py"), "--small", "--epochs", "2", "--checkpoint", str(work / "b.pt")],
+        ],
+        "curve": [[script("robustness_curve.py"), "--small", "--out", str(work / "curve.png")]],
+        "targeted": [[script("targeted_attack.py"), "--small"]],
+        "distributed": [[
+            "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            script("distributed_training.py"), "--small", "--checkpoint", str(work / "ddp.pt"),
+        ]],
+    }
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {name: pool.submit(_chain, commands, work) for name, commands in jobs.items()}
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _percent(pattern: str, text: str) -> float:
+    match = re.search(pattern, text)
+    assert match, f"no match for {pattern!r} in:\n{text}"
+    return float(match.group(1)) / 100
+
+
+def test_attack_trained_model_fools_the_model(outputs) -> None:
+    (out,) = outputs["attack"].result(timeout=TIMEOUT_S)
+    clean = _percent(r"clean error: ([\d.]+)%", out)
+    adversarial = _percent(r"adversarial error \(FGSM, eps=0.25\): ([\d.]+)%", out)
+    assert adversarial > clean + 0.3
+    largest_change = float(re.search(r"largest pixel change: ([\d.]+)", out).group(1))
+    assert 0 < largest_change <= 0.25 + 1e-3
+    # The picture when matplotlib is there, the digits as text otherwise.
+    assert re.search(r"^saved .*attack\.png$", out, re.M) or "install matplotlib" in out
+
+
+def test_adversarial_training_loop_resumes_where_it_stopped(outputs) -> None:
+    first, resumed, uninterrupted = outputs["training"].result(timeout=TIMEOUT_S)
+    assert "epoch 1/1:" in first and "saved checkpoint" in first
+    assert "resumed from" in resumed and "after epoch 1" in resumed
+    assert "epoch 1/2" not in resumed, "the resumed run trained the first epoch again"
+    last = lambda text: re.search(r"^epoch 2/2: .*$", text, re.M).group(0)  # noqa: E731
+    # Stopping after epoch 1 and resuming gives exactly the run that never stopped.
+    assert last(resumed) == last(uninterrupted)
+    assert _percent(r"train accuracy clean ([\d.]+)%", last(uninterrupted)) > 0.2
+
+
+def test_robustness_curve_adversarial_training_lowers_fgsm_error(outputs) -> None:
+    (out,) = outputs["curve"].result(timeout=TIMEOUT_S)
+    rows = re.findall(r"^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%$", out, re.M)
+    assert [float(eps) for eps, _, _ in rows] == [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+    plain = [float(p) / 100 for _, p, _ in rows]
+    adversarial = [float(a) / 100 for _, _, a in rows]
+    assert plain[-1] > plain[0] + 0.5, "FGSM should fool the plainly trained network"
+    at = 5  # eps = 0.25, the budget it was trained with
+    assert adversarial[at] < plain[at] - 0.1
+
+
+def test_targeted_attack_reaches_the_targets(outputs) -> None:
+    (out,) = outputs["targeted"].result(timeout=TIMEOUT_S)
+    before = _percent(r"read as the target before any attack: ([\d.]+)%", out)
+    one_step = _percent(r"targeted FGSM: read as the target ([\d.]+)%", out)
+    iterative = _percent(r"targeted iterative FGSM \(\d+ steps\): read as the target ([\d.]+)%", out)
+    assert before < 0.1 < one_step <= iterative
+    assert iterative > 0.5
+
+
+def test_distributed_training_keeps_replicas_identical(outputs) -> None:
+    (out,) = outputs["distributed"].result(timeout=TIMEOUT_S)
+    assert "2 process(es), backend gloo" in out or "2 process(es), backend nccl" in out
+    assert "replicas identical after training: True" in out
+    assert re.search(r"^epoch 2/2: .*FGSM [\d.]+%$", out, re.M)

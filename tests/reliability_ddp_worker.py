@@ -54,7 +54,7 @@ def adversarial_training(model: nn.Module, batches, shard: slice | None = None,
 
 def run(rank: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=30))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=90))
     try:
         for scenario, body in SCENARIOS.items():
             torch.save(body(rank), os.path.join(out_dir, f"{scenario}.rank{rank}.pt"))

@@ -107,7 +107,8 @@ class AdversarialLoss(nn.Module):
             raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
         self.alpha = float(alpha)
         self.eps = float(eps)
-        # The default averages like a plain training loop's F.cross_entropy, to the last bit.
+        # The default averages like a plain training loop's F.cross_entropy (the same value up to
+        # rounding; the gradient differs where PyTorch's cancels, see gradient.cross_entropy).
         self.loss_fn = _validation.check_loss_fn(loss_fn) or functools.partial(cross_entropy, reduction="mean")
         self.checks_labels = loss_fn is None
         self.norm = _validation.check_norm(norm)

@@ -506,3 +506,9 @@ def test_zero_gradient_pgd_stays_at_its_random_start_and_says_so():
                                generator=torch.Generator().manual_seed(0)))
     assert torch.equal(runs[0], runs[1])  # no step moved it
     assert not torch.equal(runs[0], x)  # the random start did
+
+
+def test_a_parameter_free_model_on_another_device_is_refused():
+    x, y = batch()
+    with pytest.raises(ValueError, match="model has buffers on meta but x is on cpu"):
+        fk.fgsm(Fixed().to("meta"), x, y, eps=0.1)

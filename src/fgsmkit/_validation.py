@@ -27,10 +27,14 @@ def check_model(model: object, x: Tensor) -> None:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function); got {type(model).__name__}")
     if isinstance(model, nn.Module):
-        for tensor in model.parameters():
+        # The first parameter, or for a parameter-free model (fixed weights) the first buffer.
+        for kind, tensors in (("parameters", model.parameters()), ("buffers", model.buffers())):
+            tensor = next(tensors, None)
+            if tensor is None:
+                continue
             if tensor.device != x.device:
                 raise ValueError(
-                    f"model has parameters on {tensor.device} but x is on {x.device}; "
+                    f"model has {kind} on {tensor.device} but x is on {x.device}; "
                     f"move one of them, e.g. x.to({str(tensor.device)!r})"
                 )
             break

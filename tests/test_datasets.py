@@ -128,6 +128,353 @@ def test_mnist_sample_returns_fresh_tensors() -> None:
     assert float(x2.max()) == 1.0 and int(y2.min()) == 0
 
 
+def test_mnist_sample_refuses_a_damaged_installation(monkeypatch) -> None:
+    from fgsmkit.datasets import sample
+
+    monkeypatch.setitem(sample.SAMPLE_FILES, "t10k-labels-idx1-ubyte.gz", "0" * 64)
+    sample._decoded.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="t10k-labels-idx1-ubyte.gz is damaged"):
+            mnist_sample("test")
+    finally:
+        sample._decoded.cache_clear()
+
+
 def test_mnist_sample_rejects_an_unknown_split() -> None:
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
         mnist_sample("validation")
+
+
+# --- finding and downloading MNIST ----------------------------------------------------------
+
+import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
+import http.server  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from fgsmkit.datasets import (  # noqa: E402
+    FASHION_MNIST,
+    MNIST,
+    DatasetNotFoundError,
+    RemoteFiles,
+    load_fashion_mnist,
+    load_mnist,
+    search_folders,
+)
+
+TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_folders(tmp_path, monkeypatch) -> Path:
+    """Keep the user's real cache and $FGSMKIT_DATA out of every test."""
+    monkeypatch.delenv("FGSMKIT_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return tmp_path / "xdg-cache" / "fgsmkit"
+
+
+def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8)
+
+
+def gz_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    write_idx(buffer, array, compress=True)
+    return buffer.getvalue()
+
+
+def write_split(folder: Path, n: int, seed: int, split: str = "test", compressed: bool = True) -> np.ndarray:
+    """Write a small split into ``folder``; return its labels, which identify it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "t10k" if split == "test" else "train"
+    images, labels = make_split(n, seed)
+    suffix = ".gz" if compressed else ""
+    write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+    return labels
+
+
+class Mirror(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.routes``: path -> (body, mode); mode is "ok", "cut" (connection dropped
+    halfway through the announced length) or "slow" (answers after the client's timeout)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+        self.server.requests.append(self.path)
+        if self.path not in self.server.routes:
+            self.send_error(404)
+            return
+        body, mode = self.server.routes[self.path]
+        if mode == "slow":
+            time.sleep(1.5)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body[: len(body) // 2] if mode == "cut" else body)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        if mode == "cut":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    httpd.daemon_threads = True
+    httpd.routes, httpd.requests = {}, []
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def published():
+    """A small "official" test split: its arrays, gzip bytes and checksums."""
+    images, labels = make_split(37, seed=1)
+    blobs = dict(zip(TEST_FILES, (gz_bytes(images), gz_bytes(labels))))
+    sha256 = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
+    return images, labels, blobs, sha256
+
+
+def remote_for(server, published, *mirrors: str) -> RemoteFiles:
+    return dataclasses.replace(MNIST, mirrors=tuple(f"{server.url}/{m}/" for m in mirrors), sha256=published[3])
+
+
+def serve(server, mirror: str, blobs: dict[str, bytes], mode: str = "ok") -> None:
+    for name, blob in blobs.items():
+        server.routes[f"/{mirror}/{name}"] = (blob, mode)
+
+
+def assert_is_published(x: torch.Tensor, y: torch.Tensor, published) -> None:
+    images, labels = published[:2]
+    assert torch.equal(x, torch.from_numpy(images).float().div(255).unsqueeze(1))
+    assert torch.equal(y, torch.from_numpy(labels.astype(np.int64)))
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_download_writes_verified_files_that_later_load_offline(tmp_path, server, published) -> None:
+    serve(server, "a", published[2])
+    x, y = load_mnist(tmp_path, "test", remote=remote_for(server, published, "a"))
+    assert_is_published(x, y, published)
+    assert leftovers(tmp_path / "MNIST" / "raw") == sorted(TEST_FILES)  # no temporary files
+    server.shutdown()
+    assert_is_published(*load_mnist(tmp_path, "test", download=False), published)
+
+
+def test_download_falls_back_to_the_next_mirror_after_a_404(tmp_path, server, published) -> None:
+    serve(server, "b", published[2])
+    x, y = load_mnist(tmp_path, "test", remote=remote_for(server, published, "a", "b"))
+    assert_is_published(x, y, published)
+    assert server.requests == ["/a/t10k-images-idx3-ubyte.gz", "/b/t10k-images-idx3-ubyte.gz",
+                               "/a/t10k-labels-idx1-ubyte.gz", "/b/t10k-labels-idx1-ubyte.gz"]
+
+
+def corrupted(blobs: dict[str, bytes]) -> dict[str, bytes]:
+    """Same length, one byte flipped in the compressed stream's payload."""
+    return {name: blob[:20] + bytes([blob[20] ^ 0xFF]) + blob[21:] for name, blob in blobs.items()}
+
+
+def truncated(blobs: dict[str, bytes]) -> dict[str, bytes]:
+    return {name: blob[: len(blob) // 2] for name, blob in blobs.items()}
+
+
+@pytest.mark.parametrize("damage", [corrupted, truncated], ids=["corrupt", "truncated"])
+def test_a_damaged_file_on_one_mirror_is_replaced_from_the_next(tmp_path, server, published, damage) -> None:
+    serve(server, "a", damage(published[2]))
+    serve(server, "b", published[2])
+    x, y = load_mnist(tmp_path, "test", remote=remote_for(server, published, "a", "b"))
+    assert_is_published(x, y, published)
+    assert leftovers(tmp_path / "MNIST" / "raw") == sorted(TEST_FILES)
+
+
+@pytest.mark.parametrize("damage", [corrupted, truncated], ids=["corrupt", "truncated"])
+def test_a_damaged_file_everywhere_is_an_error_and_leaves_nothing_behind(tmp_path, server, published,
+                                                                         damage) -> None:
+    serve(server, "a", damage(published[2]))
+    with pytest.raises(DatasetNotFoundError, match="checksum mismatch") as caught:
+        load_mnist(tmp_path, "test", remote=remote_for(server, published, "a"))
+    assert f"{server.url}/a/t10k-images-idx3-ubyte.gz" in str(caught.value)
+    assert leftovers(tmp_path / "MNIST" / "raw") == []
+    with pytest.raises(DatasetNotFoundError):
+        load_mnist(tmp_path, "test", download=False)
+
+
+def test_a_download_cut_off_midway_is_retried_elsewhere_and_never_kept(tmp_path, server, published) -> None:
+    serve(server, "a", published[2], mode="cut")
+    with pytest.raises(DatasetNotFoundError, match="cut off after") as caught:
+        load_mnist(tmp_path, "test", remote=remote_for(server, published, "a"))
+    assert "t10k-images-idx3-ubyte.gz" in str(caught.value)
+    assert leftovers(tmp_path / "MNIST" / "raw") == []
+    serve(server, "b", published[2])
+    assert_is_published(*load_mnist(tmp_path, "test", remote=remote_for(server, published, "a", "b")), published)
+
+
+def test_a_mirror_that_times_out_is_skipped(tmp_path, server, published) -> None:
+    serve(server, "slow", published[2], mode="slow")
+    serve(server, "b", published[2])
+    remote = remote_for(server, published, "slow", "b")
+    assert_is_published(*load_mnist(tmp_path, "test", remote=remote, timeout=0.3), published)
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_offline_without_a_copy_says_where_to_put_which_files(tmp_path, monkeypatch, published,
+                                                              isolated_data_folders) -> None:
+    monkeypatch.setenv("FGSMKIT_DATA", str(tmp_path / "env"))
+    remote = dataclasses.replace(MNIST, mirrors=(f"http://127.0.0.1:{unused_port()}/mnist/",), sha256=published[3])
+    with pytest.raises(DatasetNotFoundError) as caught:
+        load_mnist(tmp_path / "root", "test", remote=remote, timeout=2)
+    message = str(caught.value)
+    for needed in [*TEST_FILES, str(tmp_path / "root"), str(tmp_path / "env" / "MNIST" / "raw"),
+                   str(isolated_data_folders), "Downloading it failed"]:
+        assert needed in message
+    assert leftovers(tmp_path / "root" / "MNIST" / "raw") == []
+
+
+def test_download_false_never_touches_the_network(tmp_path, server, published) -> None:
+    serve(server, "a", published[2])
+    with pytest.raises(DatasetNotFoundError, match="pass download=True"):
+        load_mnist(tmp_path, "test", download=False, remote=remote_for(server, published, "a"))
+    assert server.requests == []
+
+
+def test_downloads_go_under_root_then_env_then_cache(tmp_path, monkeypatch, server, published,
+                                                     isolated_data_folders) -> None:
+    serve(server, "a", published[2])
+    remote = remote_for(server, published, "a")
+
+    def downloaded_into(folder: Path, root: Path | None) -> None:
+        load_mnist(root, "test", remote=remote)
+        assert leftovers(folder) == sorted(TEST_FILES)
+        for name in TEST_FILES:  # so that the next download is needed
+            (folder / name).unlink()
+
+    downloaded_into(isolated_data_folders / "MNIST" / "raw", None)
+    monkeypatch.setenv("FGSMKIT_DATA", str(tmp_path / "env"))
+    downloaded_into(tmp_path / "env" / "MNIST" / "raw", None)
+    downloaded_into(tmp_path / "root" / "MNIST" / "raw", tmp_path / "root")
+    assert len(server.requests) == 3 * len(TEST_FILES)
+
+
+def test_fashion_mnist_downloads_into_its_own_folder(tmp_path, server, published) -> None:
+    serve(server, "f", published[2])
+    remote = dataclasses.replace(FASHION_MNIST, mirrors=(f"{server.url}/f/",), sha256=published[3])
+    assert_is_published(*load_fashion_mnist(tmp_path, "test", remote=remote), published)
+    assert leftovers(tmp_path / "FashionMNIST" / "raw") == sorted(TEST_FILES)
+    assert not (tmp_path / "MNIST").exists()
+
+
+# --- search order ---------------------------------------------------------------------------
+
+
+def test_search_folders_order(tmp_path, monkeypatch, isolated_data_folders) -> None:
+    monkeypatch.setenv("FGSMKIT_DATA", str(tmp_path / "env"))
+    assert search_folders(MNIST, tmp_path / "root") == [
+        tmp_path / "root", tmp_path / "root" / "MNIST" / "raw",
+        tmp_path / "env", tmp_path / "env" / "MNIST" / "raw",
+        isolated_data_folders, isolated_data_folders / "MNIST" / "raw",
+    ]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert search_folders(FASHION_MNIST)[-1] == tmp_path / "home" / ".cache" / "fgsmkit" / "FashionMNIST" / "raw"
+
+
+def test_the_first_folder_holding_the_split_wins(tmp_path, monkeypatch, isolated_data_folders) -> None:
+    monkeypatch.setenv("FGSMKIT_DATA", str(tmp_path / "env"))
+    in_cache = write_split(isolated_data_folders / "MNIST" / "raw", 3, seed=10)
+    in_env = write_split(tmp_path / "env", 4, seed=11, compressed=False)
+    in_root_raw = write_split(tmp_path / "root" / "MNIST" / "raw", 5, seed=12)
+    in_root = write_split(tmp_path / "root", 6, seed=13)
+    expected = [in_root, in_root_raw, in_env, in_cache]
+    folders = [tmp_path / "root", tmp_path / "root" / "MNIST" / "raw", tmp_path / "env",
+               isolated_data_folders / "MNIST" / "raw"]
+    for labels, folder in zip(expected, folders):
+        _, y = load_mnist(tmp_path / "root", "test", download=False)
+        assert torch.equal(y, torch.from_numpy(labels.astype(np.int64)))
+        for path in folder.glob("t10k-*"):
+            path.unlink()
+    with pytest.raises(DatasetNotFoundError):
+        load_mnist(tmp_path / "root", "test", download=False)
+
+
+def test_a_folder_with_only_half_a_split_is_skipped(tmp_path) -> None:
+    write_split(tmp_path / "root", 3, seed=0)
+    (tmp_path / "root" / "t10k-labels-idx1-ubyte.gz").unlink()
+    complete = write_split(tmp_path / "root" / "MNIST" / "raw", 4, seed=1)
+    assert torch.equal(load_mnist(tmp_path / "root", "test", download=False)[1],
+                       torch.from_numpy(complete.astype(np.int64)))
+
+
+def test_train_and_test_files_are_told_apart(tmp_path) -> None:
+    train = write_split(tmp_path, 5, seed=0, split="train")
+    test = write_split(tmp_path, 3, seed=1, split="test")
+    assert load_mnist(tmp_path, "train", download=False)[1].tolist() == train.tolist()
+    assert load_mnist(tmp_path, "test", download=False)[1].tolist() == test.tolist()
+
+
+def test_a_corrupt_file_on_disk_is_reported_by_name(tmp_path) -> None:
+    write_split(tmp_path, 3, seed=0)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz"):
+        load_mnist(tmp_path, "test", download=False)
+
+
+def test_images_and_labels_of_different_lengths_are_refused(tmp_path) -> None:
+    write_split(tmp_path, 3, seed=0)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(4, np.uint8))
+    with pytest.raises(ValueError, match="do not belong together"):
+        load_mnist(tmp_path, "test", download=False)
+
+
+def test_bad_arguments_are_named(tmp_path) -> None:
+    with pytest.raises(ValueError, match="split must be"):
+        load_mnist(tmp_path, "val", download=False)
+    with pytest.raises(TypeError, match="remote must be a RemoteFiles"):
+        load_mnist(tmp_path, "test", download=False, remote="https://example.org/")
+    with pytest.raises(ValueError, match="mirrors must be a non-empty tuple"):
+        RemoteFiles("MNIST", "https://example.org/")
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        load_mnist(tmp_path, "test", timeout=0)
+
+
+def test_remote_files_refuse_a_digest_that_is_not_sha256() -> None:
+    md5 = "9fb629c4189551a2d022fa330f9573f3"  # torchvision's MD5 of t10k-images: not what we check
+    with pytest.raises(ValueError, match=r"sha256\['t10k-images-idx3-ubyte.gz'\] must be a SHA-256 digest"):
+        dataclasses.replace(MNIST, sha256={"t10k-images-idx3-ubyte.gz": md5})
+
+
+def test_a_file_without_a_checksum_is_never_downloaded(tmp_path, server, published) -> None:
+    serve(server, "a", published[2])
+    remote = dataclasses.replace(remote_for(server, published, "a"), sha256={})
+    with pytest.raises(ValueError, match="no SHA-256 for 't10k-images-idx3-ubyte.gz'"):
+        load_mnist(tmp_path, "test", remote=remote)
+    assert server.requests == []
+
+
+def test_downloaded_files_are_readable_by_others(tmp_path, server, published) -> None:
+    serve(server, "a", published[2])
+    load_mnist(tmp_path, "test", remote=remote_for(server, published, "a"))
+    for name in TEST_FILES:
+        assert (tmp_path / "MNIST" / "raw" / name).stat().st_mode & 0o044 == 0o044

@@ -2,12 +2,13 @@
 
 Attacks are pure functions (:func:`fgsm`, :func:`iterative_fgsm`, :func:`pgd`); adversarial
 training is a criterion (:class:`AdversarialLoss`); the paper's models are in
-:mod:`fgsmkit.models`; data loaders are in :mod:`fgsmkit.datasets` (imported on first use).
+:mod:`fgsmkit.models` and its metrics in :mod:`fgsmkit.evaluation`; data loaders are in
+:mod:`fgsmkit.datasets` (imported on first use).
 """
 
 import importlib
 
-from . import models
+from . import evaluation, models
 from .attacks import fgsm, iterative_fgsm, pgd
 from .checkpoint import load_checkpoint, save_checkpoint
 from .losses import AdversarialLoss, adversarial_logistic_loss
@@ -28,6 +29,7 @@ __all__ = [
     "AdversarialLoss",
     "adversarial_logistic_loss",
     "datasets",
+    "evaluation",
     "fgsm",
     "iterative_fgsm",
     "load_checkpoint",

@@ -74,7 +74,9 @@ def read_idx(source: PathOrFile) -> np.ndarray:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as error:
-            raise ValueError(f"{name} is a damaged or truncated gzip file ({error}); delete it and fetch it again") from None
+            raise ValueError(
+                f"{name} is a damaged or truncated gzip file ({error}); delete it and fetch it again"
+            ) from None
     return _parse(data, name)
 
 
@@ -89,7 +91,9 @@ def _parse(data: bytes, name: str) -> np.ndarray:
         raise ValueError(f"{name} has unknown IDX type code 0x{code:02X}; the format defines {known}")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{name} is truncated inside its header: {ndim} dimensions need {header} bytes, got {len(data)}")
+        raise ValueError(
+            f"{name} is truncated inside its header: {ndim} dimensions need {header} bytes, got {len(data)}"
+        )
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = IDX_DTYPES[code]
     expected = math.prod(shape) * dtype.itemsize

@@ -1,0 +1,116 @@
+"""Fetching dataset files: mirrors tried in turn, SHA-256 checked, files written atomically.
+
+A file is streamed into a temporary file in its destination folder, its SHA-256 is compared with
+the published value, and only then is it renamed to its final name (``os.replace``, atomic on
+one file system). A download that is cut off, times out or arrives damaged leaves nothing behind
+that a later run could mistake for the real file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RemoteFiles:
+    """Where a dataset's files can be downloaded and what their bytes must hash to.
+
+    Parameters
+    ----------
+    name : str
+        The dataset's name, also the torchvision-style folder it is stored in (``<dir>/<name>/raw``).
+    mirrors : tuple of str
+        Base URLs, tried in order; a file's URL is the base URL followed by its name.
+    sha256 : mapping of str to str
+        File name -> expected SHA-256 (hex) of the file as served.
+
+    Examples
+    --------
+    Point the MNIST loader at a private mirror holding the same files:
+
+    >>> import dataclasses
+    >>> from fgsmkit.datasets import MNIST
+    >>> mine = dataclasses.replace(MNIST, mirrors=("https://example.org/mnist/",))
+    >>> mine.urls("t10k-labels-idx1-ubyte.gz")
+    ('https://example.org/mnist/t10k-labels-idx1-ubyte.gz',)
+    """
+
+    name: str
+    mirrors: tuple[str, ...]
+    sha256: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mirrors, str) or not self.mirrors:
+            raise ValueError(f"mirrors must be a non-empty tuple of base URLs; got {self.mirrors!r}")
+        object.__setattr__(self, "mirrors", tuple(self.mirrors))
+        for filename, digest in self.sha256.items():
+            if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+                raise ValueError(
+                    f"sha256[{filename!r}] must be a SHA-256 digest (64 lowercase hex characters); got {digest!r}"
+                )
+        object.__setattr__(self, "sha256", MappingProxyType(dict(self.sha256)))
+
+    def urls(self, filename: str) -> tuple[str, ...]:
+        """The URL of ``filename`` on each mirror, in the order they are tried."""
+        return tuple(mirror.rstrip("/") + "/" + filename for mirror in self.mirrors)
+
+
+class DownloadError(OSError):
+    """No mirror delivered a file with the expected checksum."""
+
+
+def fetch(remote: RemoteFiles, filename: str, folder: Path, *, timeout: float) -> Path:
+    """Download ``filename`` into ``folder`` from the first mirror that serves it intact.
+
+    Raises
+    ------
+    DownloadError
+        Listing each mirror and why it failed (HTTP error, timeout, cut-off or checksum mismatch).
+    """
+    if filename not in remote.sha256:
+        # Nothing is downloaded unchecked.
+        raise ValueError(f"{remote.name} has no SHA-256 for {filename!r}; add it to RemoteFiles.sha256")
+    folder.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for url in remote.urls(filename):
+        try:
+            return _fetch_one(url, folder / filename, remote.sha256[filename], timeout)
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            failures.append(f"  {url}: {error or type(error).__name__}")
+    raise DownloadError(f"could not download {filename} from any mirror:\n" + "\n".join(failures))
+
+
+def _fetch_one(url: str, destination: Path, expected: str, timeout: float) -> Path:
+    import urllib.request  # imported here: it pulls in http and ssl, which loading never needs
+
+    fd, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            announced = response.headers.get("Content-Length")
+            received = 0
+            while chunk := response.read(_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                received += len(chunk)
+            # read(n) returns b"" when the connection drops early instead of raising.
+            if announced is not None and announced.isdigit() and received < int(announced):
+                raise ValueError(f"download cut off after {received} of {announced} bytes")
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != expected:
+            raise ValueError(f"checksum mismatch (SHA-256 {digest.hexdigest()}, expected {expected})")
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide a shared data folder from its other users
+        os.replace(temporary, destination)
+        return destination
+    finally:
+        Path(temporary).unlink(missing_ok=True)

@@ -1,0 +1,247 @@
+"""MNIST and Fashion-MNIST: found on disk, or downloaded from the standard mirrors.
+
+A split is read from the first folder holding both of its files, searched in this order:
+
+1. ``root`` (when given), then ``root/<Name>/raw``;
+2. ``$FGSMKIT_DATA`` (when set), then ``$FGSMKIT_DATA/<Name>/raw``;
+3. the user cache folder, ``$XDG_CACHE_HOME/fgsmkit`` or ``~/.cache/fgsmkit``, then
+   ``<cache>/<Name>/raw``,
+
+where ``<Name>`` is ``MNIST`` or ``FashionMNIST``, so an existing torchvision download
+(``torchvision.datasets.MNIST(root)``) is found by passing the same ``root``. Each file may be
+gzip-compressed (``train-images-idx3-ubyte.gz``) or not (``train-images-idx3-ubyte``).
+
+Downloads go to ``<first folder of the list>/<Name>/raw``, where the two datasets (whose files
+have the same names) cannot collide. The published SHA-256 digests below are those of
+torchvision's dataset definitions (``torchvision/prototype/datasets/_builtin/mnist.py``); the
+same files also match the MD5 digests that ``torchvision.datasets.MNIST`` and
+``torchvision.datasets.FashionMNIST`` list. Files found on disk are not hashed (they may be
+uncompressed or recompressed copies); their IDX headers and sizes are checked when read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import Tensor
+
+from ._tensors import as_tensors, check_split
+from .download import RemoteFiles, fetch
+from .idx import read_idx
+
+MNIST = RemoteFiles(
+    name="MNIST",
+    mirrors=(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    ),
+    sha256={
+        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    },
+)
+"""MNIST (LeCun, Cortes & Burges; CC BY-SA 3.0): mirrors and SHA-256 of its four files."""
+
+FASHION_MNIST = RemoteFiles(
+    name="FashionMNIST",
+    mirrors=(
+        # The S3 website endpoint has no HTTPS; the SHA-256 check is what vouches for the bytes.
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+    sha256={
+        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+)
+"""Fashion-MNIST (Xiao, Rasul & Vollgraf, Zalando Research; MIT): mirrors and SHA-256 of its four files."""
+
+PathLike = str | os.PathLike[str]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not on disk and could not be downloaded."""
+
+
+def load_mnist(
+    root: PathLike | None = None,
+    split: str = "train",
+    download: bool = True,
+    *,
+    remote: RemoteFiles = MNIST,
+    timeout: float = 30.0,
+) -> tuple[Tensor, Tensor]:
+    """MNIST: 60,000 training or 10,000 test digits, read from disk or downloaded once.
+
+    Parameters
+    ----------
+    root : path-like, optional
+        Folder searched first, and where a download goes. See the module documentation for the
+        full search order (``$FGSMKIT_DATA``, the user cache folder, torchvision's layout).
+    split : {"train", "test"}
+        The official training or test set.
+    download : bool
+        Download the split's two files when no folder holds them. With False, a missing
+        dataset raises at once and nothing touches the network.
+    remote : RemoteFiles
+        Mirrors and checksums; :data:`MNIST` by default. Replace it to use a private mirror.
+    timeout : float
+        Seconds to wait for a mirror to answer before trying the next one.
+
+    Returns
+    -------
+    images : Tensor
+        float32, shape ``(N, 1, 28, 28)``, pixel values in [0, 1] (byte value / 255).
+    labels : Tensor
+        int64, shape ``(N,)``.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        If no folder holds the files and downloading is off or failed on every mirror; the
+        message lists the folders searched, the files to put there, and each mirror's failure.
+    ValueError
+        If a file on disk is truncated or corrupt (the message names it).
+
+    Examples
+    --------
+    >>> from fgsmkit.datasets import DatasetNotFoundError, load_mnist, mnist_sample
+    >>> try:
+    ...     x, y = load_mnist(split="test", download=False)
+    ... except DatasetNotFoundError:
+    ...     x, y = mnist_sample("test")  # offline: the embedded sample
+    >>> x.shape[1:], x.dtype
+    (torch.Size([1, 28, 28]), torch.float32)
+    """
+    return _load(remote, root, split, download, timeout)
+
+
+def load_fashion_mnist(
+    root: PathLike | None = None,
+    split: str = "train",
+    download: bool = True,
+    *,
+    remote: RemoteFiles = FASHION_MNIST,
+    timeout: float = 30.0,
+) -> tuple[Tensor, Tensor]:
+    """Fashion-MNIST: 60,000 training or 10,000 test clothing images, read from disk or downloaded once.
+
+    Same conventions, search order and errors as :func:`load_mnist`; the torchvision-style
+    folder is ``<dir>/FashionMNIST/raw`` and the defaults come from :data:`FASHION_MNIST`.
+
+    Examples
+    --------
+    >>> from fgsmkit.datasets import FASHION_MNIST, load_fashion_mnist, search_folders
+    >>> [folder.as_posix() for folder in search_folders(FASHION_MNIST, "data")[:2]]
+    ['data', 'data/FashionMNIST/raw']
+    >>> x, y = load_fashion_mnist("data", split="test")  # doctest: +SKIP
+    """
+    return _load(remote, root, split, download, timeout)
+
+
+def cache_dir() -> Path:
+    """The user cache folder: ``$XDG_CACHE_HOME/fgsmkit``, or ``~/.cache/fgsmkit``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fgsmkit"
+
+
+def search_folders(remote: RemoteFiles, root: PathLike | None = None) -> list[Path]:
+    """The folders searched for ``remote``'s files, in order (see the module documentation)."""
+    bases = [Path(root).expanduser()] if root is not None else []
+    if os.environ.get("FGSMKIT_DATA"):
+        bases.append(Path(os.environ["FGSMKIT_DATA"]).expanduser())
+    bases.append(cache_dir())
+    folders: list[Path] = []
+    for base in bases:
+        for folder in (base, base / remote.name / "raw"):
+            if folder not in folders:
+                folders.append(folder)
+    return folders
+
+
+def split_files(split: str) -> tuple[str, str]:
+    """The (compressed) names of a split's image and label files."""
+    prefix = "train" if split == "train" else "t10k"
+    return f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
+
+
+def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool,
+          timeout: float) -> tuple[Tensor, Tensor]:
+    split = check_split(split)
+    if not isinstance(remote, RemoteFiles):
+        raise TypeError(f"remote must be a RemoteFiles; got {type(remote).__name__}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds; got {timeout!r}")
+    names = split_files(split)
+    folders = search_folders(remote, root)
+    found = _find(folders, names)
+    if found is None:
+        if not download:
+            raise DatasetNotFoundError(_missing_message(remote, split, folders, names, None))
+        found = _download(remote, split, folders, names, timeout)
+    images, labels = (read_idx(path) for path in found)
+    return as_tensors(images, labels, f"{remote.name} {split} files in {found[0].parent}")
+
+
+def _find(folders: list[Path], names: tuple[str, ...]) -> tuple[Path, ...] | None:
+    for folder in folders:
+        paths = [_existing(folder, name) for name in names]
+        if all(path is not None for path in paths):
+            return tuple(paths)  # type: ignore[arg-type]
+    return None
+
+
+def _existing(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / name.removesuffix(".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _download(remote: RemoteFiles, split: str, folders: list[Path], names: tuple[str, ...],
+              timeout: float) -> tuple[Path, ...]:
+    # folders[1] is <first base>/<Name>/raw: root if given, else $FGSMKIT_DATA, else the cache.
+    destination = folders[1]
+    paths = []
+    for name in names:
+        existing = _existing(destination, name)
+        if existing is not None:
+            paths.append(existing)
+            continue
+        try:
+            paths.append(fetch(remote, name, destination, timeout=timeout))
+        except OSError as error:  # DownloadError, or the folder cannot be created
+            raise DatasetNotFoundError(_missing_message(remote, split, folders, names, error)) from error
+    return tuple(paths)
+
+
+def _missing_message(remote: RemoteFiles, split: str, folders: list[Path], names: tuple[str, ...],
+                     failure: BaseException | None) -> str:
+    lines = [f"{remote.name} {split} split not found."]
+    if failure is not None:
+        lines.append(f"Downloading it failed: {failure}")
+    lines.append(
+        f"Put {names[0]} and {names[1]} (gzip-compressed, or uncompressed without the .gz) into one of:"
+    )
+    lines += [f"  {folder}" for folder in folders]
+    lines.append("They are published at:")
+    lines += [f"  {url}" for name in names for url in remote.urls(name)[:1]]
+    if failure is None:
+        lines.append("or pass download=True to fetch them.")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "FASHION_MNIST",
+    "MNIST",
+    "DatasetNotFoundError",
+    "cache_dir",
+    "load_fashion_mnist",
+    "load_mnist",
+    "search_folders",
+]

@@ -1,0 +1,384 @@
+"""The paper's metrics, as functions of any classifier: error, confidence, agreement, rubbish.
+
+Every function runs the model in batches of ``batch_size`` without autograd, in the train/eval
+mode the model is in (``eval_mode=True`` switches it to eval mode for the call); the mode of
+every submodule and any buffers (such as BatchNorm statistics) are restored afterwards. A model
+is any callable returning logits of shape ``(batch, classes)``. Probabilities are those of
+:meth:`fgsmkit.models.Classifier.probabilities` for the models of :mod:`fgsmkit.models`
+(for example the RBF network's unnormalised detector probabilities), and otherwise the softmax
+of the logits, a single logit column being read as binary logistic regression
+(``[sigmoid(-z), sigmoid(z)]``). The predicted class is the most probable one and the
+*confidence* is its probability.
+
+Transfer error, the error of model B on adversarial examples made on model A (the paper's
+section 8), needs no function of its own:
+
+>>> import functools, torch, fgsmkit as fk
+>>> from fgsmkit.evaluation import error_rate, evaluate_attack
+>>> a, b = fk.models.SoftmaxRegression(4, 3), fk.models.SoftmaxRegression(4, 3)
+>>> x, y = torch.rand(16, 4), torch.randint(0, 3, (16,))
+>>> report = evaluate_attack(a, functools.partial(fk.fgsm, eps=0.25), x, y, keep_examples=True)
+>>> transfer_error = error_rate(b, report.examples, y)
+>>> 0.0 <= transfer_error <= 1.0
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from . import _validation
+from .gradient import model_state_kept
+from .models import Classifier
+
+Model = Callable[[Tensor], Tensor]
+Attack = Callable[[Model, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class AttackReport:
+    """What :func:`evaluate_attack` measured.
+
+    Attributes
+    ----------
+    n : int
+        Number of examples.
+    clean_error : float
+        Error rate on the clean examples.
+    adversarial_error : float
+        Error rate on the adversarial examples.
+    confidence_on_adversarial_mistakes : float
+        Mean probability of the predicted class over the misclassified adversarial examples
+        (nan if there are none).
+    examples : Tensor or None
+        The adversarial examples, when asked for with ``keep_examples=True``.
+    """
+
+    n: int
+    clean_error: float
+    adversarial_error: float
+    confidence_on_adversarial_mistakes: float
+    examples: Tensor | None = None
+
+
+def error_rate(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000, eval_mode: bool = False) -> float:
+    """Fraction of ``x`` that ``model`` misclassifies.
+
+    Parameters
+    ----------
+    model : callable
+        Maps a batch of inputs to logits of shape ``(batch, classes)``.
+    x : Tensor
+        Inputs, batch first, at least one sample.
+    y : Tensor
+        True class indices, shape ``(batch,)``.
+    batch_size : int
+        Samples per forward pass.
+    eval_mode : bool
+        Run the model in eval mode (its mode is restored afterwards).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fgsmkit.evaluation import error_rate
+    >>> logits_are_inputs = lambda x: x
+    >>> x = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
+    >>> error_rate(logits_are_inputs, x, torch.tensor([0, 1, 1]))
+    0.3333333333333333
+    """
+    predicted, _ = _predictions(model, x, y, batch_size, eval_mode)
+    return _mean((predicted != y).double())
+
+
+def confidence_on_mistakes(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000,
+                           eval_mode: bool = False) -> float:
+    """Mean probability of the predicted class over the examples ``model`` misclassifies.
+
+    Returns nan when there are no mistakes. Parameters as in :func:`error_rate`.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from fgsmkit.evaluation import confidence_on_mistakes
+    >>> x = torch.tensor([[2.0, 0.0], [0.0, 3.0], [math.log(3), 0.0]])
+    >>> round(confidence_on_mistakes(lambda x: x, x, torch.tensor([0, 1, 1])), 6)  # softmax(log 3, 0)[0]
+    0.75
+    """
+    predicted, confidence = _predictions(model, x, y, batch_size, eval_mode)
+    return _mean(confidence[predicted != y])
+
+
+def mean_confidence(model: Model, x: Tensor, *, batch_size: int = 1000, eval_mode: bool = False) -> float:
+    """Mean probability of the predicted class over ``x``.
+
+    Parameters as in :func:`error_rate`; no labels are needed.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from fgsmkit.evaluation import mean_confidence
+    >>> x = torch.tensor([[math.log(3), 0.0], [0.0, 0.0]])
+    >>> round(mean_confidence(lambda x: x, x), 6)  # (0.75 + 0.5) / 2
+    0.625
+    """
+    _, confidence = _predictions(model, x, None, batch_size, eval_mode)
+    return _mean(confidence)
+
+
+def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000,
+                          eval_mode: bool = False) -> dict[str, float]:
+    """How often model B picks the same wrong class as model A (the paper's sections 7-8).
+
+    Typically ``x`` holds adversarial examples made on model A.
+
+    Parameters
+    ----------
+    model_a, model_b : callable
+        Two classifiers over the same classes.
+    x, y, batch_size, eval_mode
+        As in :func:`error_rate`.
+
+    Returns
+    -------
+    dict
+        ``"a_mistakes"``: how many examples A misclassifies;
+        ``"agreement_on_a_mistakes"``: the fraction of A's mistakes on which B predicts the same
+        class as A; ``"both_mistakes"``: how many examples both misclassify;
+        ``"agreement_when_both_err"``: the fraction of those on which they predict the same
+        class. A fraction with nothing to count is nan.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fgsmkit.evaluation import agreement_on_mistakes
+    >>> a = lambda x: x[:, :3]  # logits are the first three columns...
+    >>> b = lambda x: x[:, 3:]  # ...and the last three
+    >>> x = torch.tensor([[0., 1., 0., 0., 1., 0.],    # both say 1 (wrong, y = 0)
+    ...                   [0., 0., 1., 0., 1., 0.],    # A says 2, B says 1: both wrong, differ
+    ...                   [0., 0., 1., 1., 0., 0.]])   # A says 2 (wrong), B is right
+    >>> agreement_on_mistakes(a, b, x, torch.tensor([0, 0, 0]))["agreement_on_a_mistakes"]
+    0.3333333333333333
+    """
+    predicted_a, _ = _predictions(model_a, x, y, batch_size, eval_mode)
+    predicted_b, _ = _predictions(model_b, x, y, batch_size, eval_mode)
+    a_wrong = predicted_a != y
+    both_wrong = a_wrong & (predicted_b != y)
+    same = (predicted_a == predicted_b).double()
+    return {
+        "a_mistakes": int(a_wrong.sum()),
+        "agreement_on_a_mistakes": _mean(same[a_wrong]),
+        "both_mistakes": int(both_wrong.sum()),
+        "agreement_when_both_err": _mean(same[both_wrong]),
+    }
+
+
+def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, threshold: float = 0.5,
+                 generator: torch.Generator | None = None, batch_size: int = 1000, eval_mode: bool = False,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> tuple[float, float]:
+    """How often the model confidently classifies Gaussian noise (the paper's rubbish inputs).
+
+    Draws ``n`` inputs from :math:`N(0, I)` and counts those that some class gets with
+    probability above ``threshold``.
+
+    Parameters
+    ----------
+    model : callable
+        Maps a batch of inputs to logits of shape ``(batch, classes)``.
+    n : int
+        Number of noise inputs.
+    sample_shape : int or sequence of int
+        Shape of one input, e.g. ``784`` or ``(1, 28, 28)``.
+    threshold : float
+        Probability in [0, 1) above which an input counts as confidently classified.
+    generator : torch.Generator, optional
+        Source of the noise, for reproducible draws (the draws also depend on ``batch_size``).
+    batch_size, eval_mode
+        As in :func:`error_rate`.
+    device, dtype : optional
+        Where and in what precision to draw the noise; by default those of the model's first
+        parameter (CPU and float32 for a model without parameters).
+
+    Returns
+    -------
+    rate : float
+        Fraction of the inputs given some class with probability above ``threshold``.
+    confidence : float
+        Mean probability of the predicted class over those inputs (nan if there are none).
+
+    Examples
+    --------
+    >>> import torch, fgsmkit as fk
+    >>> from fgsmkit.evaluation import rubbish_rate
+    >>> model = fk.models.SoftmaxRegression(784, 10)
+    >>> rate, confidence = rubbish_rate(model, 1000, 784, generator=torch.Generator().manual_seed(0))
+    >>> 0.0 <= rate <= 1.0
+    True
+    """
+    n = _validation.check_steps(n, "n")
+    batch_size = _validation.check_steps(batch_size, "batch_size")
+    shape = _sample_shape(sample_shape)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be a probability in [0, 1); got {threshold!r}")
+    device, dtype = _noise_device(model, device, dtype)
+    probe = torch.empty(0, device=device, dtype=dtype)
+    _validation.check_model(model, probe)
+    generator = _validation.check_generator(generator, probe)
+    confidences = []
+    with model_state_kept(model, eval_mode), torch.no_grad():
+        for start in range(0, n, batch_size):
+            noise = torch.randn((min(batch_size, n - start), *shape), generator=generator, device=device, dtype=dtype)
+            confidences.append(_class_probabilities(model, noise).amax(dim=1))
+    confidence = torch.cat(confidences)
+    rubbish = confidence > threshold
+    return _mean(rubbish.double()), _mean(confidence[rubbish])
+
+
+def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch_size: int = 1000,
+                    eval_mode: bool = False, keep_examples: bool = False) -> AttackReport:
+    """Attack ``x`` batch by batch and measure the clean and adversarial error.
+
+    Parameters
+    ----------
+    model : callable
+        Maps a batch of inputs to logits of shape ``(batch, classes)``.
+    attack : callable
+        ``attack(model, x, y) -> x_adv``, for example ``functools.partial(fgsmkit.fgsm, eps=0.25)``.
+    x, y : Tensor
+        Clean inputs and their true class indices.
+    batch_size : int
+        Samples per attack call and per forward pass.
+    eval_mode : bool
+        Run the model in eval mode, during the attack too (its mode is restored afterwards).
+    keep_examples : bool
+        Return the adversarial examples in :attr:`AttackReport.examples` (for transfer or
+        agreement measurements); otherwise each batch's are dropped once measured.
+
+    Returns
+    -------
+    AttackReport
+
+    Examples
+    --------
+    >>> import functools, torch, fgsmkit as fk
+    >>> from fgsmkit.evaluation import evaluate_attack
+    >>> model = fk.models.SoftmaxRegression(4, 3)
+    >>> x, y = torch.rand(16, 4), torch.randint(0, 3, (16,))
+    >>> report = evaluate_attack(model, functools.partial(fk.fgsm, eps=0.25), x, y)
+    >>> report.adversarial_error >= report.clean_error  # FGSM on a linear model never helps it
+    True
+    """
+    if not callable(attack):
+        raise TypeError(f"attack must be callable as attack(model, x, y) -> x_adv; got {type(attack).__name__}")
+    _check_batch(model, x, y, batch_size)
+    with model_state_kept(model, eval_mode):
+        clean, _ = _predictions(model, x, y, batch_size, eval_mode=False)
+        wrong, confident, kept = [], [], []
+        for x_batch, y_batch in zip(x.split(batch_size), y.split(batch_size)):
+            x_adv = attack(model, x_batch, y_batch)
+            if not isinstance(x_adv, Tensor) or x_adv.shape != x_batch.shape:
+                raise ValueError(
+                    f"attack must return a tensor shaped like its input {tuple(x_batch.shape)}; got "
+                    f"{tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__}"
+                )
+            x_adv = x_adv.detach()
+            with torch.no_grad():
+                confidence, predicted = _class_probabilities(model, x_adv).max(dim=1)
+            wrong.append(predicted != y_batch)
+            confident.append(confidence)
+            if keep_examples:
+                kept.append(x_adv)
+    mistakes, confidence = torch.cat(wrong), torch.cat(confident)
+    return AttackReport(
+        n=x.shape[0],
+        clean_error=_mean((clean != y).double()),
+        adversarial_error=_mean(mistakes.double()),
+        confidence_on_adversarial_mistakes=_mean(confidence[mistakes]),
+        examples=torch.cat(kept) if keep_examples else None,
+    )
+
+
+def _probabilities(model: Model, logits: Tensor) -> Tensor:
+    """The same probabilities as ``predict_proba``: the model's own, or softmax / sigmoid."""
+    if isinstance(model, Classifier):
+        return model.probabilities(logits)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if logits.shape[1] == 1:
+        return torch.cat([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def _class_probabilities(model: Model, x: Tensor) -> Tensor:
+    """Class probabilities of one batch, shape ``(batch, classes)``."""
+    return _probabilities(model, _validation.check_logits(model(x), x.shape[0]))
+
+
+def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: int) -> None:
+    x = _validation.check_inputs(x)
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one sample; a metric over no samples is undefined")
+    _validation.check_model(model, x)
+    if y is not None:
+        _validation.check_labels(y, x)
+        if y.ndim != 1:
+            raise ValueError(f"y must be a 1-D tensor of class indices; got shape {tuple(y.shape)}")
+    _validation.check_steps(batch_size, "batch_size")
+
+
+def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: int,
+                 eval_mode: bool) -> tuple[Tensor, Tensor]:
+    """Predicted classes and their probabilities for all of ``x``; ``y`` is checked against them."""
+    _check_batch(model, x, y, batch_size)
+    confidences, predictions = [], []
+    with model_state_kept(model, eval_mode), torch.no_grad():
+        for batch in x.split(batch_size):
+            probabilities = _class_probabilities(model, batch)
+            if y is not None and not predictions:
+                _validation.check_class_labels(y, probabilities.shape[1])
+            confidence, predicted = probabilities.max(dim=1)
+            confidences.append(confidence)
+            predictions.append(predicted)
+    return torch.cat(predictions), torch.cat(confidences)
+
+
+def _sample_shape(sample_shape: object) -> tuple[int, ...]:
+    shape = (sample_shape,) if isinstance(sample_shape, int) else sample_shape
+    if (not isinstance(shape, (tuple, list, torch.Size)) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+        raise ValueError(
+            f"sample_shape must be a positive int or a sequence of them, e.g. (1, 28, 28); got {sample_shape!r}"
+        )
+    return tuple(shape)
+
+
+def _noise_device(model: Model, device: torch.device | str | None,
+                  dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    if device is None:
+        device = first.device if first is not None else torch.device("cpu")
+    if dtype is None:
+        dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype for Gaussian noise; got {dtype}")
+    return torch.device(device), dtype
+
+
+def _mean(values: Tensor) -> float:
+    """The mean as a Python float; nan for an empty tensor (nothing to average)."""
+    return float(values.double().mean()) if values.numel() else math.nan
+
+
+__all__ = [
+    "AttackReport",
+    "agreement_on_mistakes",
+    "confidence_on_mistakes",
+    "error_rate",
+    "evaluate_attack",
+    "mean_confidence",
+    "rubbish_rate",
+]

@@ -1,0 +1,269 @@
+"""Tests of fgsmkit.evaluation with small models whose answers are known by construction."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fgsmkit as fk
+from fgsmkit.evaluation import (
+    AttackReport,
+    agreement_on_mistakes,
+    confidence_on_mistakes,
+    error_rate,
+    evaluate_attack,
+    mean_confidence,
+    rubbish_rate,
+)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """Logits are the inputs: predictions and softmax probabilities are read off ``x``."""
+    return x
+
+
+class Recorder(nn.Module):
+    """Identity logits that records batch sizes and whether autograd was on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.grad_enabled: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        self.grad_enabled.append(torch.is_grad_enabled())
+        return x
+
+
+# Three classes; logits log(p) give softmax probabilities p exactly.
+PROBS = torch.tensor([
+    [0.7, 0.2, 0.1],   # predicts 0
+    [0.1, 0.6, 0.3],   # predicts 1
+    [0.3, 0.3, 0.4],   # predicts 2
+    [0.5, 0.25, 0.25],  # predicts 0
+    [0.2, 0.1, 0.7],   # predicts 2
+], dtype=torch.float64)
+X = PROBS.log()
+Y = torch.tensor([0, 2, 2, 1, 2])  # mistakes on rows 1 and 3
+
+
+def test_error_rate_and_confidences_on_known_probabilities() -> None:
+    assert error_rate(identity, X, Y) == pytest.approx(2 / 5)
+    assert confidence_on_mistakes(identity, X, Y) == pytest.approx((0.6 + 0.5) / 2)
+    assert mean_confidence(identity, X) == pytest.approx((0.7 + 0.6 + 0.4 + 0.5 + 0.7) / 5)
+
+
+def test_no_mistakes_gives_nan_confidence_and_zero_error() -> None:
+    right = PROBS.argmax(1)
+    assert error_rate(identity, X, right) == 0.0
+    assert math.isnan(confidence_on_mistakes(identity, X, right))
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 1000])
+def test_results_do_not_depend_on_batch_size_and_batches_are_bounded(batch_size: int) -> None:
+    model = Recorder()
+    assert error_rate(model, X, Y, batch_size=batch_size) == pytest.approx(2 / 5)
+    assert confidence_on_mistakes(model, X, Y, batch_size=batch_size) == pytest.approx(0.55)
+    assert max(model.batches) <= batch_size
+    assert not any(model.grad_enabled)
+
+
+def test_single_logit_column_is_logistic_regression() -> None:
+    z = torch.tensor([[2.0], [-1.0], [0.5]])
+    y = torch.tensor([1, 1, 0])  # predictions 1, 0, 1: mistakes on rows 1 and 2
+    assert error_rate(identity, z, y) == pytest.approx(2 / 3)
+    expected = (torch.sigmoid(torch.tensor(1.0)) + torch.sigmoid(torch.tensor(0.5))) / 2
+    assert confidence_on_mistakes(identity, z, y) == pytest.approx(float(expected))
+    # The zoo's LogisticRegression gives the same answer through its own probabilities().
+    model = fk.models.LogisticRegression(1)
+    with torch.no_grad():
+        model.linear.weight.fill_(1.0)
+        model.linear.bias.zero_()
+    assert confidence_on_mistakes(model, z, y) == pytest.approx(float(expected))
+
+
+def test_zoo_models_use_their_own_probabilities_not_softmax() -> None:
+    # An RBF network's detectors are not renormalised: far from every centre all are near 0,
+    # while a softmax over the same logits would still say 1/num_classes or more.
+    net = fk.models.RBFNetwork(2, 2)
+    with torch.no_grad():
+        net.centers.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]]))
+        net.log_precision.zero_()
+    x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    # Distances to centre 0: 0, 1, 50; the nearer detector wins with probability exp(-distance).
+    expected = (1.0 + math.exp(-1.0) + math.exp(-50.0)) / 3
+    assert mean_confidence(net, x) == pytest.approx(expected)
+    assert mean_confidence(net, x) < mean_confidence(lambda v: net(v), x)  # the softmax view
+
+
+def test_agreement_on_mistakes_counts_by_hand() -> None:
+    def one_hot(classes: list[int]) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.tensor(classes), 3).double() * 5
+
+    pred_a = [1, 2, 2, 0, 1, 2]
+    pred_b = [1, 1, 0, 0, 1, 2]
+    y = torch.tensor([0, 0, 0, 0, 1, 1])
+    # A errs on rows 0, 1, 2, 5. B agrees with A on rows 0 and 5 of those; B also errs on
+    # rows 0, 1, 5 (row 2: B says 0, right), so both err on 0, 1, 5 and agree on 0 and 5.
+    x = torch.cat([one_hot(pred_a), one_hot(pred_b)], dim=1)
+    result = agreement_on_mistakes(lambda v: v[:, :3], lambda v: v[:, 3:], x, y, batch_size=4)
+    assert result == {
+        "a_mistakes": 4,
+        "agreement_on_a_mistakes": pytest.approx(2 / 4),
+        "both_mistakes": 3,
+        "agreement_when_both_err": pytest.approx(2 / 3),
+    }
+
+
+def test_agreement_without_mistakes_is_nan() -> None:
+    result = agreement_on_mistakes(identity, identity, X, PROBS.argmax(1))
+    assert result["a_mistakes"] == 0 and math.isnan(result["agreement_on_a_mistakes"])
+    assert result["both_mistakes"] == 0 and math.isnan(result["agreement_when_both_err"])
+
+
+def test_rubbish_rate_of_a_constant_model() -> None:
+    three_to_one = lambda v: torch.tensor([[math.log(3), 0.0]]).expand(v.shape[0], 2)  # noqa: E731
+    assert rubbish_rate(three_to_one, 50, (1, 4, 4)) == (1.0, pytest.approx(0.75))
+    rate, confidence = rubbish_rate(three_to_one, 50, 16, threshold=0.8)
+    assert rate == 0.0 and math.isnan(confidence)
+
+
+def test_rubbish_rate_draws_standard_normal_inputs_of_the_given_shape() -> None:
+    seen = []
+
+    def half_confident(v: torch.Tensor) -> torch.Tensor:
+        # Class 0 with probability 0.9 when the first input is positive, uniform over 3 otherwise.
+        seen.append(v.clone())
+        positive = (v.flatten(1)[:, 0] > 0).to(v.dtype)
+        logits = torch.zeros(v.shape[0], 3, dtype=v.dtype)
+        logits[:, 0] = positive * math.log(0.9 / 0.05)
+        logits[:, 1] = positive * 0.0
+        return logits
+
+    n = 20000
+    rate, confidence = rubbish_rate(half_confident, n, (2, 3), generator=torch.Generator().manual_seed(0),
+                                    batch_size=3000)
+    noise = torch.cat(seen)
+    assert noise.shape == (n, 2, 3) and max(len(s) for s in seen) <= 3000
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
+    assert rate == pytest.approx(float((noise[:, 0, 0] > 0).double().mean()))
+    assert abs(rate - 0.5) < 0.02  # 5 standard errors
+    assert confidence == pytest.approx(0.9)
+    again = rubbish_rate(half_confident, n, (2, 3), generator=torch.Generator().manual_seed(0), batch_size=3000)
+    assert again == (rate, confidence)
+
+
+def test_rubbish_noise_follows_the_model_dtype() -> None:
+    model = fk.models.SoftmaxRegression(4, 3).double()
+    dtypes = []
+    model.register_forward_pre_hook(lambda module, args: dtypes.append(args[0].dtype))
+    rubbish_rate(model, 10, 4)
+    assert dtypes == [torch.float64]
+
+
+def rotate(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """An "attack" that moves each logit to the next class: known effect on identity logits."""
+    return x.roll(1, dims=1)
+
+
+def test_evaluate_attack_with_a_known_attack() -> None:
+    # After the roll, predictions are 1, 2, 0, 1, 0: with y = 0 2 2 1 2, mistakes on rows 0, 2, 4,
+    # whose predicted classes have probabilities 0.7, 0.4, 0.7.
+    report = evaluate_attack(identity, rotate, X, Y, batch_size=2, keep_examples=True)
+    assert isinstance(report, AttackReport) and report.n == 5
+    assert report.clean_error == pytest.approx(2 / 5)
+    assert report.adversarial_error == pytest.approx(3 / 5)
+    assert report.confidence_on_adversarial_mistakes == pytest.approx((0.7 + 0.4 + 0.7) / 3)
+    assert torch.equal(report.examples, X.roll(1, dims=1))
+    assert evaluate_attack(identity, rotate, X, Y).examples is None
+
+
+def test_evaluate_attack_agrees_with_fgsm_and_error_rate() -> None:
+    torch.manual_seed(0)
+    model = fk.models.SoftmaxRegression(6, 4)
+    x, y = torch.rand(50, 6), torch.randint(0, 4, (50,))
+    x_before = x.clone()
+    attack = functools.partial(fk.fgsm, eps=0.3)
+    report = evaluate_attack(model, attack, x, y, batch_size=7, keep_examples=True)
+    x_adv = fk.fgsm(model, x, y, eps=0.3)
+    assert torch.allclose(report.examples, x_adv, atol=1e-6)
+    assert report.clean_error == error_rate(model, x, y)
+    assert report.adversarial_error == error_rate(model, x_adv, y)
+    assert report.confidence_on_adversarial_mistakes == pytest.approx(confidence_on_mistakes(model, x_adv, y))
+    assert torch.equal(x, x_before)
+
+
+class NoisyNet(nn.Module):
+    """Dropout and BatchNorm: train and eval mode give different answers and state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(3)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.norm(x))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_model_mode_and_buffers_are_restored(training: bool) -> None:
+    net = NoisyNet().train(training)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(20, 3)
+    y = torch.randint(0, 3, (20,))
+    for metric in (
+        lambda **kw: error_rate(net, x, y, **kw),
+        lambda **kw: mean_confidence(net, x, **kw),
+        lambda **kw: agreement_on_mistakes(net, net, x, y, **kw),
+        lambda **kw: rubbish_rate(net, 30, 3, **kw),
+        lambda **kw: evaluate_attack(net, functools.partial(fk.fgsm, eps=0.1, clip=None), x, y, **kw),
+    ):
+        for eval_mode in (False, True):
+            metric(eval_mode=eval_mode, batch_size=8)
+            assert all(m.training == training for m in net.modules())
+            for key, value in net.state_dict().items():
+                assert torch.equal(value, state[key]), key
+
+
+def test_eval_mode_switches_dropout_off_for_the_call() -> None:
+    net = NoisyNet().train()
+    x = torch.randn(200, 3)
+    y = net.eval()(x).argmax(1)
+    net.train()
+    assert error_rate(net, x, y, eval_mode=True, batch_size=50) == 0.0
+    assert error_rate(net, x, y, batch_size=50) > 0.0  # dropout and batch statistics in train mode
+
+
+def test_inputs_are_not_modified() -> None:
+    x, y = X.clone(), Y.clone()
+    evaluate_attack(identity, rotate, x, y)
+    agreement_on_mistakes(identity, identity, x, y)
+    assert torch.equal(x, X) and torch.equal(y, Y)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: error_rate(identity, X, Y[:3]), ValueError, "one label per sample"),
+        (lambda: error_rate(identity, X, Y.float()), TypeError, "integer class indices"),
+        (lambda: error_rate(identity, X, Y + 5), ValueError, r"labels must lie in \[0, 2\]"),
+        (lambda: error_rate(identity, X, Y, batch_size=0), ValueError, "batch_size must be an int >= 1"),
+        (lambda: error_rate(identity, X[:0], Y[:0]), ValueError, "at least one sample"),
+        (lambda: mean_confidence(identity, X.long()), TypeError, "floating-point"),
+        (lambda: mean_confidence(lambda v: v[:, 0], X), ValueError, r"shape \(batch, classes\)"),
+        (lambda: rubbish_rate(identity, 0, 3), ValueError, "n must be an int >= 1"),
+        (lambda: rubbish_rate(identity, 5, (3, 0)), ValueError, "sample_shape must be"),
+        (lambda: rubbish_rate(identity, 5, 3, threshold=1.0), ValueError, r"threshold must be .* \[0, 1\)"),
+        (lambda: rubbish_rate(identity, 5, 3, generator=0), TypeError, "generator must be"),
+        (lambda: evaluate_attack(identity, "fgsm", X, Y), TypeError, "attack must be callable"),
+        (lambda: evaluate_attack(identity, lambda m, x, y: x[:, :2], X, Y), ValueError, "shaped like its input"),
+    ],
+)
+def test_bad_arguments_are_named(call, error, message) -> None:
+    with pytest.raises(error, match=message):
+        call()

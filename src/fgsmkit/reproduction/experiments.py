@@ -19,10 +19,11 @@ from torch import Tensor, nn
 
 import fgsmkit as fk
 from fgsmkit import evaluation
+from fgsmkit.evaluation import AttackReport
 
 from .data import Splits, binary_subset
 from .settings import Settings
-from .training import Recipe, Trained, derived_seed, train
+from .training import Recipe, Trained, derived_seed, fgsm_attack, train
 
 Row = dict[str, Any]
 
@@ -106,11 +107,9 @@ class Lab:
         return torch.Generator().manual_seed(derived_seed(self.seed, *purpose))
 
 
-def attack(model: nn.Module, x: Tensor, y: Tensor, eps: float, chunk: int = 2000) -> Tensor:
-    """FGSM examples of ``x`` against ``model`` (eval mode), with the model's own loss if it has one."""
-    loss_fn = getattr(model, "loss", None)
-    return torch.cat([fk.fgsm(model, x[i:i + chunk], y[i:i + chunk], eps=eps, loss_fn=loss_fn, eval_mode=True)
-                      for i in range(0, len(x), chunk)])
+def attacked(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> AttackReport:
+    """FGSM against ``model`` (eval mode) measured on ``x``, keeping the examples."""
+    return evaluation.evaluate_attack(model, fgsm_attack(model, eps), x, y, eval_mode=True, keep_examples=True)
 
 
 def pct(value: float) -> float:
@@ -119,46 +118,41 @@ def pct(value: float) -> float:
 
 def softmax_regression(lab: Lab) -> list[Row]:
     """1. Softmax regression under FGSM (section 4)."""
-    s, d = lab.settings, lab.splits
-    model = lab.model("softmax")
-    x_adv = attack(model, d.test_x, d.test_y, s.eps)
+    d = lab.splits
+    fgsm = attacked(lab.model("softmax"), d.test_x, d.test_y, lab.settings.eps)
     name = "1. softmax regression"
     return [
-        row(name, "clean test error", None, pct(evaluation.error_rate(model, d.test_x, d.test_y))),
-        row(name, "FGSM error", 99.9, pct(evaluation.error_rate(model, x_adv, d.test_y))),
-        row(name, "confidence on FGSM mistakes", 79.3,
-            pct(evaluation.confidence_on_mistakes(model, x_adv, d.test_y))),
+        row(name, "clean test error", None, pct(fgsm.clean_error)),
+        row(name, "FGSM error", 99.9, pct(fgsm.adversarial_error)),
+        row(name, "confidence on FGSM mistakes", 79.3, pct(fgsm.confidence_on_adversarial_mistakes)),
     ]
 
 
 def maxout_fgsm(lab: Lab) -> list[Row]:
     """2. The maxout network under FGSM (section 6)."""
     s, d = lab.settings, lab.splits
-    model = lab.model("maxout")
-    x_adv = attack(model, d.test_x, d.test_y, s.eps)
+    fgsm = attacked(lab.model("maxout"), d.test_x, d.test_y, s.eps)
     name = f"2. maxout {s.hidden[0]}x{s.pieces}"
     return [
-        row(name, "clean test error", 0.94, pct(evaluation.error_rate(model, d.test_x, d.test_y))),
-        row(name, "FGSM error", 89.4, pct(evaluation.error_rate(model, x_adv, d.test_y))),
-        row(name, "confidence on FGSM mistakes", 97.6,
-            pct(evaluation.confidence_on_mistakes(model, x_adv, d.test_y))),
+        row(name, "clean test error", 0.94, pct(fgsm.clean_error)),
+        row(name, "FGSM error", 89.4, pct(fgsm.adversarial_error)),
+        row(name, "confidence on FGSM mistakes", 97.6, pct(fgsm.confidence_on_adversarial_mistakes)),
     ]
 
 
 def logistic_3v7(lab: Lab) -> list[Row]:
     """3. Logistic regression on 3s and 7s, and Figure 2 (section 5)."""
-    s = lab.settings
     model = lab.model("logistic-3v7")
     b = lab.binary_splits()
-    x_adv = attack(model, b.test_x, b.test_y, s.eps)
+    fgsm = attacked(model, b.test_x, b.test_y, lab.settings.eps)
     weight = model.linear.weight.detach().reshape(28, 28)
     lab.figures["figure2"] = {"weights": weight, "sign": weight.sign(),
-                              "clean": b.test_x[:10, 0], "adversarial": x_adv[:10, 0]}
+                              "clean": b.test_x[:10, 0], "adversarial": fgsm.examples[:10, 0]}
     name = "3. logistic regression, 3 vs 7"
     return [
-        row(name, "clean test error", 1.6, pct(evaluation.error_rate(model, b.test_x, b.test_y))),
-        row(name, "FGSM error", 99.0, pct(evaluation.error_rate(model, x_adv, b.test_y)),
-            "the FGSM step is -eps * sign(w) towards the other class: Figure 2"),
+        row(name, "clean test error", 1.6, pct(fgsm.clean_error)),
+        row(name, "FGSM error", 99.0, pct(fgsm.adversarial_error),
+            "the FGSM step is eps * sign(w) towards the other class: Figure 2"),
     ]
 
 
@@ -178,22 +172,20 @@ def large_networks(lab: Lab) -> list[Row]:
             + _transfer(lab, s.large_hidden[0], "maxout-large"))
 
 
-def _adversarial_training(lab: Lab, size: int, plain_name: str, paper_plain: float, paper_adv: float) -> list[Row]:
+def _adversarial_training(lab: Lab, size: int, base: str, paper_plain: float, paper_adv: float) -> list[Row]:
     s, d = lab.settings, lab.splits
-    plain, robust = lab.model(plain_name), lab.model(plain_name + "-adversarial")
-    epochs = lab.trained[plain_name + "-adversarial"].best_epoch
+    plain = attacked(lab.model(base), d.test_x, d.test_y, s.eps)
+    robust = attacked(lab.model(base + "-adversarial"), d.test_x, d.test_y, s.eps)
+    kept = f"kept epoch {lab.trained[base + '-adversarial'].best_epoch}"
     name = f"4. adversarial training, maxout {size}x{s.pieces}"
-    x_adv = attack(robust, d.test_x, d.test_y, s.eps)
     return [
-        row(name, "clean test error, plain training", paper_plain,
-            pct(evaluation.error_rate(plain, d.test_x, d.test_y))),
-        row(name, "clean test error, adversarial training", paper_adv,
-            pct(evaluation.error_rate(robust, d.test_x, d.test_y)), f"kept epoch {epochs}"),
-        row(name, "FGSM error, plain training", 89.4,
-            pct(evaluation.error_rate(plain, attack(plain, d.test_x, d.test_y, s.eps), d.test_y))),
-        row(name, "FGSM error, adversarial training", 17.9, pct(evaluation.error_rate(robust, x_adv, d.test_y))),
+        row(name, "clean test error, plain training", paper_plain, pct(plain.clean_error),
+            f"kept epoch {lab.trained[base].best_epoch}"),
+        row(name, "clean test error, adversarial training", paper_adv, pct(robust.clean_error), kept),
+        row(name, "FGSM error, plain training", 89.4, pct(plain.adversarial_error)),
+        row(name, "FGSM error, adversarial training", 17.9, pct(robust.adversarial_error)),
         row(name, "confidence on FGSM mistakes, adversarial training", 81.4,
-            pct(evaluation.confidence_on_mistakes(robust, x_adv, d.test_y))),
+            pct(robust.confidence_on_adversarial_mistakes)),
     ]
 
 
@@ -211,14 +203,14 @@ def transfer(lab: Lab) -> list[Row]:
 def _transfer(lab: Lab, size: int, base: str) -> list[Row]:
     s, d = lab.settings, lab.splits
     plain, robust = lab.model(base), lab.model(base + "-adversarial")
+    from_plain = attacked(plain, d.test_x, d.test_y, s.eps).examples
+    from_robust = attacked(robust, d.test_x, d.test_y, s.eps).examples
     name = f"5. transfer, maxout {size}x{s.pieces}"
-    from_plain = attack(plain, d.test_x, d.test_y, s.eps)
-    from_robust = attack(robust, d.test_x, d.test_y, s.eps)
     return [
         row(name, "plain model's examples, adversarially trained model's error", 19.6,
-            pct(evaluation.error_rate(robust, from_plain, d.test_y))),
+            pct(evaluation.error_rate(robust, from_plain, d.test_y, eval_mode=True))),
         row(name, "adversarially trained model's examples, plain model's error", 40.9,
-            pct(evaluation.error_rate(plain, from_robust, d.test_y))),
+            pct(evaluation.error_rate(plain, from_robust, d.test_y, eval_mode=True))),
     ]
 
 
@@ -228,17 +220,15 @@ def controls(lab: Lab) -> list[Row]:
     rows = []
     for key, label, paper_error, paper_conf in (("sign-noise", "random +/-eps noise", 86.2, 97.3),
                                                 ("uniform-noise", "U(-eps, eps) noise", 90.4, 97.8)):
-        model = lab.model(f"maxout-{key}")
-        x_adv = attack(model, d.test_x, d.test_y, s.eps)
+        fgsm = attacked(lab.model(f"maxout-{key}"), d.test_x, d.test_y, s.eps)
         rows += [
-            row("6. controls", f"FGSM error, trained with {label}", paper_error,
-                pct(evaluation.error_rate(model, x_adv, d.test_y))),
+            row("6. controls", f"FGSM error, trained with {label}", paper_error, pct(fgsm.adversarial_error)),
             row("6. controls", f"confidence on FGSM mistakes, trained with {label}", paper_conf,
-                pct(evaluation.confidence_on_mistakes(model, x_adv, d.test_y))),
+                pct(fgsm.confidence_on_adversarial_mistakes)),
         ]
     l1 = lab.model("maxout-l1")
     rows.append(row("6. controls", f"training error with L1 weight decay {s.l1} on the first layer", "> 5%",
-                    pct(evaluation.error_rate(l1, d.train_x, d.train_y)),
+                    pct(evaluation.error_rate(l1, d.train_x, d.train_y, eval_mode=True)),
                     f"after {s.l1_epochs} epochs"))
     return rows
 
@@ -247,13 +237,15 @@ def rbf_network(lab: Lab) -> list[Row]:
     """7. The shallow RBF network resists FGSM, and is unsure of its mistakes (section 7)."""
     s, d = lab.settings, lab.splits
     model = lab.model("rbf")
-    x_adv = attack(model, d.test_x, d.test_y, s.eps)
+    fgsm = attacked(model, d.test_x, d.test_y, s.eps)
     name = "7. RBF network"
     return [
-        row(name, "clean test error", None, pct(evaluation.error_rate(model, d.test_x, d.test_y))),
-        row(name, "FGSM error", 55.4, pct(evaluation.error_rate(model, x_adv, d.test_y))),
-        row(name, "confidence on FGSM mistakes", 1.2, pct(evaluation.confidence_on_mistakes(model, x_adv, d.test_y))),
-        row(name, "mean confidence on clean test examples", 60.6, pct(evaluation.mean_confidence(model, d.test_x))),
+        row(name, "clean test error", None, pct(fgsm.clean_error)),
+        row(name, "FGSM error", 55.4, pct(fgsm.adversarial_error)),
+        row(name, "confidence on FGSM mistakes", 1.2, pct(fgsm.confidence_on_adversarial_mistakes),
+            "the detectors' own probabilities, not renormalised"),
+        row(name, "mean confidence on clean test examples", 60.6,
+            pct(evaluation.mean_confidence(model, d.test_x, eval_mode=True))),
     ]
 
 
@@ -261,17 +253,20 @@ def agreement(lab: Lab) -> list[Row]:
     """8. Other models misclassify maxout's adversarial examples, often as the same class (section 8)."""
     s, d = lab.settings, lab.splits
     maxout, softmax, rbf = lab.model("maxout"), lab.model("softmax"), lab.model("rbf")
-    x_adv = attack(maxout, d.test_x, d.test_y, s.eps)
+    x_adv = attacked(maxout, d.test_x, d.test_y, s.eps).examples
     name = "8. agreement on maxout's FGSM examples"
     rows = []
     for other, label, paper_mistakes, paper_both in ((softmax, "softmax", 54.6, 84.6), (rbf, "RBF", 16.0, 54.3)):
-        on_mistakes, on_both = evaluation.agreement_on_mistakes(maxout, other, x_adv, d.test_y)
+        agree = evaluation.agreement_on_mistakes(maxout, other, x_adv, d.test_y, eval_mode=True)
         rows += [
-            row(name, f"{label} predicts maxout's class, over maxout's mistakes", paper_mistakes, pct(on_mistakes)),
-            row(name, f"{label} predicts maxout's class, where both err", paper_both, pct(on_both)),
+            row(name, f"{label} predicts maxout's class, over maxout's mistakes", paper_mistakes,
+                pct(agree["agreement_on_a_mistakes"]), f"{agree['a_mistakes']} mistakes"),
+            row(name, f"{label} predicts maxout's class, where both err", paper_both,
+                pct(agree["agreement_when_both_err"]), f"{agree['both_mistakes']} shared mistakes"),
         ]
-    _, rbf_softmax = evaluation.agreement_on_mistakes(rbf, softmax, x_adv, d.test_y)
-    rows.append(row(name, "RBF and softmax predict the same class, where both err", 53.6, pct(rbf_softmax)))
+    agree = evaluation.agreement_on_mistakes(rbf, softmax, x_adv, d.test_y, eval_mode=True)
+    rows.append(row(name, "RBF and softmax predict the same class, where both err", 53.6,
+                    pct(agree["agreement_when_both_err"]), f"{agree['both_mistakes']} shared mistakes"))
     return rows
 
 
@@ -280,33 +275,33 @@ def ensemble(lab: Lab) -> list[Row]:
     s, d = lab.settings, lab.splits
     members = [lab.model(f"ensemble-{i}") for i in range(s.ensemble_size)]
     team = Ensemble(members).eval()
-    whole = attack(team, d.test_x, d.test_y, s.eps)
-    one = attack(members[0], d.test_x, d.test_y, s.eps)
+    whole = attacked(team, d.test_x, d.test_y, s.eps)
+    one = attacked(members[0], d.test_x, d.test_y, s.eps).examples
     name = f"9. ensemble of {s.ensemble_size} maxout networks"
     note = f"the paper's ensemble has 12 networks; ours {s.ensemble_size}"
     return [
-        row(name, "clean test error of the ensemble", None, pct(evaluation.error_rate(team, d.test_x, d.test_y))),
-        row(name, "FGSM error, attacking the whole ensemble", 91.1,
-            pct(evaluation.error_rate(team, whole, d.test_y)), note),
+        row(name, "clean test error of the ensemble", None, pct(whole.clean_error)),
+        row(name, "FGSM error, attacking the whole ensemble", 91.1, pct(whole.adversarial_error), note),
         row(name, "ensemble's error, attacking one member", 87.9,
-            pct(evaluation.error_rate(team, one, d.test_y)), note),
+            pct(evaluation.error_rate(team, one, d.test_y, eval_mode=True)), note),
     ]
 
 
 def rubbish(lab: Lab) -> list[Row]:
     """10. Gaussian noise called a digit with confidence (section 11)."""
     s = lab.settings
-    noise = torch.randn(s.rubbish_samples, 1, 28, 28, generator=lab.generator("rubbish"))
+    name = "10. rubbish inputs, N(0, I)"
     rows = []
     for key, label, paper_rate, paper_conf in (("maxout", "maxout", 98.35, 92.8),
                                                ("softmax", "softmax regression", 59.8, 70.8),
                                                ("rbf", "RBF network", 0.0, None)):
-        rate, confidence = evaluation.rubbish_rate(lab.model(key), noise)
-        rows += [row("10. rubbish inputs, N(0, I)", f"{label}: classified with p > .5", paper_rate, pct(rate),
-                     f"{s.rubbish_samples} samples, not clipped to [0, 1]")]
+        # The same noise for every model: a fresh generator with the same seed.
+        rate, confidence = evaluation.rubbish_rate(lab.model(key), s.rubbish_samples, (1, 28, 28),
+                                                   generator=lab.generator("rubbish"), eval_mode=True)
+        rows.append(row(name, f"{label}: classified with p > .5", paper_rate, pct(rate),
+                        f"{s.rubbish_samples} samples, not clipped to [0, 1]"))
         if paper_conf is not None:
-            rows.append(row("10. rubbish inputs, N(0, I)", f"{label}: mean confidence of those", paper_conf,
-                            pct(confidence)))
+            rows.append(row(name, f"{label}: mean confidence of those", paper_conf, pct(confidence)))
     return rows
 
 

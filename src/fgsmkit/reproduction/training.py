@@ -9,6 +9,7 @@ exactly the minibatches and dropout masks it would have drawn without the interr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -98,17 +99,15 @@ def momentum_at(epoch: int, recipe: Recipe, settings: Settings) -> float:
     return settings.momentum_start + fraction * (settings.momentum_end - settings.momentum_start)
 
 
-def validation_error(model: nn.Module, x: Tensor, y: Tensor, eps: float, adversarial: bool) -> float:
-    """Error of ``model`` (eval mode) on ``x``, or on its FGSM examples at ``eps``."""
-    loss_fn = getattr(model, "loss", None)
-    if adversarial:
-        x = fk.fgsm(model, x, y, eps=eps, loss_fn=loss_fn, eval_mode=True)
-    was_training = model.training
-    model.eval()
-    try:
-        return float(evaluation.error_rate(model, x, y))
-    finally:
-        model.train(was_training)
+def fgsm_attack(model: nn.Module, eps: float) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """FGSM at ``eps`` with the model's own loss where it has one (the RBF network)."""
+    return functools.partial(fk.fgsm, eps=eps, loss_fn=getattr(model, "loss", None))
+
+
+def validation_errors(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> tuple[float, float]:
+    """Clean and FGSM error of ``model`` on ``x``, in eval mode (its mode is restored)."""
+    report = evaluation.evaluate_attack(model, fgsm_attack(model, eps), x, y, eval_mode=True)
+    return report.clean_error, report.adversarial_error
 
 
 class _Step:
@@ -167,7 +166,9 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
         Receives one progress line per epoch.
     """
     path = Path(checkpoint_dir) / f"{name}.pt"
-    fingerprint = json.dumps({"recipe": asdict(recipe), "settings": settings.as_dict(), "seed": seed,
+    # Everything that changes the numbers, and nothing else (the notes are prose).
+    numbers = {k: v for k, v in settings.as_dict().items() if k != "notes"}
+    fingerprint = json.dumps({"recipe": asdict(recipe), "settings": numbers, "seed": seed,
                               "data": splits.describe()}, sort_keys=True)
     torch.manual_seed(derived_seed(seed, name, "init"))
     model = build()
@@ -203,8 +204,7 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
                 model.apply_max_norm()
             total, batches = total + float(loss.detach()), batches + 1
         epoch += 1
-        val_clean = validation_error(model, splits.val_x, splits.val_y, settings.eps, adversarial=False)
-        val_adv = validation_error(model, splits.val_x, splits.val_y, settings.eps, adversarial=True)
+        val_clean, val_adv = validation_errors(model, splits.val_x, splits.val_y, settings.eps)
         score = val_adv if recipe.select_on == "adversarial" else val_clean
         if score < state["best_error"]:
             state.update(best_error=score, best_epoch=epoch, bad_epochs=0,

@@ -50,6 +50,37 @@ class Ensemble(nn.Module):
             return self(x).exp()
 
 
+def maxout(settings: Settings, hidden: tuple[int, ...]) -> fk.models.MaxoutMLP:
+    """The paper's maxout network with the maxout paper's dropout and max norm."""
+    s = settings
+    return fk.models.MaxoutMLP(784, hidden=hidden, pieces=s.pieces, dropout=s.dropout,
+                               input_dropout=s.input_dropout, max_norm=s.max_norm)
+
+
+def recipes(settings: Settings) -> dict[str, tuple[Callable[[], nn.Module], Recipe]]:
+    """Every model of the run, by name: how to build it and how to train it."""
+    s = settings
+    small, large = s.hidden, s.large_hidden
+    table: dict[str, tuple[Callable[[], nn.Module], Recipe]] = {
+        "softmax": (lambda: fk.models.SoftmaxRegression(784, 10), Recipe("plain", s.linear_epochs)),
+        "logistic-3v7": (lambda: fk.models.LogisticRegression(784), Recipe("plain", s.linear_epochs)),
+        "rbf": (lambda: fk.models.RBFNetwork(784, 10),
+                Recipe("plain", s.rbf_epochs, optimizer="adam", lr=s.rbf_lr)),
+        "maxout": (lambda: maxout(s, small), Recipe("plain", s.maxout_epochs)),
+        "maxout-adversarial": (lambda: maxout(s, small), Recipe("adversarial", s.maxout_epochs, "adversarial")),
+        "maxout-large": (lambda: maxout(s, large), Recipe("plain", s.large_epochs)),
+        "maxout-large-adversarial": (lambda: maxout(s, large),
+                                     Recipe("adversarial", s.large_epochs, "adversarial")),
+        "maxout-sign-noise": (lambda: maxout(s, small), Recipe("sign-noise", s.control_epochs, "adversarial")),
+        "maxout-uniform-noise": (lambda: maxout(s, small),
+                                 Recipe("uniform-noise", s.control_epochs, "adversarial")),
+        "maxout-l1": (lambda: maxout(s, small), Recipe("l1", s.l1_epochs)),
+    }
+    for i in range(s.ensemble_size):
+        table[f"ensemble-{i}"] = (lambda: maxout(s, small), Recipe("plain", s.ensemble_epochs))
+    return table
+
+
 @dataclass
 class Lab:
     """Trains each model once, on demand, and keeps what the figures need."""
@@ -62,37 +93,9 @@ class Lab:
     trained: dict[str, Trained] = field(default_factory=dict)
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def maxout(self, hidden: tuple[int, ...]) -> fk.models.MaxoutMLP:
-        s = self.settings
-        return fk.models.MaxoutMLP(784, hidden=hidden, pieces=s.pieces, dropout=s.dropout,
-                                   input_dropout=s.input_dropout, max_norm=s.max_norm)
-
-    def recipes(self) -> dict[str, tuple[Callable[[], nn.Module], Recipe]]:
-        s = self.settings
-        small, large = s.hidden, s.large_hidden
-        table: dict[str, tuple[Callable[[], nn.Module], Recipe]] = {
-            "softmax": (lambda: fk.models.SoftmaxRegression(784, 10), Recipe("plain", s.linear_epochs)),
-            "logistic-3v7": (lambda: fk.models.LogisticRegression(784), Recipe("plain", s.linear_epochs)),
-            "rbf": (lambda: fk.models.RBFNetwork(784, 10), Recipe("plain", s.rbf_epochs, optimizer="adam", lr=s.rbf_lr)),
-            "maxout": (lambda: self.maxout(small), Recipe("plain", s.maxout_epochs)),
-            "maxout-adversarial": (lambda: self.maxout(small),
-                                   Recipe("adversarial", s.maxout_epochs, "adversarial")),
-            "maxout-large": (lambda: self.maxout(large), Recipe("plain", s.large_epochs)),
-            "maxout-large-adversarial": (lambda: self.maxout(large),
-                                         Recipe("adversarial", s.large_epochs, "adversarial")),
-            "maxout-sign-noise": (lambda: self.maxout(small),
-                                  Recipe("sign-noise", s.control_epochs, "adversarial")),
-            "maxout-uniform-noise": (lambda: self.maxout(small),
-                                     Recipe("uniform-noise", s.control_epochs, "adversarial")),
-            "maxout-l1": (lambda: self.maxout(small), Recipe("l1", s.l1_epochs)),
-        }
-        for i in range(s.ensemble_size):
-            table[f"ensemble-{i}"] = (lambda: self.maxout(small), Recipe("plain", s.ensemble_epochs))
-        return table
-
     def model(self, name: str) -> nn.Module:
         if name not in self.trained:
-            build, recipe = self.recipes()[name]
+            build, recipe = recipes(self.settings)[name]
             splits = self.binary_splits() if name == "logistic-3v7" else self.splits
             self.trained[name] = train(name, build, splits, recipe, self.settings, self.seed,
                                        self.checkpoint_dir, self.log)

@@ -318,8 +318,9 @@ def logits_along_fgsm(lab: Lab) -> list[Row]:
     with torch.no_grad():
         logits = model(x + eps.view(-1, 1, 1, 1) * direction)
     fit = _linear_fit_r2(eps, logits)
-    lab.figures["figure4"] = {"eps": eps, "logits": logits, "label": int(y),
-                              "strip": (x + torch.linspace(-15.0, 15.0, 11).view(-1, 1, 1, 1) * direction)[:, 0]}
+    strip_eps = torch.linspace(-15.0, 15.0, 7)
+    lab.figures["figure4"] = {"eps": eps, "logits": logits, "label": int(y), "strip_eps": strip_eps.tolist(),
+                              "strip": (x + strip_eps.view(-1, 1, 1, 1) * direction)[:, 0]}
     return [row("11. logits along the FGSM direction (Figure 4)", "R^2 of a straight-line fit, mean over the 10 logits",
                 "piecewise linear (figure)", pct(fit), "eps from -15 to 15, inputs not clipped; "
                 "100% would be exactly linear")]

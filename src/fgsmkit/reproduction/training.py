@@ -166,9 +166,7 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
         Receives one progress line per epoch.
     """
     path = Path(checkpoint_dir) / f"{name}.pt"
-    # Everything that changes the numbers, and nothing else (the notes are prose).
-    numbers = {k: v for k, v in settings.as_dict().items() if k != "notes"}
-    fingerprint = json.dumps({"recipe": asdict(recipe), "settings": numbers, "seed": seed,
+    fingerprint = json.dumps({"recipe": asdict(recipe), "settings": settings.training_fields(), "seed": seed,
                               "data": splits.describe()}, sort_keys=True)
     torch.manual_seed(derived_seed(seed, name, "init"))
     model = build()

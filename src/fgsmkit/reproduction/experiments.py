@@ -317,13 +317,20 @@ def logits_along_fgsm(lab: Lab) -> list[Row]:
     eps = torch.linspace(-15.0, 15.0, 301)
     with torch.no_grad():
         logits = model(x + eps.view(-1, 1, 1, 1) * direction)
-    fit = _linear_fit_r2(eps, logits)
+    straight = _linear_fit_r2(eps, logits)
+    left, right = eps <= 0, eps >= 0
+    two_pieces = (_linear_fit_r2(eps[left], logits[left]) + _linear_fit_r2(eps[right], logits[right])) / 2
     strip_eps = torch.linspace(-15.0, 15.0, 7)
     lab.figures["figure4"] = {"eps": eps, "logits": logits, "label": int(y), "strip_eps": strip_eps.tolist(),
                               "strip": (x + strip_eps.view(-1, 1, 1, 1) * direction)[:, 0]}
-    return [row("11. logits along the FGSM direction (Figure 4)", "R^2 of a straight-line fit, mean over the 10 logits",
-                "piecewise linear (figure)", pct(fit), "eps from -15 to 15, inputs not clipped; "
-                "100% would be exactly linear")]
+    name = "11. logits along the FGSM direction (Figure 4)"
+    note = "eps from -15 to 15, inputs not clipped; 100% is exactly linear"
+    return [
+        row(name, "R^2 of one straight line per logit, mean over the 10 logits", "piecewise linear (figure)",
+            pct(straight), note),
+        row(name, "R^2 of two lines per logit (eps < 0, eps > 0), mean", "piecewise linear (figure)",
+            pct(two_pieces), note),
+    ]
 
 
 def _linear_fit_r2(t: Tensor, values: Tensor) -> float:
@@ -331,7 +338,7 @@ def _linear_fit_r2(t: Tensor, values: Tensor) -> float:
     centred = values - values.mean(dim=0)
     slope = (t * centred).sum(dim=0) / (t * t).sum()
     residual = centred - t * slope
-    return float((1 - residual.pow(2).sum(dim=0) / centred.pow(2).sum(dim=0)).mean())
+    return float((1 - residual.pow(2).sum(dim=0) / centred.pow(2).sum(dim=0).clamp_min(1e-12)).mean())
 
 
 EXPERIMENTS: tuple[Callable[[Lab], list[Row]], ...] = (

@@ -94,7 +94,7 @@ def test_same_seed_gives_the_same_numbers(smoke_run: tuple[Path, dict], tmp_path
     assert numbers(again) == numbers(first)
 
 
-def test_the_seed_changes_the_training() -> None:
+def test_the_seed_changes_the_training(tmp_path: Path) -> None:
     settings = PRESETS["smoke"]
     splits = load_splits(settings, "sample", log=lambda line: None)
 
@@ -103,10 +103,7 @@ def test_the_seed_changes_the_training() -> None:
                         settings, seed, folder, log=lambda line: None)
         return trained.model.linear.weight.detach()
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        a, b, a_again = weights(0, Path(folder) / "a"), weights(1, Path(folder) / "b"), weights(0, Path(folder) / "c")
+    a, b, a_again = weights(0, tmp_path / "a"), weights(1, tmp_path / "b"), weights(0, tmp_path / "c")
     assert torch.equal(a, a_again)
     assert not torch.equal(a, b)
 

@@ -29,6 +29,8 @@ def write_figures(figures: dict[str, dict[str, Any]], out: str | os.PathLike[str
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     drawers = {"figure2": _figure2, "figure3": _figure3, "figure4": _figure4}
     names = []
@@ -37,8 +39,6 @@ def write_figures(figures: dict[str, dict[str, Any]], out: str | os.PathLike[str
             name = f"{key}.png"
             fig = draw(figures[key])
             fig.savefig(out / name, dpi=110, bbox_inches="tight")
-            import matplotlib.pyplot as plt
-
             plt.close(fig)
             names.append(name)
     return names

@@ -51,7 +51,11 @@ def test_cli_parses_its_options() -> None:
     args = parser.parse_args(["--quick", "--seed", "3", "--out", "somewhere", "--data", "sample"])
     assert (args.quick, args.seed, args.out, args.data, args.smoke) == (True, 3, "somewhere", "sample", False)
     defaults = parser.parse_args([])
-    assert (defaults.quick, defaults.seed, defaults.out, defaults.data) == (False, 0, cli.DEFAULT_OUT, "auto")
+    assert (defaults.quick, defaults.seed, defaults.out, defaults.data, defaults.threads) == (
+        False, 0, cli.DEFAULT_OUT, "auto", 1)
+    assert parser.parse_args(["--threads", "2"]).threads == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--threads", "0"])
     assert cli.settings_for(args).name == "quick" and cli.settings_for(defaults).name == "full"
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "elsewhere"])

@@ -146,24 +146,24 @@ FULL = Settings(
 
 QUICK = Settings(
     name="quick",
-    train_limit=2000,
+    train_limit=3000,
     val_size=500,
     test_limit=1000,
-    maxout_epochs=3,
-    large_epochs=1,
-    control_epochs=2,
+    maxout_epochs=6,
+    large_epochs=2,
+    control_epochs=4,
     l1_epochs=1,
-    ensemble_epochs=2,
+    ensemble_epochs=3,
     ensemble_size=3,
-    linear_epochs=5,
-    rbf_epochs=5,
+    linear_epochs=10,
+    rbf_epochs=10,
     patience=3,
     large_hidden=(480, 480),
     rubbish_samples=2000,
     notes=COMMON_NOTES + (
-        "QUICK RUN (--quick): 2,000 training and 1,000 test images, 1-5 epochs per model, the large "
-        "network shrunk to 480 units for 1 epoch, an ensemble of 3, 2,000 rubbish inputs. It checks "
-        "that everything runs in about two minutes; its numbers are far from converged and are not a "
+        "QUICK RUN (--quick): 3,000 training and 1,000 test images, 1-10 epochs per model, the large "
+        "network shrunk to 480 units for 2 epochs, an ensemble of 3, 2,000 rubbish inputs. It checks "
+        "that everything runs in about a minute or two; its numbers are far from converged and are not a "
         "reproduction.",
     ),
 )

@@ -131,3 +131,32 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(smoke_run: tuple[Path,
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout or "already trained" in resumed.stdout
     assert numbers(json.loads((out / "report.json").read_text())) == numbers(uninterrupted)
+
+
+def test_without_full_mnist_the_sample_is_used_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fgsmkit.datasets
+
+    def missing(root=None, split="train", download=True):
+        raise FileNotFoundError("MNIST is not in any of the searched folders")
+
+    monkeypatch.setattr(fgsmkit.datasets, "load_mnist", missing)
+    said: list[str] = []
+    splits = load_splits(PRESETS["smoke"], "auto", log=said.append)
+    assert "embedded MNIST sample" in splits.source and "not in any of the searched folders" in splits.source
+    assert said and splits.source in said[0]
+    assert (len(splits.train_y), len(splits.val_y), len(splits.test_y)) == (300, 100, 200)
+    with pytest.raises(RuntimeError, match="full MNIST is not available"):
+        load_splits(PRESETS["smoke"], "full", log=said.append)
+
+
+def test_report_without_matplotlib_says_how_to_get_figures(tmp_path: Path) -> None:
+    from fgsmkit.reproduction import report
+
+    meta = {"command": "fgsmkit reproduce --quick", "seed": 0, "data": "d", "machine": "m", "date": "t",
+            "wall_time": "w", "settings": PRESETS["quick"].as_dict()}
+    rows = [experiments.row("1. softmax regression", "FGSM error", 99.9, 98.76543)]
+    markdown, data = report.write_report(tmp_path, meta, PRESETS["quick"].notes, rows, None)
+    text = markdown.read_text()
+    assert 'pip install "fgsmkit[figures]"' in text and "quick run" in text
+    assert "| 1. softmax regression | FGSM error | 99.9% | 98.77% |" in text
+    assert json.loads(data.read_text())["rows"][0]["ours"] == 98.7654

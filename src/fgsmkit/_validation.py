@@ -7,6 +7,7 @@ which stays free of checks. Each message names the argument and says how to fix 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Union
 
@@ -26,10 +27,14 @@ def check_model(model: object, x: Tensor) -> None:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function); got {type(model).__name__}")
     if isinstance(model, nn.Module):
-        for tensor in model.parameters():
+        # The first parameter, or for a parameter-free model (fixed weights) the first buffer.
+        for kind, tensors in (("parameters", model.parameters()), ("buffers", model.buffers())):
+            tensor = next(tensors, None)
+            if tensor is None:
+                continue
             if tensor.device != x.device:
                 raise ValueError(
-                    f"model has parameters on {tensor.device} but x is on {x.device}; "
+                    f"model has {kind} on {tensor.device} but x is on {x.device}; "
                     f"move one of them, e.g. x.to({str(tensor.device)!r})"
                 )
             break
@@ -45,6 +50,8 @@ def check_inputs(x: object) -> Tensor:
         )
     if x.ndim == 0:
         raise ValueError("x must have a batch dimension; for a single sample use x.unsqueeze(0)")
+    if x.device.type == "meta":
+        raise ValueError("x is on the meta device, which holds no values; move it to the model's device")
     if x.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
         # aminmax is one fused pass (NaN propagates to both ends): much cheaper than isfinite(x).
         raise ValueError("x contains NaN or inf; clean the input before attacking it")
@@ -97,6 +104,22 @@ def check_logits(logits: object, batch: int) -> Tensor:
     return logits
 
 
+def check_loss(loss: object, batch: int) -> Tensor:
+    """What ``loss_fn`` returned: per-sample losses (batch first) or their mean."""
+    if not isinstance(loss, Tensor) or not loss.is_floating_point():
+        got = f"dtype {loss.dtype}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise TypeError(
+            f"loss_fn must return a floating-point tensor (per-sample losses of shape ({batch},) or "
+            f"their mean); got {got}"
+        )
+    if loss.ndim > 0 and loss.shape[0] != batch:
+        raise ValueError(
+            f"loss_fn must return per-sample losses of shape ({batch},) or their mean (a scalar); "
+            f"got shape {tuple(loss.shape)}"
+        )
+    return loss
+
+
 def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Tensor:
     """A float or a per-sample tensor, returned as a tensor that broadcasts against x."""
     relation = "> 0" if positive else ">= 0"
@@ -109,7 +132,7 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Ten
         if not value.is_floating_point():
             value = value.double()
         values = value.detach().to(device=x.device)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy scalars too
         # A plain number is checked in Python: the common case costs one small tensor, not five.
         number = float(value)
         if not math.isfinite(number):
@@ -137,9 +160,9 @@ def check_step_size(step_size: object, x: Tensor) -> Tensor:
 
 
 def check_steps(steps: object, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"{name} must be an int >= 1; got {steps!r}")
-    return steps
+    return int(steps)
 
 
 def check_norm(norm: object) -> float:
@@ -179,7 +202,7 @@ def _outside(x: Tensor, low: Tensor, high: Tensor) -> bool:
 def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         bound = value.detach().to(device=x.device, dtype=x.dtype)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         # A number: checked in Python, and a 0-d tensor broadcasts against anything.
         if math.isnan(float(value)):
             raise ValueError(f"{name} must not be NaN")

@@ -90,9 +90,14 @@ class LinfBall(Ball):
 
 class L2Ball(Ball):
     def step(self, direction: Tensor, size: Tensor) -> Tensor:
-        norm = per_sample_l2_norm(direction)
+        # Each sample is divided by its largest entry first: the squares of a confident sample's
+        # tiny gradient (1e-26, say) underflow, and its norm would come out short or zero.
+        unit = _working(direction)
+        peak = unit.abs().flatten(1).amax(dim=1).reshape((-1,) + (1,) * (unit.ndim - 1))
+        unit = unit / torch.where(peak > 0, peak, torch.ones_like(peak))
+        norm = per_sample_l2_norm(unit)
         scale = torch.where(norm > 0, _working(size) / norm, torch.zeros_like(norm))
-        return (_working(direction) * scale).to(direction.dtype)
+        return (unit * scale).to(direction.dtype)
 
     def project(self, x_adv: Tensor) -> Tensor:
         delta = x_adv - self.x

@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn.parallel import DistributedDataParallel
 
 from . import _validation
 
@@ -23,12 +26,62 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def cross_entropy(logits: Tensor, y: Tensor, reduction: str = "none") -> Tensor:
     """Cross-entropy, per sample unless ``reduction`` says otherwise, computed in at least float32.
 
-    A single logit column is read as binary logistic regression (labels 0 and 1).
+    A single logit column is read as binary logistic regression (labels 0 and 1). Its gradient
+    stays right for confident samples, where PyTorch's cancels (see :class:`_CrossEntropy`).
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype), reduction=reduction)
-    return F.cross_entropy(logits, y, reduction=reduction)
+        losses = _BinaryCrossEntropy.apply(logits[:, 0], y.to(logits.dtype))
+    else:
+        losses = _CrossEntropy.apply(logits, y.long())  # any integer dtype (uint8 labels, say)
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    return losses
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Softmax cross-entropy whose logit gradient keeps the true class's entry.
+
+    The usual backward, ``softmax - onehot``, forms that entry as ``p_y - 1``: exactly zero once
+    ``p_y`` rounds to 1 (a margin above about 17 in float32), while the other entries (``p_k``,
+    tiny but representable) survive, so a confident sample's input gradient points the wrong
+    way. Here the entry is ``-(sum of the other p_k)``, the same number without cancellation.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, y: Tensor) -> Tensor:
+        log_p = torch.log_softmax(logits, dim=1)
+        ctx.save_for_backward(log_p, y)
+        return -log_p.gather(1, y[:, None])[:, 0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+        log_p, y = ctx.saved_tensors
+        index = y[:, None]
+        others = log_p.exp().scatter(1, index, 0.0)
+        grad = others.scatter(1, index, -others.sum(dim=1, keepdim=True))
+        return grad * grad_output[:, None], None
+
+
+class _BinaryCrossEntropy(torch.autograd.Function):
+    """Logistic loss whose gradient ``sigmoid(z) - y`` is formed as ``(1-y) sigmoid(z) - y sigmoid(-z)``.
+
+    The two are equal, but the first is exactly zero for ``y = 1`` once ``sigmoid(z)`` rounds to 1.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, y: Tensor) -> Tensor:
+        ctx.save_for_backward(z, y)
+        return F.binary_cross_entropy_with_logits(z, y, reduction="none")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+        z, y = ctx.saved_tensors
+        return ((1 - y) * torch.sigmoid(z) - y * torch.sigmoid(-z)) * grad_output, None
 
 
 def predicted_labels(logits: Tensor) -> Tensor:
@@ -44,6 +97,7 @@ def summed_loss(per_sample_or_scalar: Tensor, batch: int) -> Tensor:
     A per-sample loss is summed; a scalar (a batch mean) is scaled back up by the batch size,
     so that each sample's gradient has the same size either way.
     """
+    _validation.check_loss(per_sample_or_scalar, batch)
     if per_sample_or_scalar.ndim == 0:
         return per_sample_or_scalar * batch
     return per_sample_or_scalar.sum()
@@ -54,6 +108,39 @@ def per_sample(loss: Tensor, batch: int) -> Tensor | None:
     if loss.ndim == 1 and loss.shape[0] == batch:
         return loss
     return None
+
+
+def local_model(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """The module inside a DistributedDataParallel wrapper (compiled or not), else ``model``.
+
+    An input gradient needs no gradient synchronisation, and DDP's forward is not free of
+    collectives: it broadcasts buffers (BatchNorm statistics) from rank 0, which hangs an attack
+    that runs on one rank only (e.g. evaluation on rank 0) and reorders the others' collectives.
+    """
+    inner = getattr(model, "_orig_mod", model)  # what torch.compile wrapped
+    return inner.module if isinstance(inner, DistributedDataParallel) else model
+
+
+def logits_of(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``model(x)``, with a clear error for a model that writes into the input being differentiated."""
+    try:
+        return model(x)
+    except RuntimeError as error:
+        if "leaf Variable that requires grad is being used in an in-place operation" not in str(error):
+            raise
+        raise ValueError(
+            "model writes into its input in place (e.g. nn.ReLU(inplace=True) or x.mul_() as its first "
+            "operation), which autograd forbids on the input it differentiates; make that operation "
+            "out of place, or pass lambda x: model(x.clone())"
+        ) from error
+
+
+def autograd_usable(t: Tensor) -> Tensor:
+    """``t``, or a copy of it if it was made under inference_mode (autograd cannot record those)."""
+    if not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return t.clone()
 
 
 @contextlib.contextmanager
@@ -75,9 +162,12 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+        # Through .data, like BatchNorm's own update: a graph built before the attack saved these
+        # buffers for its backward, and a tracked in-place copy would bump their version counters
+        # and make that backward fail.
         with torch.no_grad():
             for buffer, saved in buffers:
-                buffer.copy_(saved)
+                buffer.data.copy_(saved)
 
 
 class Objective:
@@ -100,14 +190,14 @@ class Objective:
     def __init__(self, model: Callable[[Tensor], Tensor], y: Tensor | None, loss_fn: LossFn | None,
                  targeted: bool) -> None:
         self.model = model
-        self.y = y
+        self.y = None if y is None else autograd_usable(y)
         self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
         self.checks_labels = loss_fn is None
         self.targeted = targeted
         self.checked = False
 
     def _logits(self, x: Tensor) -> Tensor:
-        logits = self.model(x)
+        logits = logits_of(self.model, x)
         if not self.checked:
             _validation.check_logits(logits, x.shape[0])
             if not bool(torch.isfinite(logits.detach()).all()):
@@ -121,20 +211,28 @@ class Objective:
     def label_with_predictions(self, x: Tensor) -> None:
         """Take the model's predictions on the clean ``x`` as labels (``y=None``)."""
         with torch.no_grad():
-            self.y = predicted_labels(self._logits(x))
+            self.y = autograd_usable(predicted_labels(self._logits(x)))
 
     def ascent_direction(self, x: Tensor) -> Tensor:
         """The input gradient of the loss at ``x``, negated for a targeted attack."""
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
+        # The caller may be inside no_grad or inference_mode (an evaluation loop); the input
+        # gradient is needed all the same.
+        with torch.inference_mode(False), torch.enable_grad():
+            x = autograd_usable(x).detach().requires_grad_(True)
             logits = self._logits(x)
-            grad = self._input_gradient(x, logits)
+            grad = self.input_gradient(x, logits)
         if not self.checked:
             self.checked = True
-            _warn_if_zero(grad)
+            warn_if_unusable(grad)
+        grad = usable(grad)
         return -grad if self.targeted else grad
 
-    def _input_gradient(self, x: Tensor, logits: Tensor) -> Tensor:
+    def input_gradient(self, x: Tensor, logits: Tensor) -> Tensor:
+        """The gradient of the summed loss at ``logits = model(x)`` with respect to ``x``.
+
+        Each sample's gradient may be scaled by a power of two (float16/bfloat16 logits), which
+        changes neither its sign nor its direction.
+        """
         if not logits.requires_grad:
             return torch.zeros_like(x)
         batch = x.shape[0]
@@ -149,8 +247,10 @@ class Objective:
         loss = summed_loss(self.loss_fn(wide, self.y), batch)
         (logit_grad,) = torch.autograd.grad(loss, wide, retain_graph=True)
         peak = logit_grad.abs().amax(dim=1, keepdim=True)
-        scale = torch.where(peak > 0, torch.exp2(-torch.floor(torch.log2(peak))), torch.ones_like(peak))
-        (grad,) = torch.autograd.grad(logits, x, grad_outputs=(logit_grad * scale).to(logits.dtype),
+        # Divide by the power of two rather than multiply by its inverse: below 2^-127 (a margin
+        # near 90) the inverse overflows float32, while the power itself is still representable.
+        unit = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
+        (grad,) = torch.autograd.grad(logits, x, grad_outputs=(logit_grad / unit).to(logits.dtype),
                                       allow_unused=True)
         return torch.zeros_like(x) if grad is None else grad
 
@@ -169,15 +269,33 @@ class Objective:
         return losses, fooled
 
 
-def _warn_if_zero(grad: Tensor) -> None:
+def usable(grad: Tensor) -> Tensor:
+    """``grad`` with NaN entries set to zero: no step along them, and no NaN in the result."""
+    return torch.nan_to_num(grad, nan=0.0)
+
+
+def warn_if_unusable(grad: Tensor, stacklevel: int = 6) -> None:
+    """Warn about samples whose input gradient is NaN somewhere or zero everywhere.
+
+    The default ``stacklevel`` points at the caller of a public attack.
+    """
     flat = grad.flatten(1)
+    nan = torch.isnan(flat).any(dim=1)
+    if bool(nan.any()):
+        warnings.warn(
+            f"the input gradient has NaN entries for {int(nan.sum())} of {grad.shape[0]} samples "
+            "(e.g. log or sqrt at 0 inside the model or loss_fn); those entries are treated as zero "
+            "and the inputs are not moved along them",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
     zero = ~(flat != 0).any(dim=1)
     count = int(zero.sum())
     if count:
         warnings.warn(
             f"the input gradient is zero for {count} of {grad.shape[0]} samples (a saturated, "
-            "non-differentiable or input-independent model); those samples are returned unperturbed "
-            "and are not adversarial examples",
+            "non-differentiable or input-independent model); the gradient does not move those samples "
+            "(they stay at x, or at pgd's random start), so they are not adversarial examples",
             RuntimeWarning,
-            stacklevel=6,  # the caller of fgsm/iterative_fgsm/pgd
+            stacklevel=stacklevel,
         )

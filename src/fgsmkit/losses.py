@@ -12,10 +12,12 @@ from torch import Tensor, nn
 
 from . import _validation
 from .constraints import make_ball
-from .gradient import LossFn, cross_entropy
+from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, cross_entropy, local_model,
+                       logits_of, model_state_kept, usable, warn_if_unusable)
 
 
-def _mean(loss: Tensor) -> Tensor:
+def _mean(loss: Tensor, batch: int) -> Tensor:
+    _validation.check_loss(loss, batch)
     return loss if loss.ndim == 0 else loss.mean()
 
 
@@ -55,6 +57,15 @@ class AdversarialLoss(nn.Module):
     training loop. It costs two forward and two backward passes: the backward of the clean loss
     yields both the input gradient and the clean term's weight gradients, which are handed to the
     parameters when the returned loss is back-propagated. ``.grad`` is not touched before that.
+    With float16/bfloat16 logits (half-precision models, autocast) the input gradient takes a
+    forward and backward pass of its own, rescaled per sample so that it cannot underflow.
+
+    It works under ``DistributedDataParallel`` (pass the wrapped model; only the adversarial pass
+    goes through the wrapper, and the one backward all-reduces the combined gradient), with
+    ``torch.compile``-d models, and inside ``no_grad``/``inference_mode`` (the value, without a
+    graph). BatchNorm statistics are updated by the clean and the adversarial pass, as by two
+    training steps' forwards. A model whose input gradient is zero or NaN is reported with a
+    ``RuntimeWarning`` on the first call.
 
     Parameters
     ----------
@@ -99,13 +110,15 @@ class AdversarialLoss(nn.Module):
             raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
         self.alpha = float(alpha)
         self.eps = float(eps)
-        # The default averages like a plain training loop's F.cross_entropy, to the last bit.
+        # The default averages like a plain training loop's F.cross_entropy (the same value up to
+        # rounding; the gradient differs where PyTorch's cancels, see gradient.cross_entropy).
         self.loss_fn = _validation.check_loss_fn(loss_fn) or functools.partial(cross_entropy, reduction="mean")
         self.checks_labels = loss_fn is None
         self.norm = _validation.check_norm(norm)
         self.clip = clip
         self.clean_logits: Tensor | None = None
         self.adversarial_logits: Tensor | None = None
+        self.checked = False  # the input gradient is checked (a device sync) on the first call only
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, eps={self.eps}, norm={self.norm}, clip={self.clip}"
@@ -117,34 +130,71 @@ class AdversarialLoss(nn.Module):
         _validation.check_model(model, x)
         if _validation.check_labels(y, x) is None:
             raise ValueError("y must be the labels of x; adversarial training needs them")
+        if x.shape[0] == 0:
+            raise ValueError("x must hold at least one sample; the mean loss of an empty batch is NaN")
         box = _validation.check_clip(self.clip, x)
         alpha = self.alpha
 
-        x_in = x.clone().requires_grad_(True)
-        logits = _validation.check_logits(model(x_in), x.shape[0])
-        if self.checks_labels:
-            _validation.check_class_labels(y, logits.shape[1])
-        clean = _mean(self.loss_fn(logits, y))
-        self.clean_logits, self.adversarial_logits = logits.detach(), None
-        if alpha == 1.0:
-            return clean
-
-        params = [p for p in model.parameters() if p.requires_grad] if alpha > 0 else []
-        grads = torch.autograd.grad(alpha * clean if alpha > 0 else clean, [x_in, *params], allow_unused=True)
+        # Weight gradients only when the loss will be back-propagated; the input gradient even
+        # under no_grad or inference_mode (an adversarial validation loss needs it too).
+        training = torch.is_grad_enabled()
+        # Under DistributedDataParallel only the pass that the returned loss is back-propagated
+        # through may go through the wrapper (DDP expects one forward per backward); the clean
+        # pass's weight gradients reach the parameters through that same backward.
+        clean_model = model if alpha == 1.0 else local_model(model)
+        with torch.inference_mode(False), torch.enable_grad():
+            x_in, y = autograd_usable(x).clone().requires_grad_(True), autograd_usable(y)
+            logits = _validation.check_logits(logits_of(clean_model, x_in), x.shape[0])
+            if self.checks_labels:
+                _validation.check_class_labels(y, logits.shape[1])
+            clean = _mean(self.loss_fn(logits, y), x.shape[0])
+            self.clean_logits, self.adversarial_logits = logits.detach(), None
+            if alpha == 1.0:
+                return clean if training else clean.detach()
+            params = [p for p in model.parameters() if p.requires_grad] if alpha > 0 and training else []
+            direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, params)
+        if not self.checked:
+            self.checked = True
+            warn_if_unusable(direction, stacklevel=5)
         eps = _validation.check_eps(self.eps, x)
         ball = make_ball(self.norm, x, eps, box)
-        x_adv = ball.project(x + ball.step(grads[0], eps))
+        x_adv = ball.project(x + ball.step(usable(direction), eps))
 
         adv_logits = model(x_adv)
         self.adversarial_logits = adv_logits.detach()
-        adversarial_term = (1.0 - alpha) * _mean(self.loss_fn(adv_logits, y))
-        used = [(p, g) for p, g in zip(params, grads[1:]) if g is not None]
+        adversarial_term = (1.0 - alpha) * _mean(self.loss_fn(adv_logits, y), x.shape[0])
+        if weight_grads is None:  # the clean term is back-propagated through its own graph
+            clean_term = alpha * clean if training and alpha > 0 else alpha * clean.detach()
+            return clean_term + adversarial_term
+        used = [(p, g) for p, g in zip(params, weight_grads) if g is not None]
         if not used:
-            return adversarial_term
+            return alpha * clean.detach() + adversarial_term
         clean_term = _PrecomputedGradient.apply(
             alpha * clean.detach(), tuple(g for _, g in used), *(p for p, _ in used)
         )
         return clean_term + adversarial_term
+
+    def _clean_gradients(self, clean_model: nn.Module, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
+                         params: list[Tensor]) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
+        """The clean loss's input gradient (only its direction is used) and its weight gradients.
+
+        The weight gradients are None where the clean term must keep its graph instead.
+        """
+        if not logits.requires_grad:  # the model cut the graph (no_grad or detach inside it)
+            return torch.zeros_like(x_in), ()
+        if logits.dtype not in LOW_PRECISION:
+            scaled = self.alpha * clean if self.alpha > 0 else clean
+            grads = torch.autograd.grad(scaled, [x_in, *params], allow_unused=True)
+            return (torch.zeros_like(x_in) if grads[0] is None else grads[0]), grads[1:]
+        # float16/bfloat16 logits: the input gradient is rescaled per sample (Objective) so that a
+        # confident sample's does not underflow to zero; the weight gradients need the true scale.
+        # One backward cannot give both, and a compiled graph may be back-propagated only once, so
+        # the input gradient comes from a pass of its own (statistics such as BatchNorm's kept).
+        objective = Objective(clean_model, y, self.loss_fn, targeted=False)
+        with model_state_kept(clean_model, eval_mode=False):
+            x_again = x_in.detach().requires_grad_(True)
+            direction = objective.input_gradient(x_again, logits_of(clean_model, x_again))
+        return direction, None
 
 
 def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor, eps: float) -> Tensor:

@@ -14,7 +14,7 @@ from torch import Tensor
 from .. import _validation
 from . import _backends
 from ..constraints import Ball, make_ball
-from ..gradient import LossFn, Objective, model_state_kept
+from ..gradient import LossFn, Objective, local_model, model_state_kept
 
 StepFn = Callable[[Ball, Tensor, Tensor, Tensor], Tensor]
 Walk = Callable[[Objective, Ball, Tensor, Tensor, int], Tensor]
@@ -88,6 +88,7 @@ def projected_gradient_ascent(
         return x.clone()
 
     ball = make_ball(norm, x, eps_t, box)
+    model = local_model(model)
     objective = Objective(model, y, loss_fn, targeted)
     with model_state_kept(model, eval_mode):
         if y is None and random_start:

@@ -1,0 +1,143 @@
+"""``fgsmkit reproduce``: train the paper's models, print its numbers beside ours, write the report.
+
+Examples
+--------
+A two-minute check that everything runs, then the full run (about half an hour on two CPU
+cores with the embedded MNIST sample)::
+
+    fgsmkit reproduce --quick
+    fgsmkit reproduce --out runs/full --seed 0
+
+An interrupted run, started again with the same arguments, resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import experiments, figures, report
+from .data import load_splits
+from .settings import PRESETS, Settings
+
+DEFAULT_OUT = os.path.join("fgsmkit-runs", "reproduce")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``fgsmkit reproduce`` to ``parser``."""
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help=f"folder for checkpoints, report.md, report.json and figures (default: {DEFAULT_OUT})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small data and few epochs: checks in about two minutes that everything runs")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' tiny run
+    parser.add_argument("--data", choices=("auto", "full", "sample"), default="auto",
+                        help="auto: full MNIST if it is on disk, else the embedded sample (default)")
+    parser.add_argument("--download", action="store_true", help="download full MNIST if it is missing")
+    parser.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                        help="torch CPU threads (default: 1; the paper's small networks gain little from more, "
+                             "and on a busy machine extra threads mostly wait on each other)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text}")
+    return value
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    if args.smoke:
+        return PRESETS["smoke"]
+    return PRESETS["quick" if args.quick else "full"]
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["fgsmkit reproduce", f"--out {args.out}", f"--seed {args.seed}"]
+    parts += [flag for flag, on in (("--quick", args.quick), ("--smoke", args.smoke),
+                                    ("--download", args.download)) if on]
+    if args.data != "auto":
+        parts.append(f"--data {args.data}")
+    if args.threads != 1:
+        parts.append(f"--threads {args.threads}")
+    return " ".join(parts)
+
+
+def machine() -> str:
+    return (f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every experiment, printing each result as it comes, and write the report."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    settings = settings_for(args)
+    out = Path(args.out)
+    log = _printer()
+    if settings.name != "full":
+        log(f"{settings.name.upper()} RUN: small data and few epochs; the numbers are not a reproduction")
+    splits = load_splits(settings, args.data, args.download, log)
+    lab = experiments.Lab(settings, splits, args.seed, out / "checkpoints", log)
+    meta = {"command": command_line(args), "seed": args.seed, "data": splits.describe(), "machine": machine(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "wall_time": "", "settings": settings.as_dict()}
+    rows: list[experiments.Row] = []
+    for experiment in experiments.EXPERIMENTS:
+        title = (experiment.__doc__ or experiment.__name__).splitlines()[0]
+        log(f"\n== {title}")
+        new = experiment(lab)
+        for r in new:
+            log(report.format_row(r))
+        rows = sorted(rows + new, key=experiment_number)
+        meta["wall_time"] = _wall_time(started, lab)
+        report.write_report(out, meta, settings.notes, rows, None)
+    names = None
+    if figures.matplotlib_available():
+        names = figures.write_figures(lab.figures, out)
+    else:
+        log(report.FIGURES_HINT)
+    meta["wall_time"] = _wall_time(started, lab)
+    markdown, data = report.write_report(out, meta, settings.notes, rows, names)
+    log(f"\nreport: {markdown} and {data} ({meta['wall_time']})")
+    return 0
+
+
+def experiment_number(r: experiments.Row) -> int:
+    """The paper's experiment number, so that rows run out of order (the large network) sort back."""
+    return int(r["experiment"].split(".")[0])
+
+
+def _wall_time(started: float, lab: experiments.Lab) -> str:
+    elapsed = time.perf_counter() - started
+    training = sum(t.seconds for t in lab.trained.values())
+    return (f"{elapsed / 60:.1f} min for this invocation; training {training / 60:.1f} min in all, "
+            "including epochs run before a resume")
+
+
+def _printer():
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    return log
+
+
+if __name__ == "__main__":  # python -m fgsmkit.reproduction.cli
+    parser = argparse.ArgumentParser(prog="fgsmkit reproduce")
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

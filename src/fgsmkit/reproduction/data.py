@@ -1,0 +1,98 @@
+"""The data of a run: full MNIST when it is on disk, otherwise the embedded 10,000-image sample."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train, validation and test tensors, images ``(N, 1, 28, 28)`` in [0, 1], int64 labels."""
+
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    source: str
+
+    def describe(self) -> str:
+        return (f"{self.source}: {len(self.train_y)} training, {len(self.val_y)} validation, "
+                f"{len(self.test_y)} test images")
+
+
+Pair = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def find_full_mnist(download: bool) -> tuple[Pair | None, str]:
+    """Full MNIST from :func:`fgsmkit.datasets.load_mnist`, or None and the reason it cannot be had."""
+    from fgsmkit.datasets import load_mnist
+
+    try:
+        return (load_mnist(split="train", download=download), load_mnist(split="test", download=download)), ""
+    except Exception as error:  # missing, offline or corrupt: the caller falls back to the sample
+        return None, (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def embedded_sample() -> Pair:
+    from fgsmkit.datasets import mnist_sample
+
+    return mnist_sample(split="train"), mnist_sample(split="test")
+
+
+def load_splits(settings: Settings, data: str = "auto", download: bool = False,
+                log: Callable[[str], None] = print) -> Splits:
+    """Load the run's data and split off the validation set.
+
+    Parameters
+    ----------
+    settings : Settings
+        Gives the validation size and how many training and test images to keep.
+    data : {"auto", "full", "sample"}
+        ``"auto"`` uses full MNIST when :func:`~fgsmkit.datasets.load_mnist` finds it and the
+        embedded sample otherwise; ``"full"`` fails without full MNIST; ``"sample"`` always
+        uses the embedded sample.
+    download : bool
+        Let :func:`~fgsmkit.datasets.load_mnist` download missing files.
+    log : callable
+        Where to say which data is used.
+
+    The validation split is the last ``val_size`` images of the training split (its order is
+    already random), so it is the same for every seed.
+    """
+    if data not in ("auto", "full", "sample"):
+        raise ValueError(f"data must be 'auto', 'full' or 'sample'; got {data!r}")
+    full, reason = find_full_mnist(download) if data in ("auto", "full") else (None, "")
+    if full is not None:
+        (train_x, train_y), (test_x, test_y) = full
+        source = "full MNIST (60,000 train / 10,000 test)"
+    elif data == "full":
+        raise RuntimeError(f"full MNIST is not available ({reason}); "
+                           "pass --download, set $FGSMKIT_DATA, or use --data sample")
+    else:
+        (train_x, train_y), (test_x, test_y) = embedded_sample()
+        source = ("the embedded MNIST sample (8,000 train / 2,000 test; full MNIST was not found"
+                  + (f": {reason}" if reason else "") + ")")
+    val_x, val_y = train_x[-settings.val_size:], train_y[-settings.val_size:]
+    train_x, train_y = train_x[:-settings.val_size], train_y[:-settings.val_size]
+    if settings.train_limit is not None:
+        train_x, train_y = train_x[: settings.train_limit], train_y[: settings.train_limit]
+    if settings.test_limit is not None:
+        test_x, test_y = test_x[: settings.test_limit], test_y[: settings.test_limit]
+    splits = Splits(*(torch.as_tensor(t).contiguous() for t in (train_x, train_y, val_x, val_y, test_x, test_y)),
+                    source=source)
+    log(f"data: {splits.describe()}")
+    return splits
+
+
+def binary_subset(x: Tensor, y: Tensor, negative: int = 3, positive: int = 7) -> tuple[Tensor, Tensor]:
+    """The images of two digits, labelled 0 (``negative``) and 1 (``positive``), for section 5's 3 vs 7."""
+    keep = (y == negative) | (y == positive)
+    return x[keep], (y[keep] == positive).long()

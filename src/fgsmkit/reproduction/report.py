@@ -1,0 +1,92 @@
+"""The run's report: a Markdown table of the paper's numbers beside ours, and the same as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .experiments import Row
+
+FIGURES_HINT = 'Figures need matplotlib: pip install "fgsmkit[figures]", then run the same command again.'
+
+
+def format_value(value: float | str | None, paper: bool = False) -> str:
+    """A percentage as printed in the table: the paper's as it printed it, ours to two decimals.
+
+    Text is kept as it is; a missing value is a dash.
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return f"{value:g}%" if paper else f"{value:.2f}%"
+
+
+def format_row(r: Row) -> str:
+    """One progress line: ``experiment | metric: paper X, ours Y``."""
+    line = f"  {r['metric']}: paper {format_value(r['paper'], paper=True)}, ours {format_value(r['ours'])}"
+    return line + (f"  ({r['notes']})" if r["notes"] else "")
+
+
+def write_report(out: str | os.PathLike[str], meta: dict[str, Any], notes: Sequence[str], rows: Sequence[Row],
+                 figures: Sequence[str] | None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.json`` into ``out``; returns their paths.
+
+    Parameters
+    ----------
+    out : path-like
+        The run's folder.
+    meta : dict
+        Command, seed, data, machine, date, wall time, settings: printed above the table.
+    notes : sequence of str
+        Every hyperparameter choice and deviation from the paper, one per item.
+    rows : sequence of dict
+        The results, as returned by the experiments.
+    figures : sequence of str or None
+        File names of the figures written beside the report, or None without matplotlib.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Reproduction of Goodfellow, Shlens & Szegedy (2015), {meta['settings']['name']} run", ""]
+    if meta["settings"]["name"] != "full":
+        lines += [f"**This is the {meta['settings']['name']} run: small data and few epochs, to check that "
+                  "everything runs. Its numbers are not a reproduction; run without `--quick` for that.**", ""]
+    lines += [
+        "| | |", "| --- | --- |",
+        f"| command | `{meta['command']}` |",
+        f"| data | {meta['data']} |",
+        f"| seed | {meta['seed']} |",
+        f"| machine | {meta['machine']} |",
+        f"| date | {meta['date']} |",
+        f"| wall time | {meta['wall_time']} |",
+        "",
+        "Paper: MNIST (60,000 training images, official 10,000-image test set), eps = .25 on pixels in "
+        "[0, 1]. Ours: the data above, same eps. Percentages throughout.",
+        "",
+        "| experiment | metric | paper | ours | notes |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    lines += [f"| {r['experiment']} | {r['metric']} | {format_value(r['paper'], paper=True)} | {format_value(r['ours'])} | "
+              f"{r['notes']} |" for r in rows]
+    lines += ["", "## Choices and deviations from the paper", ""] + [f"- {n}" for n in notes]
+    lines += ["", "## Figures", ""]
+    if figures is None:
+        lines.append(FIGURES_HINT)
+    else:
+        lines += [f"![{name}]({name})" for name in figures]
+    if meta.get("discussion"):
+        lines += ["", "## Where ours differs from the paper", ""] + [f"- {d}" for d in meta["discussion"]]
+    markdown, data = out / "report.md", out / "report.json"
+    _write_text(markdown, "\n".join(lines) + "\n")
+    _write_text(data, json.dumps({"meta": meta, "notes": list(notes), "rows": list(rows),
+                                  "figures": None if figures is None else list(figures)}, indent=2) + "\n")
+    return markdown, data
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

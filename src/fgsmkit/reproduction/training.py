@@ -1,0 +1,246 @@
+"""Training loops of the reproduction, checkpointed after every epoch so a killed run resumes.
+
+One loop serves every model; a :class:`Recipe` says what it minimises (plain cross-entropy,
+eq. (6) adversarial training, its random-noise controls, or an L1 penalty on the first layer)
+and which validation error picks the epoch that is kept. Each epoch reseeds the random number
+generators from ``(seed, model name, epoch)``, so an epoch replayed after a restart draws
+exactly the minibatches and dropout masks it would have drawn without the interruption.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import fgsmkit as fk
+from fgsmkit import evaluation
+from fgsmkit.gradient import cross_entropy
+
+from .data import Splits
+from .settings import Settings
+
+KINDS = ("plain", "adversarial", "sign-noise", "uniform-noise", "l1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a model is trained on.
+
+    Parameters
+    ----------
+    kind : str
+        ``"plain"``, ``"adversarial"`` (eq. 6 with FGSM), ``"sign-noise"`` / ``"uniform-noise"``
+        (eq. 6 with random +/-eps or U(-eps, eps) noise instead of FGSM) or ``"l1"`` (plain
+        plus an L1 penalty on the first layer's weights).
+    epochs : int
+        Maximum number of epochs.
+    select_on : str
+        ``"clean"`` or ``"adversarial"``: the validation error that picks the kept epoch.
+    optimizer : str
+        ``"sgd"`` (the settings' learning rate and momentum schedule) or ``"adam"``.
+    lr : float or None
+        Learning rate; None takes the settings' (SGD) one.
+    """
+
+    kind: str
+    epochs: int
+    select_on: str = "clean"
+    optimizer: str = "sgd"
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}; got {self.kind!r}")
+        if self.select_on not in ("clean", "adversarial"):
+            raise ValueError(f"select_on must be 'clean' or 'adversarial'; got {self.select_on!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+
+
+@dataclass
+class Trained:
+    """A trained model (in eval mode, the kept epoch's weights) and how it got there."""
+
+    name: str
+    model: nn.Module
+    history: list[dict[str, float]]
+    best_epoch: int
+    seconds: float
+
+
+def derived_seed(seed: int, *parts: object) -> int:
+    """A seed for one purpose (a model's initialisation, one of its epochs), stable across runs."""
+    return (seed * 1_000_003 + zlib.crc32(repr(parts).encode())) % (2**63 - 1)
+
+
+def loss_function(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    """The model's own training loss when it has one (the RBF network), else cross-entropy."""
+    return getattr(model, "loss", cross_entropy)
+
+
+def first_layer_weight(model: nn.Module) -> Tensor:
+    return next(m.weight for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def momentum_at(epoch: int, recipe: Recipe, settings: Settings) -> float:
+    """Momentum for 0-based ``epoch``: linear from start to end over the first half of the epochs."""
+    ramp = max(1, recipe.epochs // 2)
+    fraction = min(1.0, epoch / ramp)
+    return settings.momentum_start + fraction * (settings.momentum_end - settings.momentum_start)
+
+
+def fgsm_attack(model: nn.Module, eps: float) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """FGSM at ``eps`` with the model's own loss where it has one (the RBF network)."""
+    return functools.partial(fk.fgsm, eps=eps, loss_fn=getattr(model, "loss", None))
+
+
+def validation_errors(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> tuple[float, float]:
+    """Clean and FGSM error of ``model`` on ``x``, in eval mode (its mode is restored)."""
+    report = evaluation.evaluate_attack(model, fgsm_attack(model, eps), x, y, eval_mode=True)
+    return report.clean_error, report.adversarial_error
+
+
+class _Step:
+    """One minibatch's loss under a recipe."""
+
+    def __init__(self, recipe: Recipe, settings: Settings, model: nn.Module) -> None:
+        self.recipe, self.settings = recipe, settings
+        self.loss_fn = loss_function(model)
+        if recipe.kind == "adversarial":
+            self.adversarial = fk.AdversarialLoss(settings.alpha, settings.eps,
+                                                  loss_fn=getattr(model, "loss", None))
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        kind, s = self.recipe.kind, self.settings
+        if kind == "adversarial":
+            return self.adversarial(model, x, y)
+        clean = self.loss_fn(model(x), y).mean()
+        if kind == "plain":
+            return clean
+        if kind == "l1":
+            return clean + s.l1 * first_layer_weight(model).abs().sum()
+        if kind == "sign-noise":
+            noise = s.eps * torch.sign(torch.rand_like(x) - 0.5)
+        else:
+            noise = s.eps * (2 * torch.rand_like(x) - 1)
+        noisy = (x + noise).clamp(0.0, 1.0)
+        return s.alpha * clean + (1 - s.alpha) * self.loss_fn(model(noisy), y).mean()
+
+
+def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Recipe, settings: Settings,
+          seed: int, checkpoint_dir: str | Path, log: Callable[[str], None] = print) -> Trained:
+    """Train (or resume, or load) one model and return it with the kept epoch's weights.
+
+    After every epoch the weights, the optimiser's momentum, the best weights so far and the
+    history are written atomically to ``checkpoint_dir/<name>.pt``. A later call with the same
+    arguments continues from there; one that finds the model finished just loads it. A
+    checkpoint written with different settings is ignored (and overwritten).
+
+    Parameters
+    ----------
+    name : str
+        The model's name: its checkpoint file and its random streams derive from it.
+    build : callable
+        Returns a freshly initialised model; called after seeding.
+    splits : Splits
+        Training and validation data.
+    recipe : Recipe
+        The objective, the epochs, and the validation error that selects the kept epoch.
+    settings : Settings
+        Batch size, optimiser, eps, alpha, patience.
+    seed : int
+        The run's seed.
+    checkpoint_dir : path-like
+        Folder of the checkpoints.
+    log : callable
+        Receives one progress line per epoch.
+    """
+    path = Path(checkpoint_dir) / f"{name}.pt"
+    fingerprint = json.dumps({"recipe": asdict(recipe), "settings": settings.training_fields(), "seed": seed,
+                              "data": splits.describe()}, sort_keys=True)
+    torch.manual_seed(derived_seed(seed, name, "init"))
+    model = build()
+    lr = settings.lr if recipe.lr is None else recipe.lr
+    optimizer: torch.optim.Optimizer
+    if recipe.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum_start)
+    state = _resume(path, fingerprint, model, optimizer, name, log)
+    label = f"[{name}: {recipe.kind}]"
+    if state["done"]:
+        log(f"{label} already trained (kept epoch {state['best_epoch']}); loaded {path}")
+    step = _Step(recipe, settings, model)
+    epoch = state["epoch"]
+    while not state["done"] and epoch < recipe.epochs:
+        started = time.perf_counter()
+        torch.manual_seed(derived_seed(seed, name, "epoch", epoch))
+        order = torch.randperm(len(splits.train_y), generator=torch.Generator().manual_seed(
+            derived_seed(seed, name, "order", epoch)))
+        if recipe.optimizer == "sgd":
+            for group in optimizer.param_groups:
+                group["momentum"] = momentum_at(epoch, recipe, settings)
+        model.train()
+        total, batches = 0.0, 0
+        for start in range(0, len(order), settings.batch_size):
+            index = order[start:start + settings.batch_size]
+            loss = step(model, splits.train_x[index], splits.train_y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if hasattr(model, "apply_max_norm"):
+                model.apply_max_norm()
+            total, batches = total + float(loss.detach()), batches + 1
+        epoch += 1
+        val_clean, val_adv = validation_errors(model, splits.val_x, splits.val_y, settings.eps)
+        score = val_adv if recipe.select_on == "adversarial" else val_clean
+        if score < state["best_error"]:
+            state.update(best_error=score, best_epoch=epoch, bad_epochs=0,
+                         best={k: v.clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append({"epoch": epoch, "loss": total / max(batches, 1),
+                                 "val_error": val_clean, "val_adv_error": val_adv})
+        seconds = time.perf_counter() - started
+        state["seconds"] += seconds
+        state["epoch"] = epoch
+        state["done"] = epoch >= recipe.epochs or state["bad_epochs"] >= settings.patience
+        log(f"{label} epoch {epoch:3d}/{recipe.epochs}  loss {total / max(batches, 1):.4f}  "
+            f"val error {100 * val_clean:5.2f}%  val FGSM error {100 * val_adv:5.2f}%  ({seconds:.1f}s)"
+            + ("  *" if state["best_epoch"] == epoch else ""))
+        if state["done"] and epoch < recipe.epochs:
+            log(f"{label} stopping early: no better {recipe.select_on} validation error for "
+                f"{settings.patience} epochs")
+        fk.save_checkpoint({"fingerprint": fingerprint, "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(), **state}, path)
+    if state["best"] is not None:
+        model.load_state_dict(state["best"])
+    model.eval()
+    return Trained(name, model, state["history"], state["best_epoch"], state["seconds"])
+
+
+def _resume(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer, name: str,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    fresh: dict[str, Any] = {"epoch": 0, "done": False, "best": None, "best_error": math.inf,
+                             "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0}
+    if not path.exists():
+        return fresh
+    saved = fk.load_checkpoint(path)
+    if saved.get("fingerprint") != fingerprint:
+        log(f"[{name}] {path} was written with other settings; training from scratch")
+        return fresh
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if not saved["done"]:
+        log(f"[{name}] resuming from {path} after epoch {saved['epoch']}")
+    return {key: saved[key] for key in fresh}

@@ -1,0 +1,279 @@
+"""Precision: float16, bfloat16, float64 and autocast models and inputs."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fgsmkit as fk
+from fgsmkit.gradient import cross_entropy
+
+LOW = [torch.float16, torch.bfloat16]
+ALL = LOW + [torch.float32, torch.float64]
+
+
+def mlp(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 3)).to(dtype)
+
+
+def batch(n: int = 6, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 10, generator=g).to(dtype), torch.randint(0, 3, (n,), generator=g)
+
+
+def attacks(dtype_eps: float):
+    return {
+        "fgsm": lambda m, x, y: fk.fgsm(m, x, y, eps=dtype_eps),
+        "fgsm_l2": lambda m, x, y: fk.fgsm(m, x, y, eps=dtype_eps, norm=2),
+        "pgd": lambda m, x, y: fk.pgd(m, x, y, eps=dtype_eps, step_size=dtype_eps / 2, steps=3, restarts=2,
+                                      generator=torch.Generator().manual_seed(0)),
+        "pgd_l2": lambda m, x, y: fk.pgd(m, x, y, eps=dtype_eps, step_size=dtype_eps / 2, steps=3, norm=2,
+                                         generator=torch.Generator().manual_seed(0)),
+    }
+
+
+@pytest.mark.parametrize("name", ["fgsm", "fgsm_l2", "pgd", "pgd_l2"])
+@pytest.mark.parametrize("dtype", ALL)
+def test_attacks_keep_the_dtype_and_stay_in_the_ball(dtype, name):
+    eps = 0.125  # exactly representable in every dtype
+    x, y = batch(dtype=dtype)
+    x_adv = attacks(eps)[name](mlp(dtype), x, y)
+    assert x_adv.dtype == dtype and x_adv.shape == x.shape
+    assert bool(torch.isfinite(x_adv).all()) and bool(((x_adv >= 0) & (x_adv <= 1)).all())
+    delta = (x_adv - x).double().flatten(1)
+    size = delta.norm(dim=1) if name.endswith("l2") else delta.abs().amax(dim=1)
+    rounding = torch.finfo(dtype).eps  # x + delta is rounded once in x's dtype, and x <= 1
+    assert bool((size <= eps + rounding * (math.sqrt(10) if name.endswith("l2") else 1)).all())
+    assert bool((size > 0).all())  # every sample was moved
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_the_loss_is_computed_in_float32(dtype):
+    logits = torch.tensor([[20.0, 0.0, -3.0], [0.5, 0.25, 0.0]]).to(dtype)
+    y = torch.tensor([1, 0])
+    losses = cross_entropy(logits, y)
+    assert losses.dtype == torch.float32
+    torch.testing.assert_close(losses, F.cross_entropy(logits.float(), y, reduction="none"))
+    x, y = batch(dtype=dtype)
+    assert fk.AdversarialLoss()(mlp(dtype), x, y).dtype == torch.float32
+
+
+def confident_linear(dtype: torch.dtype) -> nn.Linear:
+    """Class 0 wins every input by a margin of about 30: p(class 1) ~ 1e-13, below float16's range."""
+    model = nn.Linear(10, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+        model.weight[0] += 6.0
+        model.weight[1] += torch.linspace(-1, 1, 10) * 0.01
+        model.weight[2] -= torch.linspace(-1, 1, 10) * 0.02
+    return model.to(dtype)
+
+
+def test_confident_samples_keep_the_true_class_entry_of_the_logit_gradient():
+    """softmax - onehot cancels to 0 at the true class once p_y rounds to 1; ours does not."""
+    logits = torch.tensor([[30.0, 0.0, 1.0], [0.0, -25.0, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 1])
+    (ours,) = torch.autograd.grad(cross_entropy(logits, y).sum(), logits)
+    exact_logits = logits.detach().double().requires_grad_(True)
+    (exact,) = torch.autograd.grad(F.cross_entropy(exact_logits, y, reduction="sum"), exact_logits)
+    (usual,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), logits)
+    assert usual[0, 0] == 0  # the cancellation this guards against
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=0)
+    binary = torch.tensor([[40.0], [-40.0]], requires_grad=True)
+    (ours,) = torch.autograd.grad(cross_entropy(binary, torch.tensor([1, 0])).sum(), binary)
+    assert ours[0, 0] < 0 and ours[1, 0] > 0
+
+
+def test_cross_entropy_equals_pytorch_in_value_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (7,), generator=g)
+    assert torch.autograd.gradcheck(lambda z: cross_entropy(z, y), (logits,))
+    torch.testing.assert_close(cross_entropy(logits, y), F.cross_entropy(logits, y, reduction="none"))
+    single = torch.randn(7, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 2, (7,), generator=g)
+    assert torch.autograd.gradcheck(lambda z: cross_entropy(z, labels), (single,))
+    torch.testing.assert_close(cross_entropy(single, labels),
+                               F.binary_cross_entropy_with_logits(single[:, 0], labels.double(), reduction="none"))
+
+
+def reference_gradient(model: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The input gradient of the summed loss in float64, from the same weights."""
+    exact = nn.Linear(10, 3).double()
+    exact.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    x64 = x.double().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(exact(x64), y, reduction="sum"), x64)
+    return grad
+
+
+@pytest.mark.parametrize("dtype", LOW + [torch.float32])
+def test_the_gradient_sign_survives_a_confident_model(dtype):
+    model = confident_linear(dtype)
+    x, _ = batch(8, dtype)
+    y = torch.zeros(8, dtype=torch.long)
+    if dtype == torch.float16:  # the naive gradient, taken in the model's dtype, is all zero
+        x_leaf = x.clone().requires_grad_(True)
+        (naive,) = torch.autograd.grad(F.cross_entropy(model(x_leaf).float(), y, reduction="sum"), x_leaf)
+        assert not bool(naive.any())
+    expected_sign = reference_gradient(model, x, y).sign()
+    assert bool(expected_sign.all())  # a non-zero reference in every coordinate
+    eps = 2.0 ** -5
+    x_adv = fk.fgsm(model, x, y, eps=eps, clip=None)
+    assert x_adv.dtype == dtype
+    moved = (x_adv.double() - x.double()).sign()
+    assert torch.equal(moved, expected_sign)
+
+
+@pytest.mark.parametrize("dtype", LOW + [torch.float32])
+def test_adversarial_loss_keeps_the_gradient_sign_of_a_confident_model(dtype):
+    model = confident_linear(dtype)
+    x, _ = batch(8, dtype)
+    y = torch.zeros(8, dtype=torch.long)
+    eps = 2.0 ** -5
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=eps, clip=None)
+    loss = criterion(model, x, y)
+    x_adv = x + eps * reference_gradient(model, x, y).sign().to(dtype)
+    assert torch.equal(criterion.adversarial_logits, model(x_adv).detach())
+    loss.backward()
+    assert all(p.grad.dtype == dtype and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+def test_low_precision_weight_gradients_keep_their_true_scale():
+    """The per-sample rescaling is for the input gradient only; the weight gradients are eq. (6)'s."""
+    x, y = batch(6, torch.bfloat16)
+    model = mlp(torch.bfloat16)
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.125)
+    criterion(model, x, y).backward()
+    got = [p.grad.float() for p in model.parameters()]
+    # The same objective written out: the clean and adversarial terms in one backward.
+    model.zero_grad()
+    x_adv = fk.fgsm(model, x, y, eps=0.125)
+    loss = 0.5 * cross_entropy(model(x), y).mean() + 0.5 * cross_entropy(model(x_adv), y).mean()
+    loss.backward()
+    for g, expected in zip(got, (p.grad.float() for p in model.parameters())):
+        torch.testing.assert_close(g, expected, rtol=2e-2, atol=1e-3)
+
+
+def test_float64_attack_is_the_closed_form():
+    model = mlp(torch.float64)
+    x, y = batch(dtype=torch.float64)
+    x_leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x_leaf), y, reduction="sum"), x_leaf)
+    expected = (x + 0.1 * grad.sign()).clamp(0, 1)
+    x_adv = fk.fgsm(model, x, y, eps=0.1)
+    assert x_adv.dtype == torch.float64
+    torch.testing.assert_close(x_adv, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_attacks_under_autocast_keep_the_input_dtype_and_raise_the_loss(dtype, name):
+    model = mlp()
+    x, y = batch(32)
+    with torch.autocast("cpu", dtype=dtype):
+        assert model(x).dtype == dtype  # autocast really is on for this model
+        x_adv = attacks(0.125)[name](model, x, y)
+    assert x_adv.dtype == torch.float32
+    assert bool(((x_adv - x).abs() <= 0.125 + 1e-6).all())
+    with torch.no_grad():
+        clean, adversarial = (F.cross_entropy(model(t), y, reduction="none") for t in (x, x_adv))
+    assert bool((adversarial > clean).float().mean() >= 0.9)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_adversarial_loss_under_autocast_trains_float32_weights(dtype):
+    model = mlp()
+    x, y = batch(32)
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.125)
+    with torch.autocast("cpu", dtype=dtype):
+        loss = criterion(model, x, y)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)
+    reference_model = mlp()
+    expected = fk.AdversarialLoss(alpha=0.5, eps=0.125)(reference_model, x, y)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=5e-2, atol=0)
+    for g, r in zip(grads, (p.grad for p in reference_model.parameters())):
+        assert F.cosine_similarity(g.flatten(), r.flatten(), dim=0) > 0.95
+
+
+def test_float16_eps_rounding_never_leaves_the_ball():
+    """eps=0.1 is not representable in float16; the ball uses the rounded radius consistently."""
+    x, y = batch(dtype=torch.float16)
+    x_adv = fk.pgd(mlp(torch.float16), x, y, eps=0.1, step_size=0.05, steps=4,
+                   generator=torch.Generator().manual_seed(0))
+    radius = torch.tensor(0.1, dtype=torch.float16).double()
+    assert float((x_adv.double() - x.double()).abs().max()) <= float(radius) * (1 + 2 ** -10) + 2 ** -11
+    assert math.isfinite(float(x_adv.double().sum()))
+
+
+def test_adversarial_loss_with_a_grad_scaler():
+    """Scaled losses scale the precomputed clean gradients too; unscaled, they are the plain ones."""
+    x, y = batch(32)
+    model, reference = mlp(), mlp()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fk.AdversarialLoss(alpha=0.5, eps=0.125)(model, x, y)
+    scaler.scale(loss).backward()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler.unscale_(optimizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fk.AdversarialLoss(alpha=0.5, eps=0.125)(reference, x, y).backward()
+    for p, r in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_dtype_mismatch_inside_the_model_is_the_models_own_error():
+    """The library does not refuse float64 inputs to a float32 model: the model may cast them."""
+    with pytest.raises(RuntimeError, match="dtype"):
+        fk.fgsm(mlp(), batch(dtype=torch.float64)[0], batch()[1], eps=0.1)
+    casting = nn.Sequential(mlp())
+    casting.register_forward_pre_hook(lambda module, args: (args[0].float(),))
+    x, y = batch(dtype=torch.float64)
+    assert fk.fgsm(casting, x, y, eps=0.1).dtype == torch.float64
+
+
+@pytest.mark.parametrize("margin", [30.0, 60.0, 80.0])
+def test_the_l2_step_of_a_tiny_gradient_has_full_length(margin):
+    """A margin of 60 gives an input gradient near 1e-26, whose squares underflow in float32."""
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]))
+        model.bias.copy_(torch.tensor([margin, 0.0]))
+    x, y = torch.full((3, 4), 0.5), torch.zeros(3, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the gradient is not zero: no warning either
+        x_adv = fk.fgsm(model, x, y, eps=0.1, norm=2, clip=None)
+    delta = (x_adv - x).double()
+    torch.testing.assert_close(delta.norm(dim=1), torch.full((3,), 0.1, dtype=torch.float64), rtol=1e-6, atol=0)
+    expected = torch.tensor([-1.0, 1.0, 0.0, 0.0], dtype=torch.float64) / math.sqrt(2)  # the exact direction
+    torch.testing.assert_close(delta / 0.1, expected.expand(3, 4), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", LOW + [torch.float32])
+@pytest.mark.parametrize("margin", [60.0, 95.0])
+def test_a_margin_near_the_end_of_float32_keeps_the_gradient_direction(dtype, margin):
+    """p_k = exp(-95) is a float32 subnormal: still a direction, for every dtype and both norms."""
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]))
+        model.bias.copy_(torch.tensor([margin, 0.0]))
+    model = model.to(dtype)
+    x, y = torch.full((2, 4), 0.5, dtype=dtype), torch.zeros(2, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        linf = fk.fgsm(model, x, y, eps=0.125, clip=None)
+        l2 = fk.fgsm(model, x, y, eps=0.125, norm=2, clip=None)
+    sign = torch.tensor([-1.0, 1.0, 0.0, 0.0], dtype=torch.float64).expand(2, 4)
+    assert torch.equal((linf.double() - x.double()) / 0.125, sign)
+    torch.testing.assert_close((l2.double() - x.double()) / 0.125, sign / math.sqrt(2), rtol=0,
+                               atol=4 * torch.finfo(dtype).eps)

@@ -1,0 +1,162 @@
+"""``fgsmkit reproduce``: the command parses, a tiny run reports every experiment, the same seed gives
+the same numbers, and a run killed midway resumes to the result of an uninterrupted one.
+
+The tiny run (the hidden ``--smoke`` preset) trains small networks on a few hundred images of the
+embedded MNIST sample, so these tests need neither full MNIST nor a network connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import fgsmkit as fk
+from fgsmkit.__main__ import main
+from fgsmkit.reproduction import cli, experiments
+from fgsmkit.reproduction.data import load_splits
+from fgsmkit.reproduction.settings import PRESETS
+from fgsmkit.reproduction.training import Recipe, train
+
+SMOKE = ["reproduce", "--smoke", "--data", "sample"]
+PACKAGE_ROOT = Path(fk.__file__).resolve().parents[1]
+
+
+def run_in_process(out: Path, seed: int = 0) -> dict:
+    assert main([*SMOKE, "--out", str(out), "--seed", str(seed)]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def numbers(report: dict) -> list[tuple]:
+    return [(r["experiment"], r["metric"], r["ours"]) for r in report["rows"]]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("smoke")
+    return out, run_in_process(out)
+
+
+def test_cli_parses_its_options() -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--seed", "3", "--out", "somewhere", "--data", "sample"])
+    assert (args.quick, args.seed, args.out, args.data, args.smoke) == (True, 3, "somewhere", "sample", False)
+    defaults = parser.parse_args([])
+    assert (defaults.quick, defaults.seed, defaults.out, defaults.data, defaults.threads) == (
+        False, 0, cli.DEFAULT_OUT, "auto", 1)
+    assert parser.parse_args(["--threads", "2"]).threads == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--threads", "0"])
+    assert cli.settings_for(args).name == "quick" and cli.settings_for(defaults).name == "full"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "elsewhere"])
+    assert "--smoke" not in parser.format_help()
+
+
+def test_tiny_run_reports_every_experiment(smoke_run: tuple[Path, dict]) -> None:
+    out, report = smoke_run
+    numbers_seen = {int(r["experiment"].split(".")[0]) for r in report["rows"]}
+    assert numbers_seen == set(range(1, 12))
+    for r in report["rows"]:
+        assert set(r) == {"experiment", "metric", "paper", "ours", "notes"}
+        assert r["paper"] is not None or "clean test error" in r["metric"]
+        if r["ours"] is not None:
+            assert 0.0 <= r["ours"] <= 100.0, r
+    error_rows = [r for r in report["rows"] if "error" in r["metric"]]
+    assert error_rows and all(r["ours"] is not None for r in error_rows)
+    markdown = (out / "report.md").read_text()
+    assert "smoke run" in markdown and "embedded MNIST sample" in markdown
+    for r in report["rows"]:
+        assert r["metric"] in markdown
+    assert report["meta"]["seed"] == 0 and report["meta"]["settings"]["name"] == "smoke"
+    # Every trained model left a plain state-dict checkpoint that loads with weights_only=True.
+    trained = set(experiments.recipes(PRESETS["smoke"]))
+    saved = {p.stem for p in (out / "checkpoints").glob("*.pt")}
+    assert saved == trained
+    state = fk.load_checkpoint(out / "checkpoints" / "maxout.pt")
+    assert state["done"] and isinstance(state["model"], dict)
+    if report["figures"] is None:
+        assert 'pip install "fgsmkit[figures]"' in markdown
+    else:
+        assert sorted(report["figures"]) == ["figure2.png", "figure3.png", "figure4.png"]
+        for name in report["figures"]:
+            assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_seed_gives_the_same_numbers(smoke_run: tuple[Path, dict], tmp_path: Path) -> None:
+    _, first = smoke_run
+    again = run_in_process(tmp_path / "again")
+    assert numbers(again) == numbers(first)
+
+
+def test_the_seed_changes_the_training(tmp_path: Path) -> None:
+    settings = PRESETS["smoke"]
+    splits = load_splits(settings, "sample", log=lambda line: None)
+
+    def weights(seed: int, folder: Path) -> torch.Tensor:
+        trained = train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1),
+                        settings, seed, folder, log=lambda line: None)
+        return trained.model.linear.weight.detach()
+
+    a, b, a_again = weights(0, tmp_path / "a"), weights(1, tmp_path / "b"), weights(0, tmp_path / "c")
+    assert torch.equal(a, a_again)
+    assert not torch.equal(a, b)
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(smoke_run: tuple[Path, dict], tmp_path: Path) -> None:
+    _, uninterrupted = smoke_run
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "fgsmkit", *SMOKE, "--out", str(out), "--seed", "0"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list((out / "checkpoints").glob("*.pt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM, stderr.decode()
+    assert not (out / "report.json").exists() or len(json.loads((out / "report.json").read_text())["rows"]) < len(
+        uninterrupted["rows"])
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout or "already trained" in resumed.stdout
+    assert numbers(json.loads((out / "report.json").read_text())) == numbers(uninterrupted)
+
+
+def test_without_full_mnist_the_sample_is_used_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fgsmkit.datasets
+
+    def missing(root=None, split="train", download=True):
+        raise FileNotFoundError("MNIST is not in any of the searched folders")
+
+    monkeypatch.setattr(fgsmkit.datasets, "load_mnist", missing)
+    said: list[str] = []
+    splits = load_splits(PRESETS["smoke"], "auto", log=said.append)
+    assert "embedded MNIST sample" in splits.source and "not in any of the searched folders" in splits.source
+    assert said and splits.source in said[0]
+    assert (len(splits.train_y), len(splits.val_y), len(splits.test_y)) == (300, 100, 200)
+    with pytest.raises(RuntimeError, match="full MNIST is not available"):
+        load_splits(PRESETS["smoke"], "full", log=said.append)
+
+
+def test_report_without_matplotlib_says_how_to_get_figures(tmp_path: Path) -> None:
+    from fgsmkit.reproduction import report
+
+    meta = {"command": "fgsmkit reproduce --quick", "seed": 0, "data": "d", "machine": "m", "date": "t",
+            "wall_time": "w", "settings": PRESETS["quick"].as_dict()}
+    rows = [experiments.row("1. softmax regression", "FGSM error", 99.9, 98.76543)]
+    markdown, data = report.write_report(tmp_path, meta, PRESETS["quick"].notes, rows, None)
+    text = markdown.read_text()
+    assert 'pip install "fgsmkit[figures]"' in text and "quick run" in text
+    assert "| 1. softmax regression | FGSM error | 99.9% | 98.77% |" in text
+    assert json.loads(data.read_text())["rows"][0]["ours"] == 98.7654

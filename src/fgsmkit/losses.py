@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _validation
+from .attacks._walk import take_step
 from .constraints import make_ball
 from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, cross_entropy, local_model,
                        logits_of, model_state_kept, usable, warn_if_unusable)
@@ -158,7 +159,7 @@ class AdversarialLoss(nn.Module):
             warn_if_unusable(direction, stacklevel=5)
         eps = _validation.check_eps(self.eps, x)
         ball = make_ball(self.norm, x, eps, box)
-        x_adv = ball.project(x + ball.step(usable(direction), eps))
+        x_adv = take_step(ball, x, usable(direction), eps)
 
         adv_logits = model(x_adv)
         self.adversarial_logits = adv_logits.detach()

@@ -117,6 +117,7 @@ def main() -> None:
     if args.checkpoint and rank == 0:
         fk.save_checkpoint({"model": model.module.state_dict(), "epochs": epochs}, args.checkpoint)
         say(f"saved {args.checkpoint}")
+    dist.barrier()  # tear down together: a rank leaving early can abort the other's gloo work
     dist.destroy_process_group()
 
 

@@ -58,6 +58,9 @@ def run(rank: int, port: int, out_dir: str) -> None:
     try:
         for scenario, body in SCENARIOS.items():
             torch.save(body(rank), os.path.join(out_dir, f"{scenario}.rank{rank}.pt"))
+        # Tear down only once both ranks are done: a rank that destroys the group while the
+        # other still has gloo work in flight aborts ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

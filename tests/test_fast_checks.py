@@ -27,23 +27,23 @@ def test_any_non_finite_input_is_refused(dtype, bad, where):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_scalar_clip_catches_one_coordinate_outside(dtype):
     x = torch.rand(5, 40).to(dtype) * 0.5 + 0.25
-    assert _validation.check_clip((0.0, 1.0), x) is not None
+    assert _validation.check_inputs(x, (0.0, 1.0)) is not None
     for value in (-0.01, 1.01):  # representable as outside in every dtype
         y = x.clone()
         y[3, 17] = value
         with pytest.raises(ValueError, match="must lie inside clip"):
-            _validation.check_clip((0.0, 1.0), y)
+            _validation.check_inputs(y, (0.0, 1.0))
     # On the bounds is inside.
     y = x.clone()
     y[0, 0], y[1, 1] = 0.0, 1.0
-    _validation.check_clip((0.0, 1.0), y)
+    _validation.check_inputs(y, (0.0, 1.0))
 
 
 def test_tensor_clip_is_still_checked_per_coordinate():
     x = torch.full((2, 3), 0.5)
     low, high = torch.tensor([0.0, 0.6, 0.0]), torch.ones(3)
     with pytest.raises(ValueError, match="must lie inside clip"):
-        _validation.check_clip((low, high), x)  # 0.5 < 0.6 in column 1 only
+        _validation.check_inputs(x, (low, high))  # 0.5 < 0.6 in column 1 only
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -69,7 +69,7 @@ def test_bad_number_budgets_name_the_argument(name, check, value, message):
 
 def test_nan_clip_bound_is_refused():
     with pytest.raises(ValueError, match=r"clip\[1\] must not be NaN"):
-        _validation.check_clip((0.0, math.nan), torch.rand(2, 3))
+        _validation.check_inputs(torch.rand(2, 3), (0.0, math.nan))
 
 
 def test_linf_projection_is_min_of_max():
@@ -78,7 +78,8 @@ def test_linf_projection_is_min_of_max():
     eps = torch.rand(8, 1, generator=g) * 0.3
     ball = LinfBall(x, eps, Box(torch.tensor(0.1), torch.tensor(0.9)))
     point = torch.randn(8, 30, generator=g)
-    assert torch.equal(ball.project(point), torch.minimum(torch.maximum(point, ball.lower), ball.upper))
+    lower, upper = ball.bounds
+    assert torch.equal(ball.project(point), torch.minimum(torch.maximum(point, lower), upper))
 
 
 def test_scaled_backward_scales_the_reused_clean_gradients():

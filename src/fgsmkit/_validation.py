@@ -40,7 +40,12 @@ def check_model(model: object, x: Tensor) -> None:
             break
 
 
-def check_inputs(x: object) -> Tensor:
+def check_inputs(x: object, clip: object = None) -> Box | None:
+    """Check ``x`` (a finite floating-point batch) and ``clip``, and that ``x`` lies inside it.
+
+    Returns ``clip`` as a :class:`Box` (None for no box). With number bounds this reads ``x``
+    once and synchronises with the device once.
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
     if not x.is_floating_point():
@@ -52,10 +57,26 @@ def check_inputs(x: object) -> Tensor:
         raise ValueError("x must have a batch dimension; for a single sample use x.unsqueeze(0)")
     if x.device.type == "meta":
         raise ValueError("x is on the meta device, which holds no values; move it to the model's device")
-    if x.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
-        # aminmax is one fused pass (NaN propagates to both ends): much cheaper than isfinite(x).
+    box = _clip_box(clip, x)
+    if not x.numel():
+        return box
+    # aminmax is one fused pass, and NaN propagates to both ends: much cheaper than isfinite(x).
+    # Number bounds ride along, so that one host sync reads all four.
+    number_bounds = box is not None and box.low.ndim == 0 and box.high.ndim == 0
+    extremes = [*torch.aminmax(x), *((box.low, box.high) if number_bounds else ())]  # type: ignore[union-attr]
+    x_low, x_high, *bounds = torch.stack(extremes).tolist()
+    if not (math.isfinite(x_low) and math.isfinite(x_high)):
         raise ValueError("x contains NaN or inf; clean the input before attacking it")
-    return x
+    if bounds:
+        outside = x_low < bounds[0] or x_high > bounds[1]
+    else:
+        outside = box is not None and bool(((x < box.low) | (x > box.high)).any())
+    if outside:
+        raise ValueError(
+            f"x must lie inside clip={_describe(clip)}; observed range [{x_low:.6g}, {x_high:.6g}]. "
+            "Rescale x to the box, or pass the right clip (clip=None for no box)"
+        )
+    return box
 
 
 def check_labels(y: object, x: Tensor) -> Tensor | None:
@@ -83,9 +104,12 @@ def check_class_labels(y: Tensor, num_outputs: int) -> None:
             "(or pass a loss_fn that takes these targets)"
         )
     classes = max(num_outputs, 2)
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+    if not y.numel():
+        return
+    low, high = torch.stack(torch.aminmax(y)).tolist()  # one pass, one host sync
+    if low < 0 or high >= classes:
         raise ValueError(
-            f"y holds labels in [{int(y.min())}, {int(y.max())}] but the model has {classes} classes; "
+            f"y holds labels in [{low}, {high}] but the model has {classes} classes; "
             f"labels must lie in [0, {classes - 1}]"
         )
 
@@ -139,7 +163,7 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Ten
             raise ValueError(f"{name} must be finite; got {value}")
         if (number <= 0) if positive else (number < 0):
             raise ValueError(f"{name} must be {relation}; got {value}")
-        return torch.tensor(number, dtype=x.dtype, device=x.device)
+        return scalar_tensor(number, x)
     else:
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
     if values.numel() and not bool(torch.isfinite(values).all()):
@@ -149,6 +173,25 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Ten
         raise ValueError(f"{name} must be {relation}; got {value}")
     shape = (-1,) + (1,) * (x.ndim - 1) if values.ndim == 1 else ()
     return values.to(x.dtype).reshape(shape)
+
+
+_scalars: dict[tuple, Tensor] = {}
+
+
+def scalar_tensor(number: float, like: Tensor) -> Tensor:
+    """``number`` as a 0-d tensor with the dtype and device of ``like``, rounded once.
+
+    The tensors are cached (a few per process; nothing writes into them): creating one costs
+    more than the elementwise step it scales, on every call.
+    """
+    key = (number.hex(), like.dtype, like.device)  # hex keeps -0.0 apart from 0.0
+    tensor = _scalars.get(key)
+    if tensor is None:
+        if len(_scalars) >= 64:
+            _scalars.clear()
+        with torch.inference_mode(False):  # usable inside and outside inference mode
+            tensor = _scalars[key] = torch.tensor(number, dtype=like.dtype, device=like.device)
+    return tensor
 
 
 def check_eps(eps: object, x: Tensor) -> Tensor:
@@ -173,30 +216,17 @@ def check_norm(norm: object) -> float:
     return float(norm)
 
 
-def check_clip(clip: object, x: Tensor) -> Box | None:
-    """Turn ``clip`` into a :class:`Box` and check that ``x`` lies inside it."""
+def _clip_box(clip: object, x: Tensor) -> Box | None:
+    """``clip`` as a :class:`Box`, its bounds checked (not yet against ``x``)."""
     if clip is None:
         return None
     if not isinstance(clip, (tuple, list)) or len(clip) != 2:
         raise TypeError(f"clip must be a pair (low, high) or None; got {clip!r}")
     low, high = (_bound_tensor(value, name, x) for value, name in zip(clip, ("clip[0]", "clip[1]")))
-    if bool((low > high).any()):
+    numbers_only = not isinstance(clip[0], Tensor) and not isinstance(clip[1], Tensor)
+    if (float(clip[0]) > float(clip[1])) if numbers_only else bool((low > high).any()):
         raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
-    if x.numel() and _outside(x, low, high):
-        raise ValueError(
-            f"x must lie inside clip={_describe(clip)}; observed range [{float(x.min()):.6g}, "
-            f"{float(x.max()):.6g}]. Rescale x to the box, or pass the right clip (clip=None for no box)"
-        )
     return Box(low, high)
-
-
-def _outside(x: Tensor, low: Tensor, high: Tensor) -> bool:
-    """Whether any element of ``x`` lies outside ``[low, high]``."""
-    if low.ndim == 0 and high.ndim == 0:
-        # Scalar bounds: compare the extremes, one pass over x instead of three.
-        x_low, x_high = torch.aminmax(x)
-        return bool((x_low < low) | (x_high > high))
-    return bool(((x < low) | (x > high)).any())
 
 
 def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
@@ -206,17 +236,19 @@ def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
         # A number: checked in Python, and a 0-d tensor broadcasts against anything.
         if math.isnan(float(value)):
             raise ValueError(f"{name} must not be NaN")
-        return torch.tensor(float(value), device=x.device, dtype=x.dtype)
+        return scalar_tensor(float(value), x)
     else:
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
     if bool(torch.isnan(bound).any()):
         raise ValueError(f"{name} must not be NaN")
     try:
-        torch.broadcast_shapes(bound.shape, x.shape)
+        fits = torch.broadcast_shapes(bound.shape, x.shape) == x.shape
     except RuntimeError:
+        fits = False
+    if not fits:
         raise ValueError(
             f"{name} of shape {tuple(bound.shape)} does not broadcast against x of shape {tuple(x.shape)}"
-        ) from None
+        )
     return bound
 
 

@@ -21,7 +21,8 @@ class Box:
     high: Tensor
 
     def clip(self, x: Tensor) -> Tensor:
-        return torch.minimum(torch.maximum(x, self.low), self.high)
+        # clamp with tensor bounds is min(max(x, low), high) in one pass.
+        return torch.clamp(x, self.low, self.high)
 
 
 def _working(t: Tensor) -> Tensor:
@@ -54,12 +55,20 @@ class Ball:
         self.box = box
 
     def step(self, direction: Tensor, size: Tensor) -> Tensor:
-        """The steepest ascent step of length ``size`` for the gradient ``direction``."""
+        """The steepest ascent step of length ``size`` for the gradient ``direction``.
+
+        NaN entries of ``direction`` count as zero: no step along them. The result is a new
+        tensor, which the caller may update in place.
+        """
         raise NotImplementedError
 
     def project(self, x_adv: Tensor) -> Tensor:
         """The point of the ball (and box) nearest to ``x_adv``."""
         raise NotImplementedError
+
+    def fast_gradient_step(self, direction: Tensor) -> Tensor:
+        """The step of length eps from the centre along ``direction``, projected: the fast gradient method."""
+        return self.project(self.step(direction, self.eps).add_(self.x))
 
     def random_point(self, generator: torch.Generator | None) -> Tensor:
         """A point drawn uniformly from the ball, then clipped to the box."""
@@ -69,18 +78,36 @@ class Ball:
 class LinfBall(Ball):
     def __init__(self, x: Tensor, eps: Tensor, box: Box | None) -> None:
         super().__init__(x, eps, box)
-        # Ball and box folded into one pair of bounds: one clamp projects onto both.
-        lower, upper = x - eps, x + eps
-        if box is not None:
-            lower, upper = torch.maximum(lower, box.low), torch.minimum(upper, box.high)
-        self.lower, self.upper = lower, upper
+        self._bounds: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """Ball and box folded into one pair of bounds, so that one clamp projects onto both.
+
+        Built on first use (not a cached_property, whose lock torch.compile cannot trace): the
+        fast gradient step never needs them.
+        """
+        if self._bounds is None:
+            lower, upper = self.x - self.eps, self.x + self.eps
+            if self.box is not None:
+                torch.maximum(lower, self.box.low, out=lower)
+                torch.minimum(upper, self.box.high, out=upper)
+            self._bounds = lower, upper
+        return self._bounds
 
     def step(self, direction: Tensor, size: Tensor) -> Tensor:
-        return size * direction.sign()
+        # sign(NaN) is 0 in PyTorch (eager and compiled): a NaN entry takes no step.
+        return direction.sign().mul_(size)
 
     def project(self, x_adv: Tensor) -> Tensor:
         # clamp with tensor bounds is min(max(x_adv, lower), upper) in one pass.
-        return torch.clamp(x_adv, self.lower, self.upper)
+        return torch.clamp(x_adv, *self.bounds)
+
+    def fast_gradient_step(self, direction: Tensor) -> Tensor:
+        # x + eps and x - eps round to exactly the ball's own bounds, so only the box can cut
+        # this step: the same bits as the projection, without building the bounds.
+        moved = self.step(direction, self.eps).add_(self.x)
+        return moved if self.box is None else self.box.clip(moved)
 
     def random_point(self, generator: torch.Generator | None) -> Tensor:
         noise = torch.rand(self.x.shape, generator=generator, device=self.x.device)
@@ -92,7 +119,7 @@ class L2Ball(Ball):
     def step(self, direction: Tensor, size: Tensor) -> Tensor:
         # Each sample is divided by its largest entry first: the squares of a confident sample's
         # tiny gradient (1e-26, say) underflow, and its norm would come out short or zero.
-        unit = _working(direction)
+        unit = torch.nan_to_num(_working(direction), nan=0.0)
         peak = unit.abs().flatten(1).amax(dim=1).reshape((-1,) + (1,) * (unit.ndim - 1))
         unit = unit / torch.where(peak > 0, peak, torch.ones_like(peak))
         norm = per_sample_l2_norm(unit)

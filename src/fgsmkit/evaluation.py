@@ -329,7 +329,7 @@ def _class_probabilities(model: Model, x: Tensor) -> Tensor:
 
 
 def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: int) -> None:
-    x = _validation.check_inputs(x)
+    _validation.check_inputs(x)
     if x.shape[0] == 0:
         raise ValueError("x must hold at least one sample; a metric over no samples is undefined")
     _validation.check_model(model, x)

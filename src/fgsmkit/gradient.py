@@ -7,6 +7,7 @@ gradient is computed and the model's ``.grad`` fields are never touched.
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -60,10 +61,14 @@ class _CrossEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         log_p, y = ctx.saved_tensors
-        index = y[:, None]
-        others = log_p.exp().scatter(1, index, 0.0)
-        grad = others.scatter(1, index, -others.sum(dim=1, keepdim=True))
-        return grad * grad_output[:, None], None
+        return _softmax_gradient(log_p, y).mul_(grad_output[:, None]), None
+
+
+def _softmax_gradient(log_p: Tensor, y: Tensor) -> Tensor:
+    """``softmax - onehot(y)`` from the log-probabilities, its true-class entry without cancellation."""
+    index = y[:, None]
+    grad = log_p.exp().scatter_(1, index, 0.0)  # the other classes' probabilities
+    return grad.scatter_(1, index, grad.sum(dim=1, keepdim=True).neg_())
 
 
 class _BinaryCrossEntropy(torch.autograd.Function):
@@ -81,7 +86,23 @@ class _BinaryCrossEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         z, y = ctx.saved_tensors
-        return ((1 - y) * torch.sigmoid(z) - y * torch.sigmoid(-z)) * grad_output, None
+        return _logistic_gradient(z, y) * grad_output, None
+
+
+def _logistic_gradient(z: Tensor, y: Tensor) -> Tensor:
+    return (1 - y) * torch.sigmoid(z) - y * torch.sigmoid(-z)
+
+
+def cross_entropy_gradient(logits: Tensor, y: Tensor) -> Tensor:
+    """The gradient of ``cross_entropy(logits, y, reduction="sum")`` with respect to ``logits``.
+
+    Formed directly, as :func:`cross_entropy`'s backward forms it, with no autograd graph for
+    the loss: an attack needs only this gradient, pushed back through the model.
+    """
+    logits = logits.detach().to(torch.promote_types(logits.dtype, torch.float32))
+    if logits.shape[1] == 1:
+        return _logistic_gradient(logits, y.to(logits.dtype)[:, None])
+    return _softmax_gradient(torch.log_softmax(logits, dim=1), y.long())
 
 
 def predicted_labels(logits: Tensor) -> Tensor:
@@ -200,8 +221,6 @@ class Objective:
         logits = logits_of(self.model, x)
         if not self.checked:
             _validation.check_logits(logits, x.shape[0])
-            if not bool(torch.isfinite(logits.detach()).all()):
-                raise ValueError("model returned NaN or inf logits for these inputs; the attack cannot use them")
             if self.y is None:
                 self.y = predicted_labels(logits.detach())
             elif self.checks_labels:
@@ -211,7 +230,9 @@ class Objective:
     def label_with_predictions(self, x: Tensor) -> None:
         """Take the model's predictions on the clean ``x`` as labels (``y=None``)."""
         with torch.no_grad():
-            self.y = autograd_usable(predicted_labels(self._logits(x)))
+            logits = self._logits(x)
+            check_logits_finite(logits)
+            self.y = autograd_usable(predicted_labels(logits))
 
     def ascent_direction(self, x: Tensor) -> Tensor:
         """The input gradient of the loss at ``x``, negated for a targeted attack."""
@@ -223,35 +244,38 @@ class Objective:
             grad = self.input_gradient(x, logits)
         if not self.checked:
             self.checked = True
-            warn_if_unusable(grad)
-        grad = usable(grad)
+            warn_if_unusable(grad, logits)
+        # NaN entries are left in: the step treats them as zero (see constraints.Ball.step).
         return -grad if self.targeted else grad
+
+    def logit_gradient(self, logits: Tensor) -> Tensor:
+        """The gradient of the summed loss with respect to ``logits``, in at least float32."""
+        if self.loss_fn is cross_entropy:
+            return cross_entropy_gradient(logits, self.y)  # type: ignore[arg-type]
+        wide = logits.detach().to(torch.promote_types(logits.dtype, torch.float32)).requires_grad_(True)
+        loss = summed_loss(self.loss_fn(wide, self.y), logits.shape[0])  # type: ignore[arg-type]
+        (grad,) = torch.autograd.grad(loss, wide, allow_unused=True)
+        return torch.zeros_like(wide) if grad is None else grad
 
     def input_gradient(self, x: Tensor, logits: Tensor) -> Tensor:
         """The gradient of the summed loss at ``logits = model(x)`` with respect to ``x``.
 
-        Each sample's gradient may be scaled by a power of two (float16/bfloat16 logits), which
-        changes neither its sign nor its direction.
+        The logits' gradient is taken first and pushed back through the model. Each sample's
+        gradient may be scaled by a power of two (float16/bfloat16 logits), which changes
+        neither its sign nor its direction.
         """
         if not logits.requires_grad:
             return torch.zeros_like(x)
-        batch = x.shape[0]
-        if logits.dtype not in LOW_PRECISION:
-            loss = summed_loss(self.loss_fn(logits, self.y), batch)
-            (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
-            return torch.zeros_like(x) if grad is None else grad
-        # float16 logits: a confident sample's gradient (1e-8, say) would flush to zero on its
-        # way back through the model. Take the logits' gradient in float32 and rescale each
-        # sample's by a power of two (exact, and it leaves that sample's direction unchanged).
-        wide = logits.float()
-        loss = summed_loss(self.loss_fn(wide, self.y), batch)
-        (logit_grad,) = torch.autograd.grad(loss, wide, retain_graph=True)
-        peak = logit_grad.abs().amax(dim=1, keepdim=True)
-        # Divide by the power of two rather than multiply by its inverse: below 2^-127 (a margin
-        # near 90) the inverse overflows float32, while the power itself is still representable.
-        unit = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
-        (grad,) = torch.autograd.grad(logits, x, grad_outputs=(logit_grad / unit).to(logits.dtype),
-                                      allow_unused=True)
+        logit_grad = self.logit_gradient(logits)
+        if logits.dtype in LOW_PRECISION:
+            # A confident sample's gradient (1e-8, say) would flush to zero on its way back
+            # through a float16 model: rescale each sample's by a power of two (exact, and it
+            # leaves that sample's direction unchanged). Divide by the power rather than multiply
+            # by its inverse: below 2^-127 (a margin near 90) the inverse overflows float32.
+            peak = logit_grad.abs().amax(dim=1, keepdim=True)
+            unit = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
+            logit_grad = logit_grad / unit
+        (grad,) = torch.autograd.grad(logits, x, grad_outputs=logit_grad.to(logits.dtype), allow_unused=True)
         return torch.zeros_like(x) if grad is None else grad
 
     def per_sample_losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -269,33 +293,51 @@ class Objective:
         return losses, fooled
 
 
-def usable(grad: Tensor) -> Tensor:
-    """``grad`` with NaN entries set to zero: no step along them, and no NaN in the result."""
-    return torch.nan_to_num(grad, nan=0.0)
+def check_logits_finite(logits: Tensor) -> None:
+    if not bool(torch.isfinite(logits.detach()).all()):
+        raise ValueError(NON_FINITE_LOGITS)
 
 
-def warn_if_unusable(grad: Tensor, stacklevel: int = 6) -> None:
+NON_FINITE_LOGITS = "model returned NaN or inf logits for these inputs; the attack cannot use them"
+
+
+def warn_if_unusable(grad: Tensor, logits: Tensor | None = None) -> None:
     """Warn about samples whose input gradient is NaN somewhere or zero everywhere.
 
-    The default ``stacklevel`` points at the caller of a public attack.
+    With ``logits`` (those the gradient came from), raise first if any is NaN or inf. The
+    warning points at the user's line that called into fgsmkit.
     """
-    flat = grad.flatten(1)
-    nan = torch.isnan(flat).any(dim=1)
-    if bool(nan.any()):
+    # One pass over the gradient: a sample's largest |entry| is NaN if any entry is (amax
+    # propagates NaN) and zero only if all are. One host sync reads every count.
+    peak = grad.flatten(1).abs().amax(dim=1)
+    counts = [torch.isnan(peak).sum(), (peak == 0).sum()]
+    if logits is not None:
+        counts.append(torch.isfinite(logits.detach()).all())
+    nan_count, zero_count, *finite = torch.stack(counts).tolist()
+    if finite and not finite[0]:
+        raise ValueError(NON_FINITE_LOGITS)
+    if nan_count:
         warnings.warn(
-            f"the input gradient has NaN entries for {int(nan.sum())} of {grad.shape[0]} samples "
+            f"the input gradient has NaN entries for {nan_count} of {grad.shape[0]} samples "
             "(e.g. log or sqrt at 0 inside the model or loss_fn); those entries are treated as zero "
             "and the inputs are not moved along them",
             RuntimeWarning,
-            stacklevel=stacklevel,
+            stacklevel=_user_stacklevel(),
         )
-    zero = ~(flat != 0).any(dim=1)
-    count = int(zero.sum())
-    if count:
+    if zero_count:
         warnings.warn(
-            f"the input gradient is zero for {count} of {grad.shape[0]} samples (a saturated, "
+            f"the input gradient is zero for {zero_count} of {grad.shape[0]} samples (a saturated, "
             "non-differentiable or input-independent model); the gradient does not move those samples "
             "(they stay at x, or at pgd's random start), so they are not adversarial examples",
             RuntimeWarning,
-            stacklevel=stacklevel,
+            stacklevel=_user_stacklevel(),
         )
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by this module's caller point at the first
+    frame outside fgsmkit and torch (``nn.Module.__call__`` sits between a user and a loss)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in ("fgsmkit", "torch"):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _validation
-from .attacks._walk import take_step
 from .constraints import make_ball
 from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, cross_entropy, local_model,
-                       logits_of, model_state_kept, usable, warn_if_unusable)
+                       logits_of, model_state_kept, warn_if_unusable)
 
 
 def _mean(loss: Tensor, batch: int) -> Tensor:
@@ -127,13 +126,13 @@ class AdversarialLoss(nn.Module):
     def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module (its parameters are trained); got {type(model).__name__}")
-        x = _validation.check_inputs(x).detach()
+        box = _validation.check_inputs(x, self.clip)
+        x = x.detach()
         _validation.check_model(model, x)
         if _validation.check_labels(y, x) is None:
             raise ValueError("y must be the labels of x; adversarial training needs them")
         if x.shape[0] == 0:
             raise ValueError("x must hold at least one sample; the mean loss of an empty batch is NaN")
-        box = _validation.check_clip(self.clip, x)
         alpha = self.alpha
 
         # Weight gradients only when the loss will be back-propagated; the input gradient even
@@ -156,10 +155,9 @@ class AdversarialLoss(nn.Module):
             direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, params)
         if not self.checked:
             self.checked = True
-            warn_if_unusable(direction, stacklevel=5)
-        eps = _validation.check_eps(self.eps, x)
-        ball = make_ball(self.norm, x, eps, box)
-        x_adv = take_step(ball, x, usable(direction), eps)
+            warn_if_unusable(direction)
+        ball = make_ball(self.norm, x, _validation.check_eps(self.eps, x), box)
+        x_adv = ball.fast_gradient_step(direction)
 
         adv_logits = model(x_adv)
         self.adversarial_logits = adv_logits.detach()

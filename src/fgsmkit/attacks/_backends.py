@@ -25,6 +25,7 @@ import functools
 import math
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -73,17 +74,29 @@ def walk_for(backend: str, model: object) -> Walk:
     return graphed_walk
 
 
-_compiled: StepFn | None = None
+_compiled: dict[Callable, Callable] = {}
+
+
+def compiled(function: Callable) -> Callable:
+    """``function`` compiled once per process (lazily: importing the compiler is slow)."""
+    if function not in _compiled:
+        _compiled[function] = torch.compile(function, fullgraph=True)
+    return _compiled[function]
 
 
 def compiled_step() -> StepFn:
-    """:func:`._walk.take_step` compiled once (lazily: importing the compiler is slow)."""
-    global _compiled
-    if _compiled is None:
-        from ._walk import take_step
+    """:func:`._walk.take_step`, compiled."""
+    from ._walk import take_step
 
-        _compiled = torch.compile(take_step, fullgraph=True)
-    return _compiled
+    return compiled(take_step)
+
+
+def fast_gradient_step_for(backend: str) -> Callable[[Ball, Tensor], Tensor]:
+    """How ``backend`` takes the fast gradient method's single step: fused by ``"compile"``;
+    eager otherwise (a CUDA Graph of one step would save no launches)."""
+    from ._walk import fast_gradient_step
+
+    return compiled(fast_gradient_step) if backend == "compile" else fast_gradient_step
 
 
 # model -> OrderedDict(key -> _CapturedWalk), most recently used last.

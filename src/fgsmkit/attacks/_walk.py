@@ -25,7 +25,13 @@ def take_step(ball: Ball, x_adv: Tensor, direction: Tensor, step_size: Tensor) -
 
     The one place the step is written; the compiled backend fuses this very function.
     """
-    return ball.project(x_adv + ball.step(direction, step_size))
+    # The step is a new tensor: adding in place saves an allocation (a + b == b + a exactly).
+    return ball.project(ball.step(direction, step_size).add_(x_adv))
+
+
+def fast_gradient_step(ball: Ball, direction: Tensor) -> Tensor:
+    """The fast gradient method's step: length eps from the ball's centre along ``direction``."""
+    return ball.fast_gradient_step(direction)
 
 
 def ascend(objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int,
@@ -69,8 +75,12 @@ def projected_gradient_ascent(
     eval_mode: bool,
     backend: str = "auto",
 ) -> Tensor:
-    """Check the arguments once, then run the walk. ``step_size=None`` means a step of eps."""
-    x = _validation.check_inputs(x).detach()
+    """Check the arguments once, then run the walk.
+
+    ``step_size=None`` is the fast gradient method: one step of eps from ``x``.
+    """
+    box = _validation.check_inputs(x, clip)
+    x = x.detach()
     _validation.check_model(model, x)
     y = _validation.check_labels(y, x)
     eps_t = _validation.check_eps(eps, x)
@@ -79,9 +89,9 @@ def projected_gradient_ascent(
     norm = _validation.check_norm(norm)
     restarts = _validation.check_restarts(restarts)
     loss_fn = _validation.check_loss_fn(loss_fn)
-    box = _validation.check_clip(clip, x)
     generator = _validation.check_generator(generator, x)
-    walk = _backends.walk_for(_backends.check_backend(backend, x, norm), model)
+    backend = _backends.check_backend(backend, x, norm)
+    walk = _backends.walk_for(backend, model)
     if restarts > 1 and not random_start:
         raise ValueError("restarts > 1 needs random_start=True; without it every restart is the same walk")
     if x.shape[0] == 0 or (not isinstance(eps, Tensor) and eps == 0):
@@ -94,6 +104,8 @@ def projected_gradient_ascent(
         if y is None and random_start:
             # Labels come from the clean input, never from a random starting point.
             objective.label_with_predictions(x)
+        if step_size is None:
+            return _backends.fast_gradient_step_for(backend)(ball, objective.ascent_direction(x))
         start = ball.random_point(generator) if random_start else x
         best = walk(objective, ball, start, step_t, steps)
         if restarts > 1:

@@ -62,6 +62,54 @@ def test_gradient_is_bit_identical_to_the_straightforward_computation_at_alpha_h
     assert all(torch.equal(a, b) for a, b in zip(ours, grads(model)))
 
 
+def _bit_identical_setup():
+    torch.manual_seed(0)
+    model = fk.models.MaxoutMLP(hidden=(24, 24))
+    x, y = torch.rand(16, 784), torch.randint(0, 10, (16,))
+    slow_reference(model, x, y, 0.5, 0.25).backward()
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    return model, x, y, expected
+
+
+def test_clean_gradients_stored_in_grad_leave_autograd_grad_and_accumulation_right() -> None:
+    # loss.backward() with .grad None stores the clean gradients in .grad and lets autograd add
+    # the adversarial ones in place; every other way of differentiating gets the same numbers.
+    model, x, y, expected = _bit_identical_setup()
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.25)
+    params = list(model.parameters())
+
+    by_grad = torch.autograd.grad(criterion(model, x, y), params)
+    assert all(torch.equal(a, b) for a, b in zip(by_grad, expected))
+    assert all(p.grad is None for p in params)  # autograd.grad never writes .grad
+
+    model.zero_grad(set_to_none=False)  # zeros: 0 + (clean + adv) has the same bits
+    criterion(model, x, y).backward()
+    assert all(torch.equal(a, b) for a, b in zip(grads(model), expected))
+
+    criterion(model, x, y).backward()  # accumulated onto the first: twice the gradient
+    for a, b in zip(grads(model), expected):
+        torch.testing.assert_close(a, 2 * b, rtol=1e-6, atol=1e-9)
+
+    model.zero_grad(set_to_none=True)
+    criterion(model, x, y).backward(inputs=params[:2])  # only these are accumulated
+    assert all(torch.equal(p.grad, b) for p, b in zip(params[:2], expected[:2]))
+    assert all(p.grad is None for p in params[2:])
+
+
+def test_a_hook_on_a_parameter_sees_the_whole_gradient() -> None:
+    model, x, y, expected = _bit_identical_setup()
+    seen = []
+    weight = model.output.weight if hasattr(model, "output") else list(model.parameters())[-2]
+    handle = weight.register_hook(lambda g: seen.append(g.clone()))
+    fk.AdversarialLoss(alpha=0.5, eps=0.25)(model, x, y).backward()
+    handle.remove()
+    index = [p is weight for p in model.parameters()].index(True)
+    # (the hook also sees the clean gradient while the loss is formed: that backward is real)
+    assert torch.equal(seen[-1], expected[index])
+    assert torch.equal(weight.grad, expected[index])
+
+
 def test_alpha_one_is_the_plain_loss() -> None:
     x, y = data()
     model = small_mlp()

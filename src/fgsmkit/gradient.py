@@ -7,6 +7,7 @@ gradient is computed and the model's ``.grad`` fields are never touched.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -307,15 +308,17 @@ def warn_if_unusable(grad: Tensor, logits: Tensor | None = None) -> None:
     With ``logits`` (those the gradient came from), raise first if any is NaN or inf. The
     warning points at the user's line that called into fgsmkit.
     """
-    # One pass over the gradient: a sample's largest |entry| is NaN if any entry is (amax
-    # propagates NaN) and zero only if all are. One host sync reads every count.
+    # One pass over the gradient: a sample's largest |entry| is NaN if any entry is (amax and
+    # amin propagate NaN) and zero only if all are. One host sync reads the extremes (stack
+    # widens them to a common dtype exactly); the counts are taken only if something is wrong.
     peak = grad.flatten(1).abs().amax(dim=1)
-    counts = [torch.isnan(peak).sum(), (peak == 0).sum()]
-    if logits is not None:
-        counts.append(torch.isfinite(logits.detach()).all())
-    nan_count, zero_count, *finite = torch.stack(counts).tolist()
-    if finite and not finite[0]:
+    extremes = [peak.amin(), peak.amax(), *(torch.aminmax(logits.detach()) if logits is not None else ())]
+    smallest_peak, _, *logit_range = torch.stack(extremes).tolist()
+    if not all(math.isfinite(value) for value in logit_range):
         raise ValueError(NON_FINITE_LOGITS)
+    if smallest_peak > 0:  # False for NaN too
+        return
+    nan_count, zero_count = torch.stack([torch.isnan(peak).sum(), (peak == 0).sum()]).tolist()
     if nan_count:
         warnings.warn(
             f"the input gradient has NaN entries for {nan_count} of {grad.shape[0]} samples "

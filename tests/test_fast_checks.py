@@ -93,3 +93,29 @@ def test_scaled_backward_scales_the_reused_clean_gradients():
     model.zero_grad()
     (criterion(model, x, y) * 8.0).backward()
     assert all(torch.equal(p.grad, 8.0 * g) for p, g in zip(model.parameters(), plain))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("box", [None, (0.0, 1.0), (0.1, 0.8)])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_fast_gradient_step_is_the_projected_step_bit_for_bit(dtype, box, per_sample):
+    # FGSM skips the ball's projection (x +- eps rounds to the bounds themselves); it must give
+    # exactly what projecting onto ball and box gives, for every dtype, zeros and NaN included.
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(6, 50, generator=g) * 0.7 + 0.1).to(dtype)
+    eps = (torch.rand(6, 1, generator=g) * 0.4).to(dtype) if per_sample else torch.tensor(1 / 3).to(dtype)
+    direction = torch.randn(6, 50, generator=g).to(dtype)
+    direction[0, :5] = 0.0
+    direction[1, :5] = math.nan
+    bounds = None if box is None else Box(torch.tensor(box[0]).to(dtype), torch.tensor(box[1]).to(dtype))
+    ball = LinfBall(x, eps, bounds)
+    projected = ball.project(ball.step(direction, eps).add_(x))
+    fast = ball.fast_gradient_step(direction)
+    assert fast.dtype == dtype and torch.equal(fast, projected)
+    assert torch.equal(fast[1, :5], x[1, :5])  # NaN entries take no step
+
+
+def test_a_clip_bound_that_would_grow_x_is_refused():
+    x = torch.rand(4, 3)
+    with pytest.raises(ValueError, match=r"clip\[0\] of shape \(2, 4, 3\) does not broadcast"):
+        _validation.check_inputs(x, (torch.zeros(2, 4, 3), 1.0))

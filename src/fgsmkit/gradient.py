@@ -183,7 +183,8 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
         yield
     finally:
         for module, training in modes:
-            module.training = training
+            if module.training != training:  # nn.Module's __setattr__ is slow; most never change
+                module.training = training
         # Through .data, like BatchNorm's own update: a graph built before the attack saved these
         # buffers for its backward, and a tracked in-place copy would bump their version counters
         # and make that backward fail.

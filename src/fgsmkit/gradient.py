@@ -246,7 +246,7 @@ class Objective:
             grad = self.input_gradient(x, logits)
         if not self.checked:
             self.checked = True
-            warn_if_unusable(grad, logits)
+            check_first_gradient(grad, logits)
         # NaN entries are left in: the step treats them as zero (see constraints.Ball.step).
         return -grad if self.targeted else grad
 
@@ -295,19 +295,19 @@ class Objective:
         return losses, fooled
 
 
+NON_FINITE_LOGITS = "model returned NaN or inf logits for these inputs; the attack cannot use them"
+
+
 def check_logits_finite(logits: Tensor) -> None:
     if not bool(torch.isfinite(logits.detach()).all()):
         raise ValueError(NON_FINITE_LOGITS)
 
 
-NON_FINITE_LOGITS = "model returned NaN or inf logits for these inputs; the attack cannot use them"
+def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
+    """Raise if ``logits`` (those ``grad`` came from) hold NaN or inf; warn about samples whose
+    input gradient is NaN somewhere or zero everywhere.
 
-
-def warn_if_unusable(grad: Tensor, logits: Tensor | None = None) -> None:
-    """Warn about samples whose input gradient is NaN somewhere or zero everywhere.
-
-    With ``logits`` (those the gradient came from), raise first if any is NaN or inf. The
-    warning points at the user's line that called into fgsmkit.
+    The warning points at the user's line that called into fgsmkit.
     """
     # One pass over the gradient: a sample's largest |entry| is NaN if any entry is (amax and
     # amin propagate NaN) and zero only if all are. One host sync reads the extremes (stack

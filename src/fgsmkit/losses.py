@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from . import _validation
 from .constraints import make_ball
-from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, cross_entropy, local_model,
-                       logits_of, model_state_kept, warn_if_unusable)
+from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, check_first_gradient, cross_entropy,
+                       local_model, logits_of, model_state_kept)
 
 
 def _mean(loss: Tensor, batch: int) -> Tensor:
@@ -180,7 +180,7 @@ class AdversarialLoss(nn.Module):
             direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, params)
         if not self.checked:
             self.checked = True
-            warn_if_unusable(direction)
+            check_first_gradient(direction)
         ball = make_ball(self.norm, x, _validation.check_eps(self.eps, x), box)
         x_adv = ball.fast_gradient_step(direction)
 

@@ -26,16 +26,14 @@ import math
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..constraints import Ball, Box, make_ball
+from ..constraints import Ball, Box, LinfBall, make_ball
 from ..gradient import Objective
-
-if TYPE_CHECKING:
-    from ._walk import StepFn, Walk
+from ._walk import StepFn, Walk, ascend, fast_gradient_step, take_step
 
 BACKENDS = ("auto", "eager", "compile", "cuda_graph")
 GRAPHS_PER_MODEL = 4  # captured graphs kept per model (each holds its own memory pool)
@@ -59,8 +57,6 @@ def check_backend(backend: object, x: Tensor, norm: float) -> str:
 
 def walk_for(backend: str, model: object) -> Walk:
     """The walk function that runs ``backend``."""
-    from ._walk import ascend
-
     if backend == "eager":
         return ascend
     if backend == "compile":
@@ -86,16 +82,12 @@ def compiled(function: Callable) -> Callable:
 
 def compiled_step() -> StepFn:
     """:func:`._walk.take_step`, compiled."""
-    from ._walk import take_step
-
     return compiled(take_step)
 
 
 def fast_gradient_step_for(backend: str) -> Callable[[Ball, Tensor], Tensor]:
     """How ``backend`` takes the fast gradient method's single step: fused by ``"compile"``;
     eager otherwise (a CUDA Graph of one step would save no launches)."""
-    from ._walk import fast_gradient_step
-
     return compiled(fast_gradient_step) if backend == "compile" else fast_gradient_step
 
 
@@ -110,8 +102,6 @@ def graphed_walk(objective: Objective, ball: Ball, start: Tensor, step_size: Ten
     which synchronise with the host and cannot be captured; it also fixes the labels when
     ``y`` was None.
     """
-    from ._walk import take_step
-
     x_adv = take_step(ball, start, objective.ascent_direction(start), step_size)
     if steps == 1:
         return x_adv
@@ -159,8 +149,6 @@ class _CapturedWalk:
     """``steps`` steps of the walk captured as one CUDA Graph over static input buffers."""
 
     def __init__(self, objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int) -> None:
-        from ._walk import ascend
-
         box = ball.box
         self.inputs: dict[str, Any] = {
             "x": ball.x.clone(), "eps": ball.eps.clone(), "start": start.clone(),
@@ -208,7 +196,5 @@ def _without_autocast_cache() -> contextlib.AbstractContextManager:
 
 
 def _norm_of(ball: Ball) -> float:
-    from ..constraints import LinfBall
-
     return math.inf if isinstance(ball, LinfBall) else 2.0
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from ..gradient import LossFn
-from ._walk import projected_gradient_ascent
+from ._attack import projected_gradient_ascent
 
 
 def fgsm(

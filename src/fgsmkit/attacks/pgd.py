@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..gradient import LossFn
-from ._walk import projected_gradient_ascent
+from ._attack import projected_gradient_ascent
 
 
 def iterative_fgsm(

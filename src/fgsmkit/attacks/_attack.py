@@ -1,0 +1,73 @@
+"""The attacks' shared entry point: check the arguments once, then run the walk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .. import _validation
+from ..constraints import make_ball
+from ..gradient import LossFn, Objective, local_model, model_state_kept
+from . import _backends
+from ._walk import keep_stronger
+
+
+def projected_gradient_ascent(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor | None,
+    *,
+    eps: float | Tensor,
+    step_size: float | Tensor | None,
+    steps: int,
+    norm: float,
+    random_start: bool,
+    restarts: int,
+    targeted: bool,
+    loss_fn: LossFn | None,
+    clip: tuple | None,
+    generator: torch.Generator | None,
+    eval_mode: bool,
+    backend: str = "auto",
+) -> Tensor:
+    """Check the arguments once, then run the walk.
+
+    ``step_size=None`` is the fast gradient method: one step of eps from ``x``.
+    """
+    box = _validation.check_inputs(x, clip)
+    x = x.detach()
+    _validation.check_model(model, x)
+    y = _validation.check_labels(y, x)
+    eps_t = _validation.check_eps(eps, x)
+    step_t = eps_t if step_size is None else _validation.check_step_size(step_size, x)
+    steps = _validation.check_steps(steps)
+    norm = _validation.check_norm(norm)
+    restarts = _validation.check_restarts(restarts)
+    loss_fn = _validation.check_loss_fn(loss_fn)
+    generator = _validation.check_generator(generator, x)
+    backend = _backends.check_backend(backend, x, norm)
+    walk = _backends.walk_for(backend, model)
+    if restarts > 1 and not random_start:
+        raise ValueError("restarts > 1 needs random_start=True; without it every restart is the same walk")
+    if x.shape[0] == 0 or (not isinstance(eps, Tensor) and eps == 0):
+        return x.clone()
+
+    ball = make_ball(norm, x, eps_t, box)
+    model = local_model(model)
+    objective = Objective(model, y, loss_fn, targeted)
+    with model_state_kept(model, eval_mode):
+        if y is None and random_start:
+            # Labels come from the clean input, never from a random starting point.
+            objective.label_with_predictions(x)
+        if step_size is None:
+            return _backends.fast_gradient_step_for(backend)(ball, objective.ascent_direction(x))
+        start = ball.random_point(generator) if random_start else x
+        best = walk(objective, ball, start, step_t, steps)
+        if restarts > 1:
+            best_loss, best_fooled = objective.per_sample_losses(best)
+            for _ in range(restarts - 1):
+                candidate = walk(objective, ball, ball.random_point(generator), step_t, steps)
+                best, best_loss, best_fooled = keep_stronger(objective, best, best_loss, best_fooled, candidate)
+    return best

@@ -98,7 +98,8 @@ def test_scaled_backward_scales_the_reused_clean_gradients():
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("box", [None, (0.0, 1.0), (0.1, 0.8)])
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_fast_gradient_step_is_the_projected_step_bit_for_bit(dtype, box, per_sample):
+@pytest.mark.parametrize("number_bounds", [False, True])
+def test_fast_gradient_step_is_the_projected_step_bit_for_bit(dtype, box, per_sample, number_bounds):
     # FGSM skips the ball's projection (x +- eps rounds to the bounds themselves); it must give
     # exactly what projecting onto ball and box gives, for every dtype, zeros and NaN included.
     g = torch.Generator().manual_seed(1)
@@ -108,6 +109,9 @@ def test_fast_gradient_step_is_the_projected_step_bit_for_bit(dtype, box, per_sa
     direction[0, :5] = 0.0
     direction[1, :5] = math.nan
     bounds = None if box is None else Box(torch.tensor(box[0]).to(dtype), torch.tensor(box[1]).to(dtype))
+    if number_bounds:  # as check_inputs builds it from clip=(low, high): clamp's scalar kernel
+        bounds = _validation.check_inputs(x, box)
+        assert bounds is None or bounds.numbers == (float(bounds.low), float(bounds.high))
     ball = LinfBall(x, eps, bounds)
     projected = ball.project(ball.step(direction, eps).add_(x))
     fast = ball.fast_gradient_step(direction)

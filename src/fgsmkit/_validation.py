@@ -61,16 +61,15 @@ def check_inputs(x: object, clip: object = None) -> Box | None:
     if not x.numel():
         return box
     # aminmax is one fused pass, and NaN propagates to both ends: much cheaper than isfinite(x).
-    # Number bounds ride along, so that one host sync reads all four.
-    number_bounds = box is not None and box.low.ndim == 0 and box.high.ndim == 0
-    extremes = [*torch.aminmax(x), *((box.low, box.high) if number_bounds else ())]  # type: ignore[union-attr]
-    x_low, x_high, *bounds = torch.stack(extremes).tolist()
+    x_low, x_high = torch.stack(torch.aminmax(x)).tolist()  # one host sync
     if not (math.isfinite(x_low) and math.isfinite(x_high)):
         raise ValueError("x contains NaN or inf; clean the input before attacking it")
-    if bounds:
-        outside = x_low < bounds[0] or x_high > bounds[1]
+    if box is None:
+        return None
+    if box.numbers is not None:
+        outside = x_low < box.numbers[0] or x_high > box.numbers[1]
     else:
-        outside = box is not None and bool(((x < box.low) | (x > box.high)).any())
+        outside = bool(((x < box.low) | (x > box.high)).any())
     if outside:
         raise ValueError(
             f"x must lie inside clip={_describe(clip)}; observed range [{x_low:.6g}, {x_high:.6g}]. "
@@ -175,7 +174,19 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Ten
     return values.to(x.dtype).reshape(shape)
 
 
-_scalars: dict[tuple, Tensor] = {}
+_scalars: dict[tuple, tuple[Tensor, float]] = {}
+
+
+def _scalar(number: float, like: Tensor) -> tuple[Tensor, float]:
+    key = (number.hex(), like.dtype, like.device)  # hex keeps -0.0 apart from 0.0
+    cached = _scalars.get(key)
+    if cached is None:
+        if len(_scalars) >= 64:
+            _scalars.clear()
+        with torch.inference_mode(False):  # usable inside and outside inference mode
+            tensor = torch.tensor(number, dtype=like.dtype, device=like.device)
+        cached = _scalars[key] = (tensor, float(tensor))
+    return cached
 
 
 def scalar_tensor(number: float, like: Tensor) -> Tensor:
@@ -184,14 +195,15 @@ def scalar_tensor(number: float, like: Tensor) -> Tensor:
     The tensors are cached (a few per process; nothing writes into them): creating one costs
     more than the elementwise step it scales, on every call.
     """
-    key = (number.hex(), like.dtype, like.device)  # hex keeps -0.0 apart from 0.0
-    tensor = _scalars.get(key)
-    if tensor is None:
-        if len(_scalars) >= 64:
-            _scalars.clear()
-        with torch.inference_mode(False):  # usable inside and outside inference mode
-            tensor = _scalars[key] = torch.tensor(number, dtype=like.dtype, device=like.device)
-    return tensor
+    return _scalar(number, like)[0]
+
+
+def scalar_value(number: float, like: Tensor) -> float:
+    """``number`` rounded to the dtype of ``like``, as a Python float (which holds it exactly).
+
+    Cached with :func:`scalar_tensor`, so that reading it back costs no host sync after the first call.
+    """
+    return _scalar(number, like)[1]
 
 
 def check_eps(eps: object, x: Tensor) -> Tensor:
@@ -226,6 +238,8 @@ def _clip_box(clip: object, x: Tensor) -> Box | None:
     numbers_only = not isinstance(clip[0], Tensor) and not isinstance(clip[1], Tensor)
     if (float(clip[0]) > float(clip[1])) if numbers_only else bool((low > high).any()):
         raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
+    if numbers_only:
+        return Box(low, high, (scalar_value(float(clip[0]), x), scalar_value(float(clip[1]), x)))
     return Box(low, high)
 
 

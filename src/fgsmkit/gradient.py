@@ -310,11 +310,12 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
     The warning points at the user's line that called into fgsmkit.
     """
     # One pass over the gradient: a sample's largest |entry| is NaN if any entry is (amax and
-    # amin propagate NaN) and zero only if all are. One host sync reads the extremes (stack
-    # widens them to a common dtype exactly); the counts are taken only if something is wrong.
+    # amin propagate NaN) and zero only if all are, and the smallest of those tells whether any
+    # sample is either. One host sync reads it with the logits' extremes (stack widens them to a
+    # common dtype exactly); the counts are taken only if something is wrong.
     peak = grad.flatten(1).abs().amax(dim=1)
-    extremes = [peak.amin(), peak.amax(), *(torch.aminmax(logits.detach()) if logits is not None else ())]
-    smallest_peak, _, *logit_range = torch.stack(extremes).tolist()
+    extremes = [peak.amin(), *(torch.aminmax(logits.detach()) if logits is not None else ())]
+    smallest_peak, *logit_range = torch.stack(extremes).tolist()
     if not all(math.isfinite(value) for value in logit_range):
         raise ValueError(NON_FINITE_LOGITS)
     if smallest_peak > 0:  # False for NaN too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 import fgsmkit as fk
 from fgsmkit import _validation
 from fgsmkit.constraints import Box, LinfBall
+from fgsmkit.gradient import check_first_gradient
 
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -123,3 +125,35 @@ def test_a_clip_bound_that_would_grow_x_is_refused():
     x = torch.rand(4, 3)
     with pytest.raises(ValueError, match=r"clip\[0\] of shape \(2, 4, 3\) does not broadcast"):
         _validation.check_inputs(x, (torch.zeros(2, 4, 3), 1.0))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_first_gradient_check_warns_exactly_for_nan_and_all_zero_samples(dtype):
+    # The check reads per-sample sums first; rows whose sum is zero or NaN without being in
+    # trouble (exact cancellation, inf - inf, a float16 sum that rounds to zero) must not warn.
+    grad = torch.rand(7, 3, 5).to(dtype) + 0.5
+    grad[1] = 0.0
+    grad[1, 0, 0], grad[1, 0, 1] = 1.0, -1.0  # cancels exactly
+    grad[2, 0, 0], grad[2, 0, 1] = math.inf, -math.inf  # sums to NaN
+    grad[3] = 0.0
+    grad[3, 2, 4] = torch.finfo(dtype).tiny  # the smallest normal number, alone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_first_gradient(grad, torch.zeros(7, 2))
+    grad[4] = 0.0  # all zero
+    grad[5, 1, 2] = math.nan
+    grad[6, 0, 0], grad[6, 2, 2] = math.nan, 0.0
+    with pytest.warns(RuntimeWarning) as record:
+        check_first_gradient(grad, torch.zeros(7, 2))
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2
+    assert messages[0].startswith("the input gradient has NaN entries for 2 of 7 samples")
+    assert messages[1].startswith("the input gradient is zero for 1 of 7 samples")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_first_gradient_check_refuses_non_finite_logits(bad):
+    logits = torch.zeros(3, 4)
+    logits[2, 1] = bad
+    with pytest.raises(ValueError, match="NaN or inf logits"):
+        check_first_gradient(torch.ones(3, 5), logits)

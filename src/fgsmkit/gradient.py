@@ -309,17 +309,20 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
 
     The warning points at the user's line that called into fgsmkit.
     """
-    # One pass over the gradient: a sample's largest |entry| is NaN if any entry is (amax and
-    # amin propagate NaN) and zero only if all are, and the smallest of those tells whether any
-    # sample is either. One host sync reads it with the logits' extremes (stack widens them to a
-    # common dtype exactly); the counts are taken only if something is wrong.
-    peak = grad.flatten(1).abs().amax(dim=1)
-    extremes = [peak.amin(), *(torch.aminmax(logits.detach()) if logits is not None else ())]
-    smallest_peak, *logit_range = torch.stack(extremes).tolist()
+    # One pass over the gradient, with no copy of it: a sample's sum is NaN if an entry is NaN
+    # (sums propagate NaN) and nonzero only if an entry is, so the smallest |sum| is positive
+    # when no sample is in trouble. It can also be NaN or zero for a healthy sample (inf - inf,
+    # exact cancellation); the exact per-sample test below then decides. One host sync reads it
+    # with the logits' extremes (stack widens them to a common dtype exactly).
+    sums = grad.flatten(1).sum(dim=1)
+    extremes = [sums.abs().amin(), *(torch.aminmax(logits.detach()) if logits is not None else ())]
+    smallest_sum, *logit_range = torch.stack(extremes).tolist()
     if not all(math.isfinite(value) for value in logit_range):
         raise ValueError(NON_FINITE_LOGITS)
-    if smallest_peak > 0:  # False for NaN too
+    if smallest_sum > 0:  # False for NaN too
         return
+    # A sample's largest |entry| is NaN if any entry is (amax propagates NaN), zero only if all are.
+    peak = grad.flatten(1).abs().amax(dim=1)
     nan_count, zero_count = torch.stack([torch.isnan(peak).sum(), (peak == 0).sum()]).tolist()
     if nan_count:
         warnings.warn(

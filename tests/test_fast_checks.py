@@ -157,3 +157,16 @@ def test_first_gradient_check_refuses_non_finite_logits(bad):
     logits[2, 1] = bad
     with pytest.raises(ValueError, match="NaN or inf logits"):
         check_first_gradient(torch.ones(3, 5), logits)
+
+
+@pytest.mark.parametrize("clip", [(torch.tensor(0.2), torch.tensor(0.8)), (0.2, torch.tensor(0.8)),
+                                  (torch.full((1, 6), 0.2), 0.8)])
+def test_tensor_clip_bounds_are_checked_like_number_bounds(clip):
+    x = torch.rand(4, 6) * 0.6 + 0.2
+    box = _validation.check_inputs(x, clip)
+    assert box is not None and box.numbers is None
+    for value in (0.19, 0.81):
+        y = x.clone()
+        y[2, 3] = value
+        with pytest.raises(ValueError, match="must lie inside clip"):
+            _validation.check_inputs(y, clip)

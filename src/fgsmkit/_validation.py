@@ -61,13 +61,17 @@ def check_inputs(x: object, clip: object = None) -> Box | None:
     if not x.numel():
         return box
     # aminmax is one fused pass, and NaN propagates to both ends: much cheaper than isfinite(x).
-    x_low, x_high = torch.stack(torch.aminmax(x)).tolist()  # one host sync
+    # 0-d tensor bounds ride along, so that one host sync reads all four.
+    scalar_bounds = box is not None and box.numbers is None and box.low.ndim == 0 and box.high.ndim == 0
+    extremes = [*torch.aminmax(x), *((box.low, box.high) if scalar_bounds else ())]  # type: ignore[union-attr]
+    x_low, x_high, *bounds = torch.stack(extremes).tolist()
     if not (math.isfinite(x_low) and math.isfinite(x_high)):
         raise ValueError("x contains NaN or inf; clean the input before attacking it")
     if box is None:
         return None
-    if box.numbers is not None:
-        outside = x_low < box.numbers[0] or x_high > box.numbers[1]
+    low_high = box.numbers or bounds
+    if low_high:
+        outside = x_low < low_high[0] or x_high > low_high[1]
     else:
         outside = bool(((x < box.low) | (x > box.high)).any())
     if outside:

@@ -182,6 +182,8 @@ _scalars: dict[tuple, tuple[Tensor, float]] = {}
 
 
 def _scalar(number: float, like: Tensor) -> tuple[Tensor, float]:
+    """``number`` rounded to the dtype of ``like``: as a 0-d tensor on its device, and as a Python
+    float (which holds it exactly), read back once when the pair is cached, not on every call."""
     key = (number.hex(), like.dtype, like.device)  # hex keeps -0.0 apart from 0.0
     cached = _scalars.get(key)
     if cached is None:
@@ -200,14 +202,6 @@ def scalar_tensor(number: float, like: Tensor) -> Tensor:
     more than the elementwise step it scales, on every call.
     """
     return _scalar(number, like)[0]
-
-
-def scalar_value(number: float, like: Tensor) -> float:
-    """``number`` rounded to the dtype of ``like``, as a Python float (which holds it exactly).
-
-    Cached with :func:`scalar_tensor`, so that reading it back costs no host sync after the first call.
-    """
-    return _scalar(number, like)[1]
 
 
 def check_eps(eps: object, x: Tensor) -> Tensor:
@@ -238,25 +232,31 @@ def _clip_box(clip: object, x: Tensor) -> Box | None:
         return None
     if not isinstance(clip, (tuple, list)) or len(clip) != 2:
         raise TypeError(f"clip must be a pair (low, high) or None; got {clip!r}")
-    low, high = (_bound_tensor(value, name, x) for value, name in zip(clip, ("clip[0]", "clip[1]")))
-    numbers_only = not isinstance(clip[0], Tensor) and not isinstance(clip[1], Tensor)
-    if (float(clip[0]) > float(clip[1])) if numbers_only else bool((low > high).any()):
+    names = ("clip[0]", "clip[1]")
+    if not isinstance(clip[0], Tensor) and not isinstance(clip[1], Tensor):
+        (low, low_value), (high, high_value) = (_number_bound(v, name, x) for v, name in zip(clip, names))
+        if float(clip[0]) > float(clip[1]):
+            raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
+        return Box(low, high, (low_value, high_value))
+    low, high = (_bound_tensor(value, name, x) for value, name in zip(clip, names))
+    if bool((low > high).any()):
         raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
-    if numbers_only:
-        return Box(low, high, (scalar_value(float(clip[0]), x), scalar_value(float(clip[1]), x)))
     return Box(low, high)
 
 
-def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
-    if isinstance(value, Tensor):
-        bound = value.detach().to(device=x.device, dtype=x.dtype)
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        # A number: checked in Python, and a 0-d tensor broadcasts against anything.
-        if math.isnan(float(value)):
-            raise ValueError(f"{name} must not be NaN")
-        return scalar_tensor(float(value), x)
-    else:
+def _number_bound(value: object, name: str, x: Tensor) -> tuple[Tensor, float]:
+    """A number bound, checked in Python: a cached 0-d tensor and its value rounded to x's dtype."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
+    if math.isnan(float(value)):
+        raise ValueError(f"{name} must not be NaN")
+    return _scalar(float(value), x)
+
+
+def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
+    if not isinstance(value, Tensor):
+        return _number_bound(value, name, x)[0]  # a 0-d tensor broadcasts against anything
+    bound = value.detach().to(device=x.device, dtype=x.dtype)
     if bool(torch.isnan(bound).any()):
         raise ValueError(f"{name} must not be NaN")
     try:

@@ -170,3 +170,34 @@ def test_tensor_clip_bounds_are_checked_like_number_bounds(clip):
         y[2, 3] = value
         with pytest.raises(ValueError, match="must lie inside clip"):
             _validation.check_inputs(y, clip)
+
+
+@pytest.mark.parametrize("labels", [torch.zeros(6), torch.zeros(6, 1, dtype=torch.long)])
+@pytest.mark.parametrize("call", ["fgsm", "adversarial_loss"])
+def test_bad_labels_are_refused_before_the_model_runs(labels, call):
+    calls = []
+
+    class Counted(torch.nn.Linear):
+        def forward(self, x):
+            calls.append(1)
+            return super().forward(x)
+
+    model, x = Counted(5, 3), torch.rand(6, 5)
+    with pytest.raises((TypeError, ValueError), match="class indices"):
+        if call == "fgsm":
+            fk.fgsm(model, x, labels, eps=0.1)
+        else:
+            fk.AdversarialLoss(eps=0.1)(model, x, labels)
+    assert calls == []
+
+
+@pytest.mark.parametrize("eval_mode", [False, True])
+def test_label_range_read_early_is_checked_against_the_model_classes(eval_mode):
+    model, x = torch.nn.Linear(5, 3), torch.rand(6, 5)
+    for bad in (3, -1):
+        y = torch.tensor([0, 1, 2, 0, 1, bad])
+        with pytest.raises(ValueError, match=rf"labels in \[{min(bad, 0)}, {max(bad, 2)}\] but the model has 3"):
+            fk.fgsm(model, x, y, eps=0.1, eval_mode=eval_mode)
+        with pytest.raises(ValueError, match="but the model has 3 classes"):
+            fk.AdversarialLoss(eps=0.1)(model, x, y)
+    fk.fgsm(model, x, torch.tensor([0, 1, 2, 0, 1, 2]), eps=0.1, eval_mode=eval_mode)

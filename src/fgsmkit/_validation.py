@@ -99,6 +99,15 @@ def check_labels(y: object, x: Tensor) -> Tensor | None:
 
 def check_class_labels(y: Tensor, num_outputs: int) -> None:
     """Check labels for the default loss, once the model's output width is known."""
+    check_label_range(class_label_range(y), num_outputs)
+
+
+def class_label_range(y: Tensor) -> tuple[int, int] | None:
+    """Check that ``y`` holds class indices for the default loss, and read their range (None if empty).
+
+    Called before the model runs, next to the read of ``x``: a handful of small reads costs less
+    together than spread between the model's kernels, which leave the caches cold.
+    """
     if y.ndim != 1:
         raise ValueError(f"y must be a 1-D tensor of class indices; got shape {tuple(y.shape)}")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
@@ -106,10 +115,18 @@ def check_class_labels(y: Tensor, num_outputs: int) -> None:
             f"y must hold integer class indices; got dtype {y.dtype}. Use y.long() "
             "(or pass a loss_fn that takes these targets)"
         )
-    classes = max(num_outputs, 2)
     if not y.numel():
-        return
+        return None
     low, high = torch.stack(torch.aminmax(y)).tolist()  # one pass, one host sync
+    return low, high
+
+
+def check_label_range(label_range: tuple[int, int] | None, num_outputs: int) -> None:
+    """Check the range :func:`class_label_range` read against the model's number of classes."""
+    if label_range is None:
+        return
+    classes = max(num_outputs, 2)
+    low, high = label_range
     if low < 0 or high >= classes:
         raise ValueError(
             f"y holds labels in [{low}, {high}] but the model has {classes} classes; "

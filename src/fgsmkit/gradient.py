@@ -169,8 +169,9 @@ def autograd_usable(t: Tensor) -> Tensor:
 def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
     """Run the block with the model in eval mode if asked, and leave its state as found.
 
-    The train/eval flag of every submodule is restored, and so are the buffers (such as
-    BatchNorm running statistics), which an attack's forward passes in train mode would update.
+    With ``eval_mode`` the train/eval flag of every submodule is restored afterwards. The buffers
+    (such as BatchNorm running statistics), which an attack's forward passes in train mode would
+    update, are restored either way.
     """
     if not isinstance(model, nn.Module):
         yield
@@ -182,15 +183,17 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        for module, training in modes:
-            if module.training != training:  # nn.Module's __setattr__ is slow; most never change
-                module.training = training
+        if eval_mode:
+            for module, training in modes:
+                if module.training != training:  # nn.Module's __setattr__ is slow; most never change
+                    module.training = training
         # Through .data, like BatchNorm's own update: a graph built before the attack saved these
         # buffers for its backward, and a tracked in-place copy would bump their version counters
         # and make that backward fail.
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.data.copy_(saved)
+        if buffers:
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.data.copy_(saved)
 
 
 class Objective:
@@ -215,7 +218,9 @@ class Objective:
         self.model = model
         self.y = None if y is None else autograd_usable(y)
         self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
-        self.checks_labels = loss_fn is None
+        # Read now, before the model runs; checked against the number of classes once it has.
+        checks_labels = loss_fn is None and self.y is not None
+        self.label_range = _validation.class_label_range(self.y) if checks_labels else None  # type: ignore[arg-type]
         self.targeted = targeted
         self.checked = False
 
@@ -225,8 +230,8 @@ class Objective:
             _validation.check_logits(logits, x.shape[0])
             if self.y is None:
                 self.y = predicted_labels(logits.detach())
-            elif self.checks_labels:
-                _validation.check_class_labels(self.y, logits.shape[1])
+            else:
+                _validation.check_label_range(self.label_range, logits.shape[1])
         return logits
 
     def label_with_predictions(self, x: Tensor) -> None:
@@ -315,7 +320,8 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
     # exact cancellation); the exact per-sample test below then decides. One host sync reads it
     # with the logits' extremes (stack widens them to a common dtype exactly).
     sums = grad.flatten(1).sum(dim=1)
-    extremes = [sums.abs().amin(), *(torch.aminmax(logits.detach()) if logits is not None else ())]
+    smallest = torch.linalg.vector_norm(sums, ord=-math.inf)  # min |sum| in one op, NaN if any is
+    extremes = [smallest, *(torch.aminmax(logits.detach()) if logits is not None else ())]
     smallest_sum, *logit_range = torch.stack(extremes).tolist()
     if not all(math.isfinite(value) for value in logit_range):
         raise ValueError(NON_FINITE_LOGITS)

@@ -158,6 +158,7 @@ class AdversarialLoss(nn.Module):
             raise ValueError("y must be the labels of x; adversarial training needs them")
         if x.shape[0] == 0:
             raise ValueError("x must hold at least one sample; the mean loss of an empty batch is NaN")
+        label_range = _validation.class_label_range(y) if self.checks_labels else None
         alpha = self.alpha
 
         # Weight gradients only when the loss will be back-propagated; the input gradient even
@@ -170,8 +171,7 @@ class AdversarialLoss(nn.Module):
         with torch.inference_mode(False), torch.enable_grad():
             x_in, y = autograd_usable(x).clone().requires_grad_(True), autograd_usable(y)
             logits = _validation.check_logits(logits_of(clean_model, x_in), x.shape[0])
-            if self.checks_labels:
-                _validation.check_class_labels(y, logits.shape[1])
+            _validation.check_label_range(label_range, logits.shape[1])
             clean = _mean(self.loss_fn(logits, y), x.shape[0])
             self.clean_logits, self.adversarial_logits = logits.detach(), None
             if alpha == 1.0:

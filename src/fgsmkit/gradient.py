@@ -223,8 +223,8 @@ class Objective:
         self.y = None if y is None else autograd_usable(y)
         self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
         # Read now, before the model runs; checked against the number of classes once it has.
-        checks_labels = loss_fn is None and self.y is not None
-        self.label_range = _validation.class_label_range(self.y) if checks_labels else None  # type: ignore[arg-type]
+        self.label_range = (_validation.class_label_range(self.y)
+                            if loss_fn is None and self.y is not None else None)
         self.targeted = targeted
         self.checked = False
 

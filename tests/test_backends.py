@@ -125,3 +125,45 @@ def test_cuda_graph_needs_a_module():
     model, (x, y) = small_model("cuda"), batch("cuda")
     with pytest.raises(TypeError, match="nn.Module"):
         fk.pgd(lambda t: model(t), x, y, eps=0.1, step_size=0.02, steps=3, backend="cuda_graph")
+
+
+class _SynchronisingModel(torch.nn.Module):
+    """Reads a value back to the host in its forward: fine eagerly, not capturable."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * float(x.abs().amax() > -1)
+
+
+@cuda
+def test_cuda_graph_refuses_a_model_that_synchronises_with_the_fix():
+    model, (x, y) = _SynchronisingModel(small_model("cuda")), batch("cuda")
+    with pytest.raises(ValueError, match="could not capture.*backend='eager'"):
+        fk.pgd(model, x, y, eps=0.1, step_size=0.02, steps=3, backend="cuda_graph")
+    # The failed capture leaves the device usable: the eager walk still runs.
+    eager = fk.pgd(model, x, y, eps=0.1, step_size=0.02, steps=3, random_start=False)
+    assert torch.equal(eager, fk.pgd(model.inner, x, y, eps=0.1, step_size=0.02, steps=3, random_start=False))
+
+
+def _capture_failing_with(error: Exception):
+    def capture(*args):
+        raise error
+    return capture
+
+
+def test_a_failed_capture_is_explained_with_the_fix(monkeypatch):
+    # The wrapping itself, on any device: the capture is replaced by one that fails as CUDA does.
+    error = RuntimeError("CUDA error: operation not permitted when stream is capturing")
+    monkeypatch.setattr(_backends, "_CapturedWalk", _capture_failing_with(error))
+    with pytest.raises(ValueError, match="could not capture.*operation not permitted.*backend='eager'"):
+        _backends._capture(None, None, None, None, 3)
+
+
+def test_running_out_of_memory_while_capturing_is_not_blamed_on_the_model(monkeypatch):
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(_backends, "_CapturedWalk", _capture_failing_with(error))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        _backends._capture(None, None, None, None, 3)

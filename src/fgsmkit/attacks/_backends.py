@@ -111,11 +111,26 @@ def graphed_walk(objective: Objective, ball: Ball, start: Tensor, step_size: Ten
     cached = _graphs.setdefault(model, OrderedDict())
     walk = cached.pop(key, None)
     if walk is None:
-        walk = _CapturedWalk(objective, ball, x_adv, step_size, steps - 1)
+        walk = _capture(objective, ball, x_adv, step_size, steps - 1)
         while len(cached) >= GRAPHS_PER_MODEL:
             cached.popitem(last=False)
     cached[key] = walk
     return walk(objective.y, ball, x_adv, step_size)
+
+
+def _capture(objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int) -> _CapturedWalk:
+    """The captured walk, or an error that says why the model cannot be captured and what to use."""
+    try:
+        return _CapturedWalk(objective, ball, start, step_size, steps)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        # The eager warm-up has just run the same steps, so what failed is the capture itself.
+        raise ValueError(
+            "backend='cuda_graph' could not capture the attack's steps as a CUDA Graph: the model's forward "
+            "or backward synchronises with the host (.item(), float(tensor), printing a tensor, shapes "
+            f"that depend on values) or is otherwise not capturable ({error}). Use backend='eager'"
+        ) from error
 
 
 def _signature(t: Tensor | None) -> tuple | None:

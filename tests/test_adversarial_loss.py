@@ -110,6 +110,72 @@ def test_a_hook_on_a_parameter_sees_the_whole_gradient() -> None:
     assert torch.equal(weight.grad, expected[index])
 
 
+class _ScaledLoss(nn.Module):
+    """A loss_fn with a learnable part: logits divided by a trained temperature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temperature = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return mean_cross_entropy(logits / self.temperature, y)
+
+
+class _SharedHead(nn.Module):
+    """Uses a weight it does not own (tied to another module's), so model.parameters() misses it."""
+
+    def __init__(self, owner: nn.Linear) -> None:
+        super().__init__()
+        self.body = nn.Linear(12, 6, dtype=torch.float64)
+        self.__dict__["owner"] = owner  # not registered as a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(torch.tanh(self.body(x)), self.owner.weight)
+
+
+@pytest.mark.parametrize("setup", ["learnable loss_fn", "weight owned elsewhere"])
+def test_every_tensor_the_clean_term_reaches_gets_its_gradient(setup: str) -> None:
+    # The clean term's gradients are handed over for everything its backward would reach, not
+    # only model.parameters(): the straightforward computation's gradients, bit for bit.
+    x, y = data()
+    torch.manual_seed(0)
+    if setup == "learnable loss_fn":
+        model, loss_fn = small_mlp(), _ScaledLoss()
+        extra = [loss_fn.temperature]
+    else:
+        owner = nn.Linear(6, 4, dtype=torch.float64)
+        model, loss_fn = _SharedHead(owner), mean_cross_entropy
+        extra = [owner.weight]
+    trained = [*model.parameters(), *extra]
+    fk.AdversarialLoss(alpha=0.5, eps=0.25, loss_fn=loss_fn)(model, x, y).backward()
+    ours = [p.grad.clone() for p in trained]
+    for p in trained:
+        p.grad = None
+    x_adv = fk.fgsm(model, x, y, eps=0.25, loss_fn=loss_fn)
+    (0.5 * loss_fn(model(x), y) + 0.5 * loss_fn(model(x_adv), y)).backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(ours, trained))
+
+
+def test_a_second_backward_or_a_double_backward_is_refused_with_the_reason() -> None:
+    x, y = data()
+    model = small_mlp()
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.25)
+    loss = criterion(model, x, y)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="back-propagated only once.*Call the criterion again"):
+        loss.backward()
+    # create_graph=True (a gradient penalty) would get the clean term's gradients as constants.
+    loss = criterion(model, x, y)
+    with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
+        torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+
+
+def test_numpy_scalars_are_accepted_as_settings() -> None:
+    np = pytest.importorskip("numpy")
+    criterion = fk.AdversarialLoss(alpha=np.float32(0.5), eps=np.float64(0.25))
+    assert (criterion.alpha, criterion.eps) == (0.5, 0.25)
+
+
 def test_alpha_one_is_the_plain_loss() -> None:
     x, y = data()
     model = small_mlp()

@@ -23,6 +23,11 @@ Clip = Union[tuple[Bound, Bound], None]
 SUPPORTED_NORMS = (2.0, math.inf)
 
 
+def is_number(value: object) -> bool:
+    """A real number, not a bool: Python's int and float, and NumPy's scalars (np.float32, ...)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_model(model: object, x: Tensor) -> None:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function); got {type(model).__name__}")
@@ -176,7 +181,7 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Ten
         if not value.is_floating_point():
             value = value.double()
         values = value.detach().to(device=x.device)
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy scalars too
+    elif is_number(value):
         # A plain number is checked in Python: the common case costs one small tensor, not five.
         number = float(value)
         if not math.isfinite(number):
@@ -263,7 +268,7 @@ def _clip_box(clip: object, x: Tensor) -> Box | None:
 
 def _number_bound(value: object, name: str, x: Tensor) -> tuple[Tensor, float]:
     """A number bound, checked in Python: a cached 0-d tensor and its value rounded to x's dtype."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if not is_number(value):
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
     if math.isnan(float(value)):
         raise ValueError(f"{name} must not be NaN")

@@ -233,7 +233,7 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
     n = _validation.check_steps(n, "n")
     batch_size = _validation.check_steps(batch_size, "batch_size")
     shape = _sample_shape(sample_shape)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+    if not _validation.is_number(threshold) or not 0 <= threshold < 1:
         raise ValueError(f"threshold must be a probability in [0, 1); got {threshold!r}")
     device, dtype = _noise_device(model, device, dtype)
     probe = torch.empty(0, device=device, dtype=dtype)

@@ -26,26 +26,40 @@ class _PrecomputedGradient(torch.autograd.Function):
 
     This lets the clean term reuse the weight gradients from the same backward pass that gave
     the input gradient, while the caller still runs an ordinary ``loss.backward()`` (scaled
-    losses, e.g. by a GradScaler, scale these gradients too).
+    losses, e.g. by a GradScaler, scale these gradients too). ``accumulators`` are the
+    parameters' gradient accumulators (autograd nodes), found with them in the clean graph.
     """
 
     @staticmethod
-    def forward(ctx: Any, value: Tensor, grads: tuple[Tensor, ...], *params: Tensor) -> Tensor:
-        ctx.grads, ctx.params = grads, params
+    def forward(ctx: Any, value: Tensor, grads: tuple[Tensor, ...], accumulators: tuple[Any, ...],
+                *params: Tensor) -> Tensor:
+        ctx.grads, ctx.accumulators, ctx.params = grads, accumulators, params
         return value.clone()
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        grads, params = ctx.grads, ctx.params
-        ctx.grads, ctx.params = (), ()
+        if not ctx.params:
+            raise RuntimeError(
+                "the loss returned by AdversarialLoss can be back-propagated only once: its first backward "
+                "handed over the clean term's precomputed gradients (retain_graph=True cannot keep them). "
+                "Call the criterion again for another backward"
+            )
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "the loss returned by AdversarialLoss cannot be differentiated twice (create_graph=True): "
+                "its clean term's gradients are computed ahead of time, without a graph. For a penalty on "
+                "the gradients, write the objective from its terms, with x_adv = fgsmkit.fgsm(...)"
+            )
+        grads, accumulators, params = ctx.grads, ctx.accumulators, ctx.params
+        ctx.grads, ctx.accumulators, ctx.params = (), (), ()
         if not (grad_output.device.type == "cpu" and bool(grad_output == 1)):
             # A scaled loss. (A plain loss.backward() hands the gradients over as they are,
             # saving a pass over every weight; only on CPU, where reading grad_output is free.)
             grads = tuple((g * grad_output).to(g.dtype) for g in grads)
-        return (None, None, *(_handed_over(p, g) for p, g in zip(params, grads)))
+        return (None, None, None, *map(_handed_over, params, accumulators, grads))
 
 
-def _handed_over(param: Tensor, grad: Tensor) -> Tensor | None:
+def _handed_over(param: Tensor, accumulator: Any, grad: Tensor) -> Tensor | None:
     """``grad`` for autograd to add to the adversarial term's gradient of ``param``, or None once
     it is stored in ``param.grad`` directly.
 
@@ -60,13 +74,40 @@ def _handed_over(param: Tensor, grad: Tensor) -> Tensor | None:
     if param.grad is not None or param._backward_hooks:
         return grad
     try:
-        accumulates = torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(param).node)
+        accumulates = torch._C._will_engine_execute_node(accumulator)
     except RuntimeError:  # torch.autograd.grad(): gradients are returned, .grad is left alone
         return grad
     if not accumulates:
         return grad
     param.grad = grad
     return None
+
+
+def _graph_leaves(loss: Tensor, skip: Tensor) -> tuple[list[Tensor], list[Any]]:
+    """The tensors (other than ``skip``) that ``loss.backward()`` would accumulate gradients into,
+    and their gradient accumulators.
+
+    These are the model's trainable parameters, and also any other tensor the loss reaches: the
+    learnable parts of a loss_fn (a temperature, a classification head), a parameter shared from
+    another module. Walking the graph costs less than listing ``model.parameters()``.
+    """
+    leaves: list[Tensor] = []
+    accumulators: list[Any] = []
+    seen: set[Any] = set()
+    pending = [] if loss.grad_fn is None else [loss.grad_fn]  # None: the model cut the graph
+    while pending:
+        for node, _ in pending.pop().next_functions:
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if node.next_functions:
+                pending.append(node)
+                continue
+            leaf = getattr(node, "variable", None)  # only gradient accumulators have one
+            if leaf is not None and leaf is not skip:
+                leaves.append(leaf)
+                accumulators.append(node)
+    return leaves, accumulators
 
 
 class AdversarialLoss(nn.Module):
@@ -81,7 +122,9 @@ class AdversarialLoss(nn.Module):
     ``criterion(model, x, y)`` returns a scalar to call ``.backward()`` on, in an unchanged
     training loop. It costs two forward and two backward passes: the backward of the clean loss
     yields both the input gradient and the clean term's weight gradients, which are handed to the
-    parameters when the returned loss is back-propagated. ``.grad`` is not touched before that.
+    parameters (and to any other tensor the clean term reaches, such as a learnable part of
+    ``loss_fn``) when the returned loss is back-propagated. ``.grad`` is not touched before that.
+    The loss can be back-propagated once: a second backward or ``create_graph=True`` raises.
     With float16/bfloat16 logits (half-precision models, autocast) the input gradient takes a
     forward and backward pass of its own, rescaled per sample so that it cannot underflow.
 
@@ -129,9 +172,9 @@ class AdversarialLoss(nn.Module):
     def __init__(self, alpha: float = 0.5, eps: float = 0.25, *, loss_fn: LossFn | None = None,
                  norm: float = math.inf, clip: tuple | None = (0.0, 1.0)) -> None:
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        if not _validation.is_number(alpha) or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be a float in [0, 1]; got {alpha!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        if not _validation.is_number(eps) or not math.isfinite(eps) or eps < 0:
             raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
         self.alpha = float(alpha)
         self.eps = float(eps)
@@ -176,7 +219,7 @@ class AdversarialLoss(nn.Module):
             self.clean_logits, self.adversarial_logits = logits.detach(), None
             if alpha == 1.0:
                 return clean if training else clean.detach()
-            params = [p for p in model.parameters() if p.requires_grad] if alpha > 0 and training else []
+            params, accumulators = _graph_leaves(clean, x_in) if alpha > 0 and training else ([], [])
             direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, params)
         if not self.checked:
             self.checked = True
@@ -190,12 +233,11 @@ class AdversarialLoss(nn.Module):
         if weight_grads is None:  # the clean term is back-propagated through its own graph
             clean_term = alpha * clean if training and alpha > 0 else alpha * clean.detach()
             return clean_term + adversarial_term
-        used = [(p, g) for p, g in zip(params, weight_grads) if g is not None]
+        used = [(p, a, g) for p, a, g in zip(params, accumulators, weight_grads) if g is not None]
         if not used:
             return alpha * clean.detach() + adversarial_term
-        clean_term = _PrecomputedGradient.apply(
-            alpha * clean.detach(), tuple(g for _, g in used), *(p for p, _ in used)
-        )
+        used_params, used_accumulators, used_grads = zip(*used)
+        clean_term = _PrecomputedGradient.apply(alpha * clean.detach(), used_grads, used_accumulators, *used_params)
         return clean_term + adversarial_term
 
     def _clean_gradients(self, clean_model: nn.Module, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
@@ -267,7 +309,7 @@ def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor
         raise ValueError(f"x must have {w.shape[0]} elements per sample; got shape {tuple(x.shape)}")
     if y.shape != (x.shape[0],) or not bool(((y == 1) | (y == -1)).all()):
         raise ValueError(f"y must hold one label per sample, each -1 or +1; got {y}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+    if not _validation.is_number(eps) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
     margin = x.flatten(1) @ w + b
     return F.softplus(eps * w.abs().sum() - y.to(margin.dtype) * margin)

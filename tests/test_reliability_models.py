@@ -54,6 +54,32 @@ def test_attacks_leave_batchnorm_statistics_and_modes_alone(name, training, eval
     assert [m.training for m in model.modules()] == modes
 
 
+class MovingAverage(nn.Module):
+    """Tracks its inputs' mean in train mode by replacing its buffer, not by updating it in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("average", torch.full((3, 4, 4), 0.5))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.average = 0.9 * self.average + 0.1 * x.detach().mean(dim=0)
+        return self.net(x - self.average)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_a_buffer_the_forward_replaces_is_put_back(name):
+    torch.manual_seed(0)
+    model = MovingAverage()
+    original = model.average
+    x, y = batch()
+    ATTACKS[name](model, x, y)
+    assert model.average is original
+    assert torch.equal(original, torch.full((3, 4, 4), 0.5))
+    assert fk.evaluation.error_rate(model, x, y) >= 0 and model.average is original
+
+
 @pytest.mark.parametrize("name", ["fgsm", "iterative_fgsm"])
 def test_attacks_use_the_mode_the_model_is_in(name):
     """A train-mode model is attacked with batch statistics, unless eval_mode asks otherwise."""

@@ -20,6 +20,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.parallel import DistributedDataParallel
 
 from . import _validation
+from .constraints import sample_rows
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -175,13 +176,15 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
 
     With ``eval_mode`` the train/eval flag of every submodule is restored afterwards. The buffers
     (such as BatchNorm running statistics), which an attack's forward passes in train mode would
-    update, are restored either way.
+    update, are restored either way: their values, and the tensors themselves where a forward
+    replaced them (``self.average = 0.9 * self.average + ...``).
     """
     if not isinstance(model, nn.Module):
         yield
         return
     modes = [(module, module.training) for module in model.modules()]
-    buffers = [(b, b.clone()) for b in model.buffers()] if any(t for _, t in modes) else []
+    buffers = ([(module, name, b, b.clone()) for module, _ in modes for name, b in module._buffers.items()
+                if b is not None] if any(t for _, t in modes) else [])
     if eval_mode:
         model.eval()
     try:
@@ -196,7 +199,9 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
         # and make that backward fail.
         if buffers:
             with torch.no_grad():
-                for buffer, saved in buffers:
+                for module, name, buffer, saved in buffers:
+                    if getattr(module, name, None) is not buffer:
+                        setattr(module, name, buffer)
                     buffer.data.copy_(saved)
 
 
@@ -323,7 +328,7 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
     # when no sample is in trouble. It can also be NaN or zero for a healthy sample (inf - inf,
     # exact cancellation); the exact per-sample test below then decides. One host sync reads it
     # with the logits' extremes (stack widens them to a common dtype exactly).
-    sums = grad.flatten(1).sum(dim=1)
+    sums = sample_rows(grad).sum(dim=1)
     smallest = torch.linalg.vector_norm(sums, ord=-math.inf)  # min |sum| in one op, NaN if any is
     extremes = [smallest, *(torch.aminmax(logits.detach()) if logits is not None else ())]
     smallest_sum, *logit_range = torch.stack(extremes).tolist()
@@ -332,7 +337,7 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
     if smallest_sum > 0:  # False for NaN too
         return
     # A sample's largest |entry| is NaN if any entry is (amax propagates NaN), zero only if all are.
-    peak = grad.flatten(1).abs().amax(dim=1)
+    peak = sample_rows(grad).abs().amax(dim=1)
     nan_count, zero_count = torch.stack([torch.isnan(peak).sum(), (peak == 0).sum()]).tolist()
     if nan_count:
         warnings.warn(

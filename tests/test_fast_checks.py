@@ -53,9 +53,9 @@ def test_tensor_clip_is_still_checked_per_coordinate():
 def test_number_budgets_round_once_to_the_input_dtype(dtype, value):
     x = torch.rand(2, 3).to(dtype)
     expected = torch.tensor(float(value), dtype=torch.float64).to(dtype)  # the general path
-    got = _validation.check_eps(value, x)
+    got = _validation.check_eps(value, x, math.inf)
     assert got.dtype == dtype and got.shape == () and torch.equal(got, expected)
-    assert torch.equal(_validation.check_step_size(value, x), expected)
+    assert torch.equal(_validation.check_step_size(value, x, 2.0), expected)
 
 
 @pytest.mark.parametrize(("name", "check", "value", "message"), [
@@ -66,7 +66,31 @@ def test_number_budgets_round_once_to_the_input_dtype(dtype, value):
 ])
 def test_bad_number_budgets_name_the_argument(name, check, value, message):
     with pytest.raises(ValueError, match=message):
-        check(value, torch.rand(2, 3))
+        check(value, torch.rand(2, 3), math.inf)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_budgets_too_large_for_the_dtype_or_the_l2_norm_are_refused(per_sample):
+    # float16 holds at most 65504: eps=1e5 would round to inf and give 0 * inf = NaN where the
+    # gradient is zero. An L2 step of 1e20 has a squared norm beyond float32, which made the
+    # projection shrink every step to nothing (x came back unmoved).
+    def budget(value, x):
+        return torch.full((x.shape[0],), value, dtype=torch.float64) if per_sample else value
+
+    half = torch.rand(2, 3).half()
+    with pytest.raises(ValueError, match=r"eps must be at most 6.55e\+04 for torch.float16 inputs .*rounds to inf"):
+        _validation.check_eps(budget(1e5, half), half, math.inf)
+    assert float(_validation.check_eps(budget(6e4, half), half, math.inf).max()) == 60000.0
+    single = torch.rand(2, 3)
+    with pytest.raises(ValueError, match="step_size must be at most 9.223e\\+18 .*squared L2 norm"):
+        _validation.check_step_size(budget(1e20, single), single, 2.0)
+    assert _validation.check_step_size(budget(1e20, single), single, math.inf).max() == 1e20
+    x = torch.rand(4, 3)
+    for norm in (math.inf, 2.0):
+        with pytest.raises(ValueError, match="eps must be at most"):
+            fk.fgsm(lambda t: t, x.half(), eps=1e5, norm=norm, clip=None)
+    x_adv = fk.fgsm(lambda t: t @ torch.eye(3), x, eps=1e18, norm=2, clip=None)
+    assert torch.allclose(torch.linalg.vector_norm(x_adv - x, dim=1), torch.full((4,), 1e18), rtol=1e-6)
 
 
 def test_nan_clip_bound_is_refused():

@@ -157,6 +157,21 @@ def test_batch_of_one_trains():
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
 
 
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_a_batch_of_scalars_is_attacked_as_one_feature_per_sample(name):
+    # x of shape (batch,): the same result as x[:, None] of shape (batch, 1), for a model that
+    # reads each sample as one number.
+    x, y = torch.rand(6, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(0)
+    layer = nn.Linear(1, 3)
+    scalars = ATTACKS[name](lambda t: layer(t[:, None]), x, y)
+    columns = ATTACKS[name](layer, x[:, None], y)
+    assert scalars.shape == x.shape
+    assert torch.equal(scalars, columns[:, 0])
+    loss = fk.AdversarialLoss()(nn.Sequential(nn.Unflatten(0, (6, 1)), layer), x, y)
+    assert torch.equal(loss, fk.AdversarialLoss()(layer, x[:, None], y))
+
+
 # --- labels -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))

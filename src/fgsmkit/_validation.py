@@ -6,6 +6,7 @@ which stays free of checks. Each message names the argument and says how to fix 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -169,9 +170,10 @@ def check_loss(loss: object, batch: int) -> Tensor:
     return loss
 
 
-def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Tensor:
+def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: float) -> Tensor:
     """A float or a per-sample tensor, returned as a tensor that broadcasts against x."""
     relation = "> 0" if positive else ">= 0"
+    largest = _largest_budget(x.dtype, norm)
     if isinstance(value, Tensor):
         if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != x.shape[0]):
             raise ValueError(
@@ -188,16 +190,43 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool) -> Ten
             raise ValueError(f"{name} must be finite; got {value}")
         if (number <= 0) if positive else (number < 0):
             raise ValueError(f"{name} must be {relation}; got {value}")
+        if number > largest:
+            raise ValueError(_too_large(name, value, x.dtype, norm))
         return scalar_tensor(number, x)
     else:
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
-    if values.numel() and not bool(torch.isfinite(values).all()):
-        raise ValueError(f"{name} must be finite; got {value}")
-    bad = values <= 0 if positive else values < 0
-    if values.numel() and bool(bad.any()):
-        raise ValueError(f"{name} must be {relation}; got {value}")
+    if values.numel():
+        wrong_sign = values <= 0 if positive else values < 0
+        checks = [torch.isfinite(values).all(), ~wrong_sign.any(), (values <= largest).all()]
+        finite, right_sign, small_enough = torch.stack(checks).tolist()  # one host sync
+        if not finite:
+            raise ValueError(f"{name} must be finite; got {value}")
+        if not right_sign:
+            raise ValueError(f"{name} must be {relation}; got {value}")
+        if not small_enough:
+            raise ValueError(_too_large(name, value, x.dtype, norm))
     shape = (-1,) + (1,) * (x.ndim - 1) if values.ndim == 1 else ()
     return values.to(x.dtype).reshape(shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _largest_budget(dtype: torch.dtype, norm: float) -> float:
+    """The largest eps or step size for inputs of ``dtype``: a larger one rounds to inf, or for
+    the L2 ball the square of a step's norm (at most ``(eps + step_size)**2``) overflows the
+    working precision."""
+    largest = torch.finfo(dtype).max
+    if norm == 2:
+        largest = min(largest, math.sqrt(torch.finfo(torch.promote_types(dtype, torch.float32)).max) / 2)
+    return largest
+
+
+def _too_large(name: str, value: object, dtype: torch.dtype, norm: float) -> str:
+    largest = _largest_budget(dtype, norm)
+    if largest == torch.finfo(dtype).max:
+        reason = f"a larger one rounds to inf in {dtype}"
+    else:
+        reason = f"the squared L2 norm of a larger step overflows {torch.promote_types(dtype, torch.float32)}"
+    return f"{name} must be at most {largest:.4g} for {dtype} inputs ({reason}); got {value}"
 
 
 _scalars: dict[tuple, tuple[Tensor, float]] = {}
@@ -226,12 +255,12 @@ def scalar_tensor(number: float, like: Tensor) -> Tensor:
     return _scalar(number, like)[0]
 
 
-def check_eps(eps: object, x: Tensor) -> Tensor:
-    return _check_budget(eps, "eps", x, positive=False)
+def check_eps(eps: object, x: Tensor, norm: float) -> Tensor:
+    return _check_budget(eps, "eps", x, positive=False, norm=norm)
 
 
-def check_step_size(step_size: object, x: Tensor) -> Tensor:
-    return _check_budget(step_size, "step_size", x, positive=True)
+def check_step_size(step_size: object, x: Tensor, norm: float) -> Tensor:
+    return _check_budget(step_size, "step_size", x, positive=True, norm=norm)
 
 
 def check_steps(steps: object, name: str = "steps") -> int:

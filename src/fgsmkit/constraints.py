@@ -39,9 +39,14 @@ def _working(t: Tensor) -> Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def sample_rows(t: Tensor) -> Tensor:
+    """``t`` with one row per sample, shape ``(batch, features)``; a batch of scalars has one feature."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
+
+
 def per_sample_l2_norm(t: Tensor) -> Tensor:
     """L2 norm of each sample, in working precision, shaped to broadcast against ``t``."""
-    norms = _working(t).flatten(1).norm(dim=1)
+    norms = sample_rows(_working(t)).norm(dim=1)
     return norms.reshape((-1,) + (1,) * (t.ndim - 1))
 
 
@@ -129,7 +134,7 @@ class L2Ball(Ball):
         # Each sample is divided by its largest entry first: the squares of a confident sample's
         # tiny gradient (1e-26, say) underflow, and its norm would come out short or zero.
         unit = torch.nan_to_num(_working(direction), nan=0.0)
-        peak = unit.abs().flatten(1).amax(dim=1).reshape((-1,) + (1,) * (unit.ndim - 1))
+        peak = sample_rows(unit.abs()).amax(dim=1).reshape((-1,) + (1,) * (unit.ndim - 1))
         unit = unit / torch.where(peak > 0, peak, torch.ones_like(peak))
         norm = per_sample_l2_norm(unit)
         scale = torch.where(norm > 0, _working(size) / norm, torch.zeros_like(norm))

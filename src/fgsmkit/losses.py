@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _validation
-from .constraints import make_ball
+from .constraints import make_ball, sample_rows
 from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, check_first_gradient, cross_entropy,
                        local_model, logits_of, model_state_kept)
 
@@ -224,7 +224,7 @@ class AdversarialLoss(nn.Module):
         if not self.checked:
             self.checked = True
             check_first_gradient(direction)
-        ball = make_ball(self.norm, x, _validation.check_eps(self.eps, x), box)
+        ball = make_ball(self.norm, x, _validation.check_eps(self.eps, x, self.norm), box)
         x_adv = ball.fast_gradient_step(direction)
 
         adv_logits = model(x_adv)
@@ -311,5 +311,5 @@ def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor
         raise ValueError(f"y must hold one label per sample, each -1 or +1; got {y}")
     if not _validation.is_number(eps) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
-    margin = x.flatten(1) @ w + b
+    margin = sample_rows(x) @ w + b
     return F.softplus(eps * w.abs().sum() - y.to(margin.dtype) * margin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from typing import Any
 
 import torch
@@ -56,10 +57,14 @@ class _PrecomputedGradient(torch.autograd.Function):
             # A scaled loss. (A plain loss.backward() hands the gradients over as they are,
             # saving a pass over every weight; only on CPU, where reading grad_output is free.)
             grads = tuple((g * grad_output).to(g.dtype) for g in grads)
-        return (None, None, None, *map(_handed_over, params, accumulators, grads))
+        # A gradient whose memory another one shares (W = A + B hands A and B the same tensor)
+        # must stay untouched until autograd has added both: only unshared ones are handed over.
+        memory = Counter(g.untyped_storage().data_ptr() for g in grads if g.layout == torch.strided)
+        owned = [g.layout == torch.strided and memory[g.untyped_storage().data_ptr()] == 1 for g in grads]
+        return (None, None, None, *map(_handed_over, params, accumulators, grads, owned))
 
 
-def _handed_over(param: Tensor, accumulator: Any, grad: Tensor) -> Tensor | None:
+def _handed_over(param: Tensor, accumulator: Any, grad: Tensor, owned: bool) -> Tensor | None:
     """``grad`` for autograd to add to the adversarial term's gradient of ``param``, or None once
     it is stored in ``param.grad`` directly.
 
@@ -68,10 +73,11 @@ def _handed_over(param: Tensor, accumulator: Any, grad: Tensor) -> Tensor | None
     will accumulate into ``param.grad`` and that is still None, the clean gradient is stored
     there instead, and autograd adds the adversarial one into it in place: ``clean + adv`` either
     way, the same bits. This node is an input of the parameter's accumulator, so it always runs
-    first. Elsewhere (``torch.autograd.grad``, an existing ``.grad``, hooks on the parameter)
-    autograd adds the two as usual.
+    first. Elsewhere (``torch.autograd.grad``, an existing ``.grad``, hooks on the parameter, a
+    gradient that shares memory with another or is not laid out like ``param``, such as the
+    expanded gradient of ``param.sum()``) autograd adds the two as usual.
     """
-    if param.grad is not None or param._backward_hooks:
+    if not owned or grad.stride() != param.stride() or param.grad is not None or param._backward_hooks:
         return grad
     try:
         accumulates = torch._C._will_engine_execute_node(accumulator)
@@ -248,7 +254,9 @@ class AdversarialLoss(nn.Module):
         """
         if not logits.requires_grad:  # the model cut the graph (no_grad or detach inside it)
             return torch.zeros_like(x_in), ()
-        if logits.dtype not in LOW_PRECISION:
+        # A hook on a parameter must see its gradient once, clean and adversarial summed, as in the
+        # straightforward backward; a backward that yields the clean weight gradients would run it.
+        if logits.dtype not in LOW_PRECISION and not any(p._backward_hooks for p in params):
             scaled = self.alpha * clean if self.alpha > 0 else clean
             grads = torch.autograd.grad(scaled, [x_in, *params], allow_unused=True)
             return (torch.zeros_like(x_in) if grads[0] is None else grads[0]), grads[1:]
@@ -256,6 +264,7 @@ class AdversarialLoss(nn.Module):
         # confident sample's does not underflow to zero; the weight gradients need the true scale.
         # One backward cannot give both, and a compiled graph may be back-propagated only once, so
         # the input gradient comes from a pass of its own (statistics such as BatchNorm's kept).
+        # The same pass serves a model with hooks on its parameters.
         objective = Objective(clean_model, y, self.loss_fn, targeted=False)
         with model_state_kept(clean_model, eval_mode=False):
             x_again = x_in.detach().requires_grad_(True)

@@ -56,6 +56,9 @@ def all_attacks(**overrides):
         (dict(model=lambda x: MODEL(x) * math.nan), ValueError, r"model returned NaN or inf logits"),
         (dict(model="not a model"), TypeError, r"model must be callable"),
         (dict(loss_fn="ce"), TypeError, r"loss_fn must be callable"),
+        (dict(y=None, targeted=True), ValueError, r"targeted=True needs y, the target classes"),
+        (dict(model=lambda x: MODEL(x), eval_mode=True), ValueError,
+         r"eval_mode=True needs the model to be an nn.Module.*call module.eval\(\) before"),
     ],
 )
 def test_every_attack_rejects(overrides: dict, error: type, message: str) -> None:
@@ -93,6 +96,15 @@ def test_iterative_attacks_reject(overrides: dict, message: str) -> None:
 def test_pgd_rejects(overrides: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, **overrides)
+
+
+def test_restarts_need_class_indices_to_compare_restarts() -> None:
+    soft_cross_entropy = lambda logits, targets: -(targets * logits.log_softmax(1)).sum(1)  # noqa: E731
+    one_hot = nn.functional.one_hot(Y, 4).float()
+    args = dict(eps=0.1, step_size=0.02, steps=2, loss_fn=soft_cross_entropy)
+    assert fk.pgd(MODEL, X, one_hot, **args).shape == X.shape  # one walk needs no comparison
+    with pytest.raises(ValueError, match=r"needs y to hold class indices of shape \(4,\); got shape \(4, 4\)"):
+        fk.pgd(MODEL, X, one_hot, restarts=2, **args)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device type (CUDA)")

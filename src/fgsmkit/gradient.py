@@ -174,12 +174,17 @@ def autograd_usable(t: Tensor) -> Tensor:
 def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
     """Run the block with the model in eval mode if asked, and leave its state as found.
 
-    With ``eval_mode`` the train/eval flag of every submodule is restored afterwards. The buffers
+    The train/eval flag of every submodule is restored afterwards. The buffers
     (such as BatchNorm running statistics), which an attack's forward passes in train mode would
     update, are restored either way: their values, and the tensors themselves where a forward
     replaced them (``self.average = 0.9 * self.average + ...``).
     """
     if not isinstance(model, nn.Module):
+        if eval_mode:
+            raise ValueError(
+                "eval_mode=True needs the model to be an nn.Module, whose mode can be switched; got "
+                f"{type(model).__name__}. Pass the module itself, or call module.eval() before the call"
+            )
         yield
         return
     modes = [(module, module.training) for module in model.modules()]
@@ -190,10 +195,11 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        if eval_mode:
-            for module, training in modes:
-                if module.training != training:  # nn.Module's __setattr__ is slow; most never change
-                    module.training = training
+        # Restored even without eval_mode: code inside the block (an attack passed to
+        # evaluate_attack, a forward) may switch them.
+        for module, training in modes:
+            if module.training != training:  # nn.Module's __setattr__ is slow; most never change
+                module.training = training
         # Through .data, like BatchNorm's own update: a graph built before the attack saved these
         # buffers for its backward, and a tracked in-place copy would bump their version counters
         # and make that backward fail.

@@ -51,6 +51,17 @@ def projected_gradient_ascent(
     walk = _backends.walk_for(backend, model)
     if restarts > 1 and not random_start:
         raise ValueError("restarts > 1 needs random_start=True; without it every restart is the same walk")
+    if restarts > 1 and y is not None and y.ndim != 1:
+        raise ValueError(
+            "restarts > 1 keeps, per sample, the restart that fools the model (then the highest loss), "
+            f"which needs y to hold class indices of shape ({x.shape[0]},); got shape {tuple(y.shape)}. "
+            "Use restarts=1 with these targets"
+        )
+    if targeted and y is None:
+        raise ValueError(
+            "targeted=True needs y, the target classes; with y=None the targets would be the model's "
+            "own predictions, and the attack would make it more sure of them"
+        )
     if x.shape[0] == 0 or (not isinstance(eps, Tensor) and eps == 0):
         return x.clone()
 

@@ -267,3 +267,68 @@ def test_inputs_are_not_modified() -> None:
 def test_bad_arguments_are_named(call, error, message) -> None:
     with pytest.raises(error, match=message):
         call()
+
+
+def _far_rbf() -> fk.models.RBFNetwork:
+    """Detectors at 0, 1 and 2 (precision 1), so inputs near 10 are nearest to class 2."""
+    net = fk.models.RBFNetwork(4, 3)
+    with torch.no_grad():
+        net.centers.copy_(torch.arange(3.0)[:, None].expand(3, 4))
+        net.log_precision.zero_()
+    return net
+
+
+def test_wrapped_zoo_models_keep_their_own_probabilities() -> None:
+    net = _far_rbf()
+    x = torch.rand(8, 4) * 2
+    expected = mean_confidence(net, x)
+    for wrapped in (nn.DataParallel(net), torch.compile(net, backend="eager")):
+        assert mean_confidence(wrapped, x) == expected  # the detectors' probabilities, not a softmax
+
+
+def test_far_inputs_are_classified_by_their_logits_where_probabilities_underflow() -> None:
+    # exp(-256) and exp(-144) are both 0 in float32: the predicted class must still be the nearest.
+    net = _far_rbf()
+    x = torch.full((4, 4), 8.0) + torch.arange(4.0)[:, None]
+    y = torch.full((4,), 2)
+    assert error_rate(net, x, y) == 0.0
+    assert evaluate_attack(net, lambda model, xb, yb: xb, x, y).clean_error == 0.0
+
+
+def test_non_finite_logits_are_refused_by_every_metric() -> None:
+    x, y = torch.rand(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    broken = lambda t: t * math.nan  # noqa: E731
+    for metric in (lambda: error_rate(broken, x, y), lambda: mean_confidence(broken, x),
+                   lambda: agreement_on_mistakes(broken, identity, x, y),
+                   lambda: rubbish_rate(broken, 10, 3),
+                   lambda: evaluate_attack(identity, lambda model, xb, yb: xb * math.inf, x, y)):
+        with pytest.raises(ValueError, match="NaN or inf logits"):
+            metric()
+
+
+def test_labels_are_required_by_the_metrics_that_compare_with_them() -> None:
+    x = torch.rand(6, 3)
+    for metric in (lambda: error_rate(identity, x, None), lambda: confidence_on_mistakes(identity, x, None),
+                   lambda: agreement_on_mistakes(identity, identity, x, None),
+                   lambda: evaluate_attack(identity, lambda model, xb, yb: xb, x, None)):
+        with pytest.raises(TypeError, match=r"y must be a tensor of true class indices"):
+            metric()
+
+
+def test_numpy_batch_sizes_are_accepted() -> None:
+    np = pytest.importorskip("numpy")
+    x, y = torch.rand(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert error_rate(identity, x, y, batch_size=np.int64(2)) == error_rate(identity, x, y)
+    report = evaluate_attack(identity, lambda model, xb, yb: xb, x, y, batch_size=np.int64(4))
+    assert report.n == 6
+
+
+def test_an_attack_that_switches_the_mode_does_not_leave_it_switched() -> None:
+    net = NoisyNet().train()
+
+    def careless_attack(model, x, y):
+        model.eval()  # and never switches back
+        return x.clone()
+
+    evaluate_attack(net, careless_attack, torch.randn(6, 3), torch.randint(0, 3, (6,)))
+    assert all(m.training for m in net.modules())

@@ -7,8 +7,11 @@ is any callable returning logits of shape ``(batch, classes)``. Probabilities ar
 :meth:`fgsmkit.models.Classifier.probabilities` for the models of :mod:`fgsmkit.models`
 (for example the RBF network's unnormalised detector probabilities), and otherwise the softmax
 of the logits, a single logit column being read as binary logistic regression
-(``[sigmoid(-z), sigmoid(z)]``). The predicted class is the most probable one and the
-*confidence* is its probability.
+(``[sigmoid(-z), sigmoid(z)]``). A model wrapped by ``torch.compile``,
+``DistributedDataParallel`` or ``DataParallel`` keeps its own probabilities. The predicted
+class is the one with the largest logit (the most probable one, read where probabilities
+cannot underflow into ties) and the *confidence* is its probability. NaN or infinite logits
+raise a ``ValueError``.
 
 Transfer error, the error of model B on adversarial examples made on model A (the paper's
 section 8), needs no function of its own:
@@ -32,8 +35,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from torch.nn.parallel import DistributedDataParallel
+
 from . import _validation
-from .gradient import model_state_kept
+from .gradient import check_logits_finite, model_state_kept, predicted_labels
 from .models import Classifier
 
 Model = Callable[[Tensor], Tensor]
@@ -101,7 +106,7 @@ def error_rate(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000, ev
     >>> error_rate(logits_are_inputs, x, torch.tensor([0, 1, 1]))
     0.3333333333333333
     """
-    predicted, _ = _predictions(model, x, y, batch_size, eval_mode)
+    predicted, _ = _predictions(model, x, _labels(y), batch_size, eval_mode)
     return _mean((predicted != y).double())
 
 
@@ -119,7 +124,7 @@ def confidence_on_mistakes(model: Model, x: Tensor, y: Tensor, *, batch_size: in
     >>> round(confidence_on_mistakes(lambda x: x, x, torch.tensor([0, 1, 1])), 6)  # softmax(log 3, 0)[0]
     0.75
     """
-    predicted, confidence = _predictions(model, x, y, batch_size, eval_mode)
+    predicted, confidence = _predictions(model, x, _labels(y), batch_size, eval_mode)
     return _mean(confidence[predicted != y])
 
 
@@ -174,7 +179,7 @@ def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, 
     >>> agreement_on_mistakes(a, b, x, torch.tensor([0, 0, 0]))["agreement_on_a_mistakes"]
     0.3333333333333333
     """
-    predicted_a, _ = _predictions(model_a, x, y, batch_size, eval_mode)
+    predicted_a, _ = _predictions(model_a, x, _labels(y), batch_size, eval_mode)
     predicted_b, _ = _predictions(model_b, x, y, batch_size, eval_mode)
     a_wrong = predicted_a != y
     both_wrong = a_wrong & (predicted_b != y)
@@ -243,7 +248,7 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
     with model_state_kept(model, eval_mode), torch.no_grad():
         for start in range(0, n, batch_size):
             noise = torch.randn((min(batch_size, n - start), *shape), generator=generator, device=device, dtype=dtype)
-            confidences.append(_class_probabilities(model, noise).amax(dim=1))
+            confidences.append(_probabilities(model, _logits(model, noise)).amax(dim=1))
     confidence = torch.cat(confidences)
     rubbish = confidence > threshold
     return _mean(rubbish.double()), _mean(confidence[rubbish])
@@ -285,7 +290,7 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
     """
     if not callable(attack):
         raise TypeError(f"attack must be callable as attack(model, x, y) -> x_adv; got {type(attack).__name__}")
-    _check_batch(model, x, y, batch_size)
+    batch_size = _check_batch(model, x, _labels(y), batch_size)
     with model_state_kept(model, eval_mode):
         clean, _ = _predictions(model, x, y, batch_size, eval_mode=False)
         wrong, confident, kept = [], [], []
@@ -298,7 +303,7 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
                 )
             x_adv = x_adv.detach()
             with torch.no_grad():
-                confidence, predicted = _class_probabilities(model, x_adv).max(dim=1)
+                predicted, confidence = _predicted_class(model, _logits(model, x_adv))
             wrong.append(predicted != y_batch)
             confident.append(confidence)
             if keep_examples:
@@ -315,20 +320,41 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
 
 def _probabilities(model: Model, logits: Tensor) -> Tensor:
     """The same probabilities as ``predict_proba``: the model's own, or softmax / sigmoid."""
-    if isinstance(model, Classifier):
-        return model.probabilities(logits)
+    classifier = _unwrapped(model)
+    if isinstance(classifier, Classifier):
+        return classifier.probabilities(logits)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if logits.shape[1] == 1:
         return torch.cat([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)
     return torch.softmax(logits, dim=1)
 
 
-def _class_probabilities(model: Model, x: Tensor) -> Tensor:
-    """Class probabilities of one batch, shape ``(batch, classes)``."""
-    return _probabilities(model, _validation.check_logits(model(x), x.shape[0]))
+def _unwrapped(model: Model) -> Model:
+    """The module inside torch.compile, DistributedDataParallel and DataParallel wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", model)  # what torch.compile wrapped
+        if isinstance(inner, (DistributedDataParallel, nn.DataParallel)):
+            inner = inner.module
+        if inner is model:
+            return model
+        model = inner
 
 
-def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: int) -> None:
+def _logits(model: Model, x: Tensor) -> Tensor:
+    """The logits of one batch, shape ``(batch, classes)``, checked to be finite."""
+    logits = _validation.check_logits(model(x), x.shape[0])
+    check_logits_finite(logits)
+    return logits
+
+
+def _predicted_class(model: Model, logits: Tensor) -> tuple[Tensor, Tensor]:
+    """The predicted classes for ``logits`` and their probabilities."""
+    predicted = predicted_labels(logits)
+    return predicted, _probabilities(model, logits).gather(1, predicted[:, None])[:, 0]
+
+
+def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: object) -> int:
+    """Check the arguments every metric takes (``y=None``: no labels); returns ``batch_size`` as an int."""
     _validation.check_inputs(x)
     if x.shape[0] == 0:
         raise ValueError("x must hold at least one sample; a metric over no samples is undefined")
@@ -337,23 +363,31 @@ def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: int) -> 
         _validation.check_labels(y, x)
         if y.ndim != 1:
             raise ValueError(f"y must be a 1-D tensor of class indices; got shape {tuple(y.shape)}")
-    _validation.check_steps(batch_size, "batch_size")
+    return _validation.check_steps(batch_size, "batch_size")
 
 
-def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: int,
+def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: object,
                  eval_mode: bool) -> tuple[Tensor, Tensor]:
     """Predicted classes and their probabilities for all of ``x``; ``y`` is checked against them."""
-    _check_batch(model, x, y, batch_size)
+    batch_size = _check_batch(model, x, y, batch_size)
     confidences, predictions = [], []
     with model_state_kept(model, eval_mode), torch.no_grad():
         for batch in x.split(batch_size):
-            probabilities = _class_probabilities(model, batch)
+            logits = _logits(model, batch)
             if y is not None and not predictions:
-                _validation.check_class_labels(y, probabilities.shape[1])
-            confidence, predicted = probabilities.max(dim=1)
+                _validation.check_class_labels(y, logits.shape[1])
+            predicted, confidence = _predicted_class(model, logits)
             confidences.append(confidence)
             predictions.append(predicted)
     return torch.cat(predictions), torch.cat(confidences)
+
+
+def _labels(y: object) -> Tensor:
+    """``y``, which a metric that compares predictions with the truth cannot do without."""
+    if y is None:
+        raise TypeError("y must be a tensor of true class indices, shape (batch,): this metric compares "
+                        "the predictions with them")
+    return y  # type: ignore[return-value]  # checked with x by _check_batch
 
 
 def _sample_shape(sample_shape: object) -> tuple[int, ...]:

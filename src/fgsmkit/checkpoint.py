@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
     ----------
     state : dict
         Plain data only (tensors, numbers, strings, lists, dicts, state dicts), so that
-        :func:`load_checkpoint` can read it with ``weights_only=True``.
+        :func:`load_checkpoint` can read it with ``weights_only=True``; anything else raises a
+        ``TypeError`` before ``path`` is touched.
     path : path-like
         Destination file; its folder is created if missing.
 
@@ -41,10 +44,28 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        _check_loadable(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the checkpoint from the folder's other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _check_loadable(file: str) -> None:
+    """Refuse, before it replaces anything, a checkpoint that :func:`load_checkpoint` could not read.
+
+    Reading it back memory-mapped costs little: the tensors' data is not read.
+    """
+    try:
+        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        raise TypeError(
+            "state must hold plain data only (tensors, numbers, strings, lists, dicts, state dicts), which "
+            f"load_checkpoint reads with weights_only=True; it holds {found[1] if found else 'other objects'}. "
+            "Convert them first (float(v) for a NumPy scalar, vars(args) for an argparse.Namespace)"
+        ) from error
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

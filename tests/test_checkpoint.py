@@ -1,0 +1,37 @@
+"""Atomic checkpoints that load with weights_only=True."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+import fgsmkit as fk
+
+
+def test_a_checkpoint_round_trips_and_is_readable_by_the_folder(tmp_path) -> None:
+    model = fk.models.SoftmaxRegression(4, 3)
+    path = tmp_path / "nested" / "run.pt"
+    fk.save_checkpoint({"epoch": 2, "model": model.state_dict(), "history": [0.5, 0.25]}, path)
+    state = fk.load_checkpoint(path)
+    assert state["epoch"] == 2 and state["history"] == [0.5, 0.25]
+    assert all(torch.equal(a, b) for a, b in zip(state["model"].values(), model.state_dict().values()))
+    # As torch.save would leave it (with the usual umask), not mkstemp's owner-only 0600.
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+@pytest.mark.parametrize("unreadable", [
+    {"best": np.float64(0.97)},
+    {"args": argparse.Namespace(lr=0.1)},
+])
+def test_state_that_load_checkpoint_could_not_read_is_refused_before_anything_is_replaced(tmp_path, unreadable):
+    path = tmp_path / "run.pt"
+    fk.save_checkpoint({"epoch": 1}, path)
+    with pytest.raises(TypeError, match=r"plain data only.*it holds .*(scalar|Namespace)"):
+        fk.save_checkpoint({"epoch": 2, **unreadable}, path)
+    assert fk.load_checkpoint(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # no temporary file left behind

@@ -455,8 +455,9 @@ def test_bad_arguments_are_named(tmp_path) -> None:
         load_mnist(tmp_path, "test", download=False, remote="https://example.org/")
     with pytest.raises(ValueError, match="mirrors must be a non-empty tuple"):
         RemoteFiles("MNIST", "https://example.org/")
-    with pytest.raises(ValueError, match="timeout must be a positive number"):
-        load_mnist(tmp_path, "test", timeout=0)
+    for timeout in (0, float("inf")):  # an infinite one overflowed inside the socket layer
+        with pytest.raises(ValueError, match="timeout must be a positive, finite number"):
+            load_mnist(tmp_path, "test", timeout=timeout)
 
 
 def test_remote_files_refuse_a_digest_that_is_not_sha256() -> None:

@@ -139,5 +139,17 @@ def test_models_reject_the_wrong_number_of_features() -> None:
         MaxoutMLP(dropout=1.0)
     with pytest.raises(ValueError, match="max_norm"):
         MaxoutMLP(max_norm=0)
-    with pytest.raises(ValueError, match="pieces"):
+    with pytest.raises(ValueError, match="pieces must be an int >= 1"):
         Maxout(3, 3, pieces=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fk.models.SoftmaxRegression(4, 0),
+    lambda: fk.models.MaxoutMLP(num_classes=0),
+    lambda: fk.models.RBFNetwork(4, 0),
+    lambda: fk.models.LogisticRegression(0),
+    lambda: fk.models.SoftmaxRegression(4.5, 3),
+])
+def test_models_reject_sizes_below_one(make) -> None:
+    with pytest.raises(ValueError, match=r"(num_classes|in_features) must be an int >= 1"):
+        make()

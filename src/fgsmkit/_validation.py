@@ -263,10 +263,11 @@ def check_step_size(step_size: object, x: Tensor, norm: float) -> Tensor:
     return _check_budget(step_size, "step_size", x, positive=True, norm=norm)
 
 
-def check_steps(steps: object, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"{name} must be an int >= 1; got {steps!r}")
-    return int(steps)
+def check_positive_int(value: object, name: str) -> int:
+    """A count or size: an int (NumPy's too) of at least 1, returned as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+    return int(value)
 
 
 def check_norm(norm: object) -> float:
@@ -334,7 +335,7 @@ def check_loss_fn(loss_fn: object) -> Callable | None:
 
 
 def check_restarts(restarts: object) -> int:
-    return check_steps(restarts, "restarts")
+    return check_positive_int(restarts, "restarts")
 
 
 def check_generator(generator: object, x: Tensor) -> torch.Generator | None:

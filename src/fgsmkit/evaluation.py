@@ -235,8 +235,8 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
     >>> 0.0 <= rate <= 1.0
     True
     """
-    n = _validation.check_steps(n, "n")
-    batch_size = _validation.check_steps(batch_size, "batch_size")
+    n = _validation.check_positive_int(n, "n")
+    batch_size = _validation.check_positive_int(batch_size, "batch_size")
     shape = _sample_shape(sample_shape)
     if not _validation.is_number(threshold) or not 0 <= threshold < 1:
         raise ValueError(f"threshold must be a probability in [0, 1); got {threshold!r}")
@@ -363,7 +363,7 @@ def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: object) 
         _validation.check_labels(y, x)
         if y.ndim != 1:
             raise ValueError(f"y must be a 1-D tensor of class indices; got shape {tuple(y.shape)}")
-    return _validation.check_steps(batch_size, "batch_size")
+    return _validation.check_positive_int(batch_size, "batch_size")
 
 
 def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: object,

@@ -43,7 +43,7 @@ def projected_gradient_ascent(
     norm = _validation.check_norm(norm)
     eps_t = _validation.check_eps(eps, x, norm)
     step_t = eps_t if step_size is None else _validation.check_step_size(step_size, x, norm)
-    steps = _validation.check_steps(steps)
+    steps = _validation.check_positive_int(steps, "steps")
     restarts = _validation.check_restarts(restarts)
     loss_fn = _validation.check_loss_fn(loss_fn)
     generator = _validation.check_generator(generator, x)

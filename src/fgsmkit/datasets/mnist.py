@@ -21,11 +21,13 @@ uncompressed or recompressed copies); their IDX headers and sizes are checked wh
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 from torch import Tensor
 
+from .._validation import is_number
 from ._tensors import as_tensors, check_split
 from .download import RemoteFiles, fetch
 from .idx import read_idx
@@ -183,8 +185,8 @@ def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool
     split = check_split(split)
     if not isinstance(remote, RemoteFiles):
         raise TypeError(f"remote must be a RemoteFiles; got {type(remote).__name__}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds; got {timeout!r}")
+    if not is_number(timeout) or not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a positive, finite number of seconds; got {timeout!r}")
     names = split_files(split)
     folders = search_folders(remote, root)
     found = _find(folders, names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_positive_int
 from ._base import Classifier
 
 
@@ -21,7 +22,8 @@ class SoftmaxRegression(Classifier):
 
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__()
-        self.in_features, self.num_classes = in_features, num_classes
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
         self.linear = nn.Linear(in_features, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -45,7 +47,7 @@ class LogisticRegression(Classifier):
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
-        self.in_features, self.num_classes = in_features, 2
+        self.in_features, self.num_classes = check_positive_int(in_features, "in_features"), 2
         self.linear = nn.Linear(in_features, 1)
 
     def forward(self, x: Tensor) -> Tensor:

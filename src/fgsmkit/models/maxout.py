@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_positive_int
 from ._base import Classifier
 
 
@@ -50,9 +51,9 @@ class Maxout(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, pieces: int) -> None:
         super().__init__()
-        if min(in_features, out_features, pieces) < 1:
-            raise ValueError("in_features, out_features and pieces must all be >= 1")
-        self.in_features, self.out_features, self.pieces = in_features, out_features, pieces
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.pieces = check_positive_int(pieces, "pieces")
         # Row u * pieces + k holds piece k of unit u.
         self.linear = nn.Linear(in_features, out_features * pieces)
 
@@ -103,7 +104,9 @@ class MaxoutMLP(Classifier):
             raise ValueError(f"dropout and input_dropout must lie in [0, 1); got {dropout}, {input_dropout}")
         if max_norm is not None and max_norm <= 0:
             raise ValueError(f"max_norm must be > 0 or None; got {max_norm}")
-        self.in_features, self.num_classes, self.max_norm = in_features, num_classes, max_norm
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.max_norm = max_norm
         layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
         width = in_features
         for units in hidden:

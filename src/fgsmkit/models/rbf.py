@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_positive_int
 from ._base import Classifier
 
 
@@ -77,7 +78,8 @@ class RBFNetwork(Classifier):
 
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__()
-        self.in_features, self.num_classes = in_features, num_classes
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
         self.centers = nn.Parameter(torch.rand(num_classes, in_features))
         # exp(log_precision) = 1 / in_features keeps the initial log-probabilities of order -1.
         self.log_precision = nn.Parameter(torch.full((num_classes, in_features), -math.log(in_features)))

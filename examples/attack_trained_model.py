@@ -29,7 +29,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 3, or 2 with --small)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="attack_trained_model.png", help="where to save the picture")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1; got {args.epochs}")
+    return args
 
 
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> torch.nn.Module:

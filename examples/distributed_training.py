@@ -34,7 +34,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eps", type=float, default=0.25)
     parser.add_argument("--checkpoint", default=None, help="if given, rank 0 saves the trained weights there")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1; got {args.epochs}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1; got {args.batch_size}")
+    return args
 
 
 def setup() -> tuple[int, int, torch.device]:

@@ -33,7 +33,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-eps", type=float, default=0.25, help="eps of adversarial training (default: 0.25)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="robustness_curve.png", help="where to save the plot")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1; got {args.epochs}")
+    return args
 
 
 def cross_entropy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eps", type=float, default=0.25)
     parser.add_argument("--steps", type=int, default=20, help="steps of the iterative attack")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1; got {args.steps}")
+    return args
 
 
 def train(x: torch.Tensor, y: torch.Tensor, epochs: int) -> torch.nn.Module:

@@ -59,9 +59,15 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     assert result["adversarial_loss_bit_identical"] is True
 
 
-def test_bad_options_are_refused(capsys):
+def test_bad_options_are_refused(capsys, tmp_path):
     assert main(["bench", "--quick", "--workloads", "no-such-model"]) == 2
     assert "unknown workloads" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--workloads", ","]) == 2  # nothing to run is not a success
+    assert "unknown workloads" in capsys.readouterr().err
+    # A folder as the JSON file is refused before the run, not after it.
+    assert main(["bench", "--quick", "--no-peers", "--json", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert "is a folder" in err and "max abs diff" not in out
     with pytest.raises(SystemExit, match="cuda_graph"):
         main(["bench", "--quick", "--backends", "cuda_graph", "--workloads", "maxout-128"])
 

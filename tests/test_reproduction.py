@@ -62,6 +62,18 @@ def test_cli_parses_its_options() -> None:
     assert "--smoke" not in parser.format_help()
 
 
+def test_an_output_path_that_is_a_file_is_refused_before_any_training(tmp_path: Path, capsys) -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    taken = tmp_path / "a file"
+    taken.write_text("not a folder")
+    assert cli.run(parser.parse_args(["--smoke", "--out", str(taken)])) == 2
+    out, err = capsys.readouterr()
+    assert "is a file" in err and "epoch" not in out
+    # The command recorded in the report can be pasted back into a shell.
+    assert f"--out '{taken}'" in cli.command_line(parser.parse_args(["--out", str(taken)]))
+
+
 def test_tiny_run_reports_every_experiment(smoke_run: tuple[Path, dict]) -> None:
     out, report = smoke_run
     numbers_seen = {int(r["experiment"].split(".")[0]) for r in report["rows"]}

@@ -12,6 +12,7 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,8 +55,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
-    if unknown:
-        print(f"error: unknown workloads {unknown}; choose among {list(WORKLOADS)}", file=sys.stderr)
+    if unknown or not names:
+        print(f"error: unknown workloads {unknown or args.workloads!r}; choose among {list(WORKLOADS)}",
+              file=sys.stderr)
+        return 2
+    if args.json.is_dir():  # found now, not after the run
+        print(f"error: --json {args.json} is a folder; give a file name, e.g. {args.json / 'bench-results.json'}",
+              file=sys.stderr)
         return 2
     repeats, fast_repeats, warmup = args.repeats, args.fast_repeats, args.warmup
     if args.quick:
@@ -178,7 +184,7 @@ def _load_average() -> list[float] | None:
 def _meta(device: torch.device, repeats: int, fast_repeats: int, warmup: int,
           backends: Sequence[str]) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "fgsmkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "processor": _processor(),

@@ -17,6 +17,7 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["fgsmkit reproduce", f"--out {args.out}", f"--seed {args.seed}"]
+    parts = ["fgsmkit reproduce", f"--out {shlex.quote(str(args.out))}", f"--seed {args.seed}"]
     parts += [flag for flag, on in (("--quick", args.quick), ("--smoke", args.smoke),
                                     ("--download", args.download)) if on]
     if args.data != "auto":
@@ -89,6 +90,10 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     settings = settings_for(args)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():  # found now, not after the first model has trained
+        print(f"error: --out {out} is a file; give a folder for the report, figures and checkpoints",
+              file=sys.stderr)
+        return 2
     log = _printer()
     if settings.name != "full":
         log(f"{settings.name.upper()} RUN: small data and few epochs; the numbers are not a reproduction")

@@ -177,6 +177,37 @@ def _straightforward_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tenso
     return gradients
 
 
+@pytest.mark.parametrize("shared", ["soft targets from a teacher", "a loss weight computed once"])
+def test_history_built_before_the_call_is_back_propagated_once_like_the_straightforward_loss(shared) -> None:
+    # Both terms reach a graph built before the criterion runs; the clean backward must not
+    # free it, and its leaves get the gradients of both terms.
+    x, y = data()
+    torch.manual_seed(0)
+    model, teacher = small_mlp(), small_mlp(seed=1)
+    raw = nn.Parameter(torch.tensor([0.5, -0.2, 0.1, 0.3], dtype=torch.float64))
+    if shared == "soft targets from a teacher":
+        targets = teacher(x).softmax(dim=1)  # trained together with the student
+        loss_fn = lambda z, t: -(t * z.log_softmax(dim=1)).sum(dim=1)  # noqa: E731
+    else:
+        weight = F.softplus(raw)  # once per step, used by both terms
+        targets, loss_fn = y, lambda z, t: F.cross_entropy(z, t, reduction="none") * weight[t]
+    trained = [*model.parameters(), *teacher.parameters(), raw]
+    fk.AdversarialLoss(alpha=0.5, eps=0.25, loss_fn=loss_fn)(model, x, targets).backward()
+    ours = [p.grad for p in trained]
+    for p in trained:
+        p.grad = None
+    if shared == "soft targets from a teacher":
+        targets = teacher(x).softmax(dim=1)
+    else:
+        weight = F.softplus(raw)
+    x_adv = fk.fgsm(model, x, targets, eps=0.25, loss_fn=loss_fn)
+    (0.5 * loss_fn(model(x), targets).mean() + 0.5 * loss_fn(model(x_adv), targets).mean()).backward()
+    for a, p in zip(ours, trained):
+        assert (a is None) == (p.grad is None)
+        if a is not None:
+            torch.testing.assert_close(a, p.grad, rtol=1e-13, atol=1e-15)
+
+
 def test_gradients_that_share_memory_or_are_expanded_are_not_accumulated_into() -> None:
     x, y = data()
     torch.manual_seed(0)

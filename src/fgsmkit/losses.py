@@ -89,13 +89,17 @@ def _handed_over(param: Tensor, accumulator: Any, grad: Tensor, owned: bool) -> 
     return None
 
 
-def _graph_leaves(loss: Tensor, skip: Tensor) -> tuple[list[Tensor], list[Any]]:
+def _graph_leaves(loss: Tensor, skip: Tensor, since: int) -> tuple[list[Tensor], list[Any]] | None:
     """The tensors (other than ``skip``) that ``loss.backward()`` would accumulate gradients into,
-    and their gradient accumulators.
+    and their gradient accumulators; None where the graph reaches back before this call.
 
     These are the model's trainable parameters, and also any other tensor the loss reaches: the
     learnable parts of a loss_fn (a temperature, a classification head), a parameter shared from
-    another module. Walking the graph costs less than listing ``model.parameters()``.
+    another module. A node older than ``since`` (the sequence number of this call's first node)
+    was built before the call, say soft targets from a teacher network or a loss weight
+    computed once per step: the adversarial term may share it, and a backward that yields the
+    clean gradients would free it, so then there are none to hand over. The walk visits each
+    node once (about a microsecond per node: a few for an MLP, thousands for an unrolled RNN).
     """
     leaves: list[Tensor] = []
     accumulators: list[Any] = []
@@ -107,6 +111,8 @@ def _graph_leaves(loss: Tensor, skip: Tensor) -> tuple[list[Tensor], list[Any]]:
                 continue
             seen.add(node)
             if node.next_functions:
+                if node._sequence_nr() < since:
+                    return None
                 pending.append(node)
                 continue
             leaf = getattr(node, "variable", None)  # only gradient accumulators have one
@@ -218,15 +224,23 @@ class AdversarialLoss(nn.Module):
         # pass's weight gradients reach the parameters through that same backward.
         clean_model = model if alpha == 1.0 else local_model(model)
         with torch.inference_mode(False), torch.enable_grad():
-            x_in, y = autograd_usable(x).clone().requires_grad_(True), autograd_usable(y)
+            x_leaf, y = autograd_usable(x).detach().requires_grad_(True), autograd_usable(y)
+            x_in = x_leaf.clone()  # its node is this call's first: what is older was built before
             logits = _validation.check_logits(logits_of(clean_model, x_in), x.shape[0])
             _validation.check_label_range(label_range, logits.shape[1])
             clean = _mean(self.loss_fn(logits, y), x.shape[0])
             self.clean_logits, self.adversarial_logits = logits.detach(), None
             if alpha == 1.0:
                 return clean if training else clean.detach()
-            params, accumulators = _graph_leaves(clean, x_in) if alpha > 0 and training else ([], [])
-            direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, params)
+            found = ([], []) if alpha == 0 or not training else _graph_leaves(
+                clean, x_leaf, since=x_in.grad_fn._sequence_nr())
+            # A hook on a parameter must see its gradient once, clean and adversarial summed, as in the
+            # straightforward backward; a backward that yields the clean weight gradients would run it.
+            if found is not None and any(p._backward_hooks for p in found[0]):
+                found = None
+            params, accumulators = found or ([], [])
+            direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean,
+                                                            None if found is None else params)
         if not self.checked:
             self.checked = True
             check_first_gradient(direction)
@@ -247,16 +261,13 @@ class AdversarialLoss(nn.Module):
         return clean_term + adversarial_term
 
     def _clean_gradients(self, clean_model: nn.Module, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
-                         params: list[Tensor]) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
-        """The clean loss's input gradient (only its direction is used) and its weight gradients.
-
-        The weight gradients are None where the clean term must keep its graph instead.
+                         params: list[Tensor] | None) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
+        """The clean loss's input gradient (only its direction is used) and the weight gradients of
+        ``params``, or None (also for ``params=None``) where the clean term must keep its graph.
         """
         if not logits.requires_grad:  # the model cut the graph (no_grad or detach inside it)
             return torch.zeros_like(x_in), ()
-        # A hook on a parameter must see its gradient once, clean and adversarial summed, as in the
-        # straightforward backward; a backward that yields the clean weight gradients would run it.
-        if logits.dtype not in LOW_PRECISION and not any(p._backward_hooks for p in params):
+        if logits.dtype not in LOW_PRECISION and params is not None:
             scaled = self.alpha * clean if self.alpha > 0 else clean
             grads = torch.autograd.grad(scaled, [x_in, *params], allow_unused=True)
             return (torch.zeros_like(x_in) if grads[0] is None else grads[0]), grads[1:]
@@ -264,7 +275,7 @@ class AdversarialLoss(nn.Module):
         # confident sample's does not underflow to zero; the weight gradients need the true scale.
         # One backward cannot give both, and a compiled graph may be back-propagated only once, so
         # the input gradient comes from a pass of its own (statistics such as BatchNorm's kept).
-        # The same pass serves a model with hooks on its parameters.
+        # The same pass serves the graphs whose clean gradients cannot be handed over (params=None).
         objective = Objective(clean_model, y, self.loss_fn, targeted=False)
         with model_state_kept(clean_model, eval_mode=False):
             x_again = x_in.detach().requires_grad_(True)

@@ -188,8 +188,13 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
         yield
         return
     modes = [(module, module.training) for module in model.modules()]
-    buffers = ([(module, name, b, b.clone()) for module, _ in modes for name, b in module._buffers.items()
-                if b is not None] if any(t for _, t in modes) else [])
+    # Where each buffer is registered, and one copy of each tensor (several modules may share one).
+    places = ([(module, name, b) for module, _ in modes for name, b in module._buffers.items() if b is not None]
+              if any(t for _, t in modes) else [])
+    saved: dict[int, tuple[Tensor, Tensor]] = {}
+    for _, _, buffer in places:
+        if id(buffer) not in saved:
+            saved[id(buffer)] = buffer, buffer.clone()
     if eval_mode:
         model.eval()
     try:
@@ -203,12 +208,13 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
         # Through .data, like BatchNorm's own update: a graph built before the attack saved these
         # buffers for its backward, and a tracked in-place copy would bump their version counters
         # and make that backward fail.
-        if buffers:
+        if places:
             with torch.no_grad():
-                for module, name, buffer, saved in buffers:
+                for module, name, buffer in places:
                     if getattr(module, name, None) is not buffer:
                         setattr(module, name, buffer)
-                    buffer.data.copy_(saved)
+                for buffer, copy in saved.values():
+                    buffer.data.copy_(copy)
 
 
 class Objective:

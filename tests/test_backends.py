@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -148,22 +149,22 @@ def test_cuda_graph_refuses_a_model_that_synchronises_with_the_fix():
     assert torch.equal(eager, fk.pgd(model.inner, x, y, eps=0.1, step_size=0.02, steps=3, random_start=False))
 
 
-def _capture_failing_with(error: Exception):
-    def capture(*args):
+def _fail_with(error: Exception):
+    def walk():
         raise error
-    return capture
+    return walk
 
 
 def test_a_failed_capture_is_explained_with_the_fix(monkeypatch):
-    # The wrapping itself, on any device: the capture is replaced by one that fails as CUDA does.
+    # The wrapping itself, on any device: the capture context is a stand-in, and the walk fails
+    # as CUDA fails inside a capture.
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
     error = RuntimeError("CUDA error: operation not permitted when stream is capturing")
-    monkeypatch.setattr(_backends, "_CapturedWalk", _capture_failing_with(error))
     with pytest.raises(ValueError, match="could not capture.*operation not permitted.*backend='eager'"):
-        _backends._capture(None, None, None, None, 3)
+        _backends._captured(None, _fail_with(error))
 
 
 def test_running_out_of_memory_while_capturing_is_not_blamed_on_the_model(monkeypatch):
-    error = torch.cuda.OutOfMemoryError("CUDA out of memory")
-    monkeypatch.setattr(_backends, "_CapturedWalk", _capture_failing_with(error))
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        _backends._capture(None, None, None, None, 3)
+        _backends._captured(None, _fail_with(torch.cuda.OutOfMemoryError("CUDA out of memory")))

@@ -20,8 +20,20 @@ def test_a_checkpoint_round_trips_and_is_readable_by_the_folder(tmp_path) -> Non
     state = fk.load_checkpoint(path)
     assert state["epoch"] == 2 and state["history"] == [0.5, 0.25]
     assert all(torch.equal(a, b) for a, b in zip(state["model"].values(), model.state_dict().values()))
-    # As torch.save would leave it (with the usual umask), not mkstemp's owner-only 0600.
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_checkpoint_gets_the_mode_torch_save_would_give_it(tmp_path, umask) -> None:
+    # 0666 less the umask, as for any new file: not mkstemp's owner-only 0600 under umask 022.
+    previous = os.umask(umask)
+    try:
+        fk.save_checkpoint({"epoch": 1}, tmp_path / "ours.pt")
+        torch.save({"epoch": 1}, tmp_path / "torch.pt")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"ours.pt": 0o666 & ~umask, "torch.pt": 0o666 & ~umask}
 
 
 @pytest.mark.parametrize("unreadable", [

@@ -111,26 +111,11 @@ def graphed_walk(objective: Objective, ball: Ball, start: Tensor, step_size: Ten
     cached = _graphs.setdefault(model, OrderedDict())
     walk = cached.pop(key, None)
     if walk is None:
-        walk = _capture(objective, ball, x_adv, step_size, steps - 1)
+        walk = _CapturedWalk(objective, ball, x_adv, step_size, steps - 1)
         while len(cached) >= GRAPHS_PER_MODEL:
             cached.popitem(last=False)
     cached[key] = walk
     return walk(objective.y, ball, x_adv, step_size)
-
-
-def _capture(objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int) -> _CapturedWalk:
-    """The captured walk, or an error that says why the model cannot be captured and what to use."""
-    try:
-        return _CapturedWalk(objective, ball, start, step_size, steps)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except RuntimeError as error:
-        # The eager warm-up has just run the same steps, so what failed is the capture itself.
-        raise ValueError(
-            "backend='cuda_graph' could not capture the attack's steps as a CUDA Graph: the model's forward "
-            "or backward synchronises with the host (.item(), float(tensor), printing a tensor, shapes "
-            f"that depend on values) or is otherwise not capturable ({error}). Use backend='eager'"
-        ) from error
 
 
 def _signature(t: Tensor | None) -> tuple | None:
@@ -186,8 +171,7 @@ class _CapturedWalk:
             walk()
         torch.cuda.current_stream(start.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with _without_autocast_cache(), torch.cuda.graph(self.graph):
-            self.output = walk()
+        self.output = _captured(self.graph, walk)
 
     def __call__(self, y: Tensor, ball: Ball, start: Tensor, step_size: Tensor) -> Tensor:
         static = self.inputs
@@ -199,6 +183,24 @@ class _CapturedWalk:
             static["high"].copy_(ball.box.high)
         self.graph.replay()
         return self.output.clone()
+
+
+def _captured(graph: torch.cuda.CUDAGraph, walk: Callable[[], Tensor]) -> Tensor:
+    """``walk()`` captured into ``graph``, or an error that says why the model cannot be captured.
+
+    The eager warm-up has just run the same steps, so what fails here is the capture itself.
+    """
+    try:
+        with _without_autocast_cache(), torch.cuda.graph(graph):
+            return walk()
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        raise ValueError(
+            "backend='cuda_graph' could not capture the attack's steps as a CUDA Graph: the model's forward "
+            "or backward synchronises with the host (.item(), float(tensor), printing a tensor, shapes "
+            f"that depend on values) or is otherwise not capturable ({error}). Use backend='eager'"
+        ) from error
 
 
 def _without_autocast_cache() -> contextlib.AbstractContextManager:

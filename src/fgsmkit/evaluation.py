@@ -35,10 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from torch.nn.parallel import DistributedDataParallel
-
 from . import _validation
-from .gradient import check_logits_finite, model_state_kept, predicted_labels
+from .gradient import check_logits_finite, innermost_module, model_state_kept, predicted_labels
 from .models import Classifier
 
 Model = Callable[[Tensor], Tensor]
@@ -320,24 +318,13 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
 
 def _probabilities(model: Model, logits: Tensor) -> Tensor:
     """The same probabilities as ``predict_proba``: the model's own, or softmax / sigmoid."""
-    classifier = _unwrapped(model)
+    classifier = innermost_module(model)
     if isinstance(classifier, Classifier):
         return classifier.probabilities(logits)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if logits.shape[1] == 1:
         return torch.cat([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)
     return torch.softmax(logits, dim=1)
-
-
-def _unwrapped(model: Model) -> Model:
-    """The module inside torch.compile, DistributedDataParallel and DataParallel wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", model)  # what torch.compile wrapped
-        if isinstance(inner, (DistributedDataParallel, nn.DataParallel)):
-            inner = inner.module
-        if inner is model:
-            return model
-        model = inner
 
 
 def _logits(model: Model, x: Tensor) -> Tensor:

@@ -148,6 +148,18 @@ def local_model(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]
     return inner.module if isinstance(inner, DistributedDataParallel) else model
 
 
+def innermost_module(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """The module inside any torch.compile, DistributedDataParallel and DataParallel wrappers:
+    the one that knows what its outputs mean (its probabilities, say)."""
+    while True:
+        inner = getattr(model, "_orig_mod", model)
+        if isinstance(inner, (DistributedDataParallel, nn.DataParallel)):
+            inner = inner.module
+        if inner is model:
+            return model
+        model = inner
+
+
 def logits_of(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``model(x)``, with a clear error for a model that writes into the input being differentiated."""
     try:

@@ -173,7 +173,7 @@ def check_loss(loss: object, batch: int) -> Tensor:
 def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: float) -> Tensor:
     """A float or a per-sample tensor, returned as a tensor that broadcasts against x."""
     relation = "> 0" if positive else ">= 0"
-    largest = _largest_budget(x.dtype, norm)
+    largest, _ = _largest_budget(x.dtype, norm)
     if isinstance(value, Tensor):
         if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != x.shape[0]):
             raise ValueError(
@@ -210,22 +210,20 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: 
 
 
 @functools.lru_cache(maxsize=None)
-def _largest_budget(dtype: torch.dtype, norm: float) -> float:
-    """The largest eps or step size for inputs of ``dtype``: a larger one rounds to inf, or for
-    the L2 ball the square of a step's norm (at most ``(eps + step_size)**2``) overflows the
-    working precision."""
-    largest = torch.finfo(dtype).max
-    if norm == 2:
-        largest = min(largest, math.sqrt(torch.finfo(torch.promote_types(dtype, torch.float32)).max) / 2)
-    return largest
+def _largest_budget(dtype: torch.dtype, norm: float) -> tuple[float, str]:
+    """The largest eps or step size for inputs of ``dtype``, and why no larger one works: it
+    would round to inf, or for the L2 ball the square of a step's norm (at most
+    ``(eps + step_size)**2``) would overflow the working precision."""
+    largest, reason = torch.finfo(dtype).max, f"a larger one rounds to inf in {dtype}"
+    working = torch.promote_types(dtype, torch.float32)
+    l2_limit = math.sqrt(torch.finfo(working).max) / 2
+    if norm == 2 and l2_limit < largest:
+        largest, reason = l2_limit, f"the squared L2 norm of a larger step overflows {working}"
+    return largest, reason
 
 
 def _too_large(name: str, value: object, dtype: torch.dtype, norm: float) -> str:
-    largest = _largest_budget(dtype, norm)
-    if largest == torch.finfo(dtype).max:
-        reason = f"a larger one rounds to inf in {dtype}"
-    else:
-        reason = f"the squared L2 norm of a larger step overflows {torch.promote_types(dtype, torch.float32)}"
+    largest, reason = _largest_budget(dtype, norm)
     return f"{name} must be at most {largest:.4g} for {dtype} inputs ({reason}); got {value}"
 
 

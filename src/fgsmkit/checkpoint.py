@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._atomic import replaced_atomically
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -38,31 +39,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _new_file_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _check_loadable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _new_file_beside(path: Path) -> tuple[int, str]:
-    """A new, uniquely named temporary file in ``path``'s folder, open for writing.
-
-    Created with mode 0666 less the umask, as ``open`` (and ``torch.save``) would create
-    ``path`` itself; ``tempfile.mkstemp`` would make it 0600, hidden from the folder's other users.
-    """
-    while True:
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:  # 64 random bits: practically never
-            continue
+    with replaced_atomically(path) as (handle, name):
+        torch.save(state, handle)
+        handle.flush()
+        _check_loadable(name)
 
 
 def _check_loadable(file: str) -> None:

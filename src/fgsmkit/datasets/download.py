@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+
+from .._atomic import replaced_atomically
 
 _CHUNK = 1 << 20
 
@@ -92,25 +92,17 @@ def fetch(remote: RemoteFiles, filename: str, folder: Path, *, timeout: float) -
 def _fetch_one(url: str, destination: Path, expected: str, timeout: float) -> Path:
     import urllib.request  # imported here: it pulls in http and ssl, which loading never needs
 
-    fd, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            announced = response.headers.get("Content-Length")
-            received = 0
-            while chunk := response.read(_CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                received += len(chunk)
-            # read(n) returns b"" when the connection drops early instead of raising.
-            if announced is not None and announced.isdigit() and received < int(announced):
-                raise ValueError(f"download cut off after {received} of {announced} bytes")
-            out.flush()
-            os.fsync(out.fileno())
+    digest = hashlib.sha256()
+    with replaced_atomically(destination) as (out, _), urllib.request.urlopen(url, timeout=timeout) as response:
+        announced = response.headers.get("Content-Length")
+        received = 0
+        while chunk := response.read(_CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+            received += len(chunk)
+        # read(n) returns b"" when the connection drops early instead of raising.
+        if announced is not None and announced.isdigit() and received < int(announced):
+            raise ValueError(f"download cut off after {received} of {announced} bytes")
         if digest.hexdigest() != expected:
             raise ValueError(f"checksum mismatch (SHA-256 {digest.hexdigest()}, expected {expected})")
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide a shared data folder from its other users
-        os.replace(temporary, destination)
-        return destination
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    return destination

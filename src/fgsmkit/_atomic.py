@@ -1,0 +1,39 @@
+"""Files that are replaced whole or not at all: written beside the target, then renamed over it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path) -> Iterator[tuple[BinaryIO, str]]:
+    """Yield a new file beside ``path``, open for writing, and its name.
+
+    When the block ends normally the file is flushed to disk and renamed over ``path``, so that a
+    process killed at any moment leaves the old file or the new one, never a truncated one. When
+    the block raises (a failed check, say) the new file is removed and ``path`` is untouched. The
+    block may read the file back by name once it has flushed it.
+
+    The file is created with mode 0666 less the umask, as ``open`` would create ``path`` itself
+    (``tempfile.mkstemp``'s 0600 would hide it from the folder's other users).
+    """
+    while True:
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:  # 64 random bits: practically never
+            continue
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle, name
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)

@@ -107,6 +107,9 @@ def test_rbf_detector_loss_is_the_one_vs_rest_bernoulli_likelihood() -> None:
         -(torch.log(1 - p[1, 0]) + torch.log(p[1, 1]) + torch.log(1 - p[1, 2])),
     ])
     torch.testing.assert_close(RBFNetwork.loss(log_probs, y), expected)
+    # Labels of any integer dtype, as for the default loss.
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        assert torch.equal(RBFNetwork.loss(log_probs, y.to(dtype)), RBFNetwork.loss(log_probs, y))
     # Stable where a detector is (numerically) certain.
     assert torch.isfinite(RBFNetwork.loss(torch.tensor([[0.0, -1e-30]]), torch.tensor([0]))).all()
 
@@ -141,6 +144,15 @@ def test_models_reject_the_wrong_number_of_features() -> None:
         MaxoutMLP(max_norm=0)
     with pytest.raises(ValueError, match="pieces must be an int >= 1"):
         Maxout(3, 3, pieces=0)
+    with pytest.raises(ValueError, match="pieces must be an int >= 1"):
+        MaxoutMLP(hidden=(), pieces=0)  # no maxout layer to catch it
+    for bad in (float("nan"), float("inf"), -1.0, "2"):
+        with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
+            MaxoutMLP(max_norm=bad)
+    with pytest.raises(TypeError, match=r"hidden must be a sequence of layer widths, e.g. hidden=\(240,\)"):
+        MaxoutMLP(hidden=240)
+    with pytest.raises(ValueError, match="hidden widths must be an int >= 1; got 0"):
+        MaxoutMLP(hidden=(240, 0))
 
 
 @pytest.mark.parametrize("make", [

@@ -44,7 +44,7 @@ def rbf_detector_loss(log_probs: Tensor, y: Tensor) -> Tensor:
     >>> math.isclose(loss.item(), -math.log(0.9) - math.log(1 - 0.2), rel_tol=1e-6)
     True
     """
-    target = torch.nn.functional.one_hot(y, log_probs.shape[1]).to(torch.bool)
+    target = torch.nn.functional.one_hot(y.long(), log_probs.shape[1]).to(torch.bool)  # any integer dtype
     return -torch.where(target, log_probs, log1mexp(log_probs)).sum(dim=1)
 
 

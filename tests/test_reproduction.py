@@ -161,6 +161,21 @@ def test_without_full_mnist_the_sample_is_used_and_named(monkeypatch: pytest.Mon
         load_splits(PRESETS["smoke"], "full", log=said.append)
 
 
+@pytest.mark.parametrize("train, test, name", [(60_000, 10_000, "full MNIST (60,000 train / 10,000 test)"),
+                                               (1_000, 500, "MNIST files on disk (1,000 train / 500 test;")])
+def test_mnist_on_disk_is_described_by_what_was_found(monkeypatch: pytest.MonkeyPatch, train: int, test: int,
+                                                      name: str) -> None:
+    import fgsmkit.datasets
+
+    def found(root=None, split="train", download=True):
+        count = train if split == "train" else test
+        return torch.zeros(count, 1, 28, 28), torch.zeros(count, dtype=torch.long)
+
+    monkeypatch.setattr(fgsmkit.datasets, "load_mnist", found)
+    splits = load_splits(PRESETS["smoke"], "auto", log=lambda line: None)
+    assert splits.source.startswith(name)
+
+
 def test_report_without_matplotlib_says_how_to_get_figures(tmp_path: Path) -> None:
     from fgsmkit.reproduction import report
 

@@ -41,6 +41,14 @@ def find_full_mnist(download: bool) -> tuple[Pair | None, str]:
         return None, (str(error).splitlines() or [type(error).__name__])[0]
 
 
+def _describe_found(train: int, test: int) -> str:
+    """What :func:`find_full_mnist` found, by its size: a folder of IDX files may hold a subset."""
+    found = f"{train:,} train / {test:,} test"
+    if (train, test) == (60_000, 10_000):
+        return f"full MNIST ({found})"
+    return f"MNIST files on disk ({found}; full MNIST has 60,000 / 10,000)"
+
+
 def embedded_sample() -> Pair:
     from fgsmkit.datasets import mnist_sample
 
@@ -72,7 +80,7 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
     full, reason = find_full_mnist(download) if data in ("auto", "full") else (None, "")
     if full is not None:
         (train_x, train_y), (test_x, test_y) = full
-        source = "full MNIST (60,000 train / 10,000 test)"
+        source = _describe_found(len(train_y), len(test_y))
     elif data == "full":
         raise RuntimeError(f"full MNIST is not available ({reason}); "
                            "pass --download, set $FGSMKIT_DATA, or use --data sample")

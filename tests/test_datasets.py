@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import struct
 
 import numpy as np
@@ -445,6 +446,20 @@ def test_images_and_labels_of_different_lengths_are_refused(tmp_path) -> None:
     write_split(tmp_path, 3, seed=0)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(4, np.uint8))
     with pytest.raises(ValueError, match="do not belong together"):
+        load_mnist(tmp_path, "test", download=False)
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((3, 28, 28), np.uint8), np.array([0.0, 1.7, 9.0], np.float32), "labels must be integers; got float32"),
+    (np.zeros((3, 28, 28), np.uint8), np.array([0, -1, 5], np.int16), r"labels must be digits 0 to 9; got .*\[-1, 5\]"),
+    (np.zeros((3, 28, 28), np.uint8), np.array([0, 10, 5], np.uint8), r"labels must be digits 0 to 9; got .*\[0, 10\]"),
+    (np.zeros((3, 5, 7), np.uint8), np.array([0, 1, 2], np.uint8), r"images must be 8-bit and shaped \(N, 28, 28\)"),
+])
+def test_files_that_are_not_mnist_digits_are_refused_by_name(tmp_path, images, labels, message) -> None:
+    # Before: float labels came back truncated, labels past 9 and 5x7 images came back as they were.
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(ValueError, match=f"MNIST test files in {re.escape(str(tmp_path))}: {message}"):
         load_mnist(tmp_path, "test", download=False)
 
 

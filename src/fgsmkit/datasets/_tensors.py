@@ -7,6 +7,8 @@ import torch
 from torch import Tensor
 
 SPLITS = ("train", "test")
+IMAGE_SHAPE = (28, 28)
+CLASSES = 10
 
 
 def check_split(split: object) -> str:
@@ -16,18 +18,26 @@ def check_split(split: object) -> str:
 
 
 def as_tensors(images: np.ndarray, labels: np.ndarray, origin: str) -> tuple[Tensor, Tensor]:
-    """``(N, H, W)`` uint8 images and ``(N,)`` labels -> float32 ``(N, 1, H, W)`` in [0, 1], int64 ``(N,)``.
+    """MNIST-style arrays, ``(N, 28, 28)`` uint8 images and ``(N,)`` digit labels -> float32
+    ``(N, 1, 28, 28)`` in [0, 1] and int64 ``(N,)``.
 
     New tensors every call: nothing the caller does to them reaches a cached array.
     """
-    if images.dtype != np.uint8 or images.ndim != 3:
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
         raise ValueError(
-            f"{origin}: images must be 8-bit and shaped (N, height, width); got {images.dtype} {images.shape}"
+            f"{origin}: images must be 8-bit and shaped (N, 28, 28); got {images.dtype} {images.shape}"
         )
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise ValueError(
             f"{origin}: {images.shape[0]} images but labels of shape {labels.shape}; "
             "the image and label files do not belong together"
+        )
+    # A float label file would be truncated to integers, and a label past 9 fails much later.
+    if labels.dtype.kind not in "ui":
+        raise ValueError(f"{origin}: labels must be integers; got {labels.dtype}")
+    if labels.size and not (0 <= labels.min() and labels.max() < CLASSES):
+        raise ValueError(
+            f"{origin}: labels must be digits 0 to {CLASSES - 1}; got values in [{labels.min()}, {labels.max()}]"
         )
     x = torch.from_numpy(images).to(torch.float32).div_(255).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))

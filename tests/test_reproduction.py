@@ -85,6 +85,15 @@ def test_tiny_run_reports_every_experiment(smoke_run: tuple[Path, dict]) -> None
             assert 0.0 <= r["ours"] <= 100.0, r
     error_rows = [r for r in report["rows"] if "error" in r["metric"]]
     assert error_rows and all(r["ours"] is not None for r in error_rows)
+    # Section 6 reports FGSM error, confidence and transfer for its 1600-unit network only, and
+    # 89.4% for the 240-unit one: a row that sets such a number beside the other size says so.
+    large_size = report["meta"]["settings"]["large_hidden"][0]
+    for r in report["rows"]:
+        large = f"maxout {large_size}x" in r["experiment"]
+        if r["paper"] in (17.9, 81.4, 19.6, 40.9):
+            assert (r["notes"] == "the paper's number is for its 1600x5 network") != large, r
+        if r["paper"] == 89.4 and r["experiment"].startswith("4."):
+            assert (r["notes"] == "the paper's number is for its 240x5 network") == large, r
     markdown = (out / "report.md").read_text()
     assert "smoke run" in markdown and "embedded MNIST sample" in markdown
     for r in report["rows"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import stat
+import threading
 
 import numpy as np
 import pytest
@@ -47,3 +48,14 @@ def test_state_that_load_checkpoint_could_not_read_is_refused_before_anything_is
         fk.save_checkpoint({"epoch": 2, **unreadable}, path)
     assert fk.load_checkpoint(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("unpicklable", [{"score": lambda x: x}, {"lock": threading.Lock()}])
+def test_state_that_cannot_be_pickled_is_a_type_error_too(tmp_path, unpicklable):
+    # Before: pickle's own AttributeError or TypeError, whose type the docstring did not promise.
+    path = tmp_path / "run.pt"
+    fk.save_checkpoint({"epoch": 1}, path)
+    with pytest.raises(TypeError, match=r"plain data only.*cannot be saved at all"):
+        fk.save_checkpoint({"epoch": 2, **unpicklable}, path)
+    assert fk.load_checkpoint(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]

@@ -40,7 +40,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replaced_atomically(path) as (handle, name):
-        torch.save(state, handle)
+        try:
+            torch.save(state, handle)
+        except (pickle.PicklingError, AttributeError, TypeError) as error:  # what pickle raises, by version
+            raise TypeError(f"{PLAIN_DATA_ONLY}; it holds an object that cannot be saved at all ({error})") from error
         handle.flush()
         _check_loadable(name)
 
@@ -55,10 +58,13 @@ def _check_loadable(file: str) -> None:
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         raise TypeError(
-            "state must hold plain data only (tensors, numbers, strings, lists, dicts, state dicts), which "
-            f"load_checkpoint reads with weights_only=True; it holds {found[1] if found else 'other objects'}. "
+            f"{PLAIN_DATA_ONLY}; it holds {found[1] if found else 'other objects'}. "
             "Convert them first (float(v) for a NumPy scalar, vars(args) for an argparse.Namespace)"
         ) from error
+
+
+PLAIN_DATA_ONLY = ("state must hold plain data only (tensors, numbers, strings, lists, dicts, state dicts), "
+                   "which load_checkpoint reads with weights_only=True")
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

@@ -129,6 +129,19 @@ def test_labels_on_another_device_are_named() -> None:
         fk.fgsm(MODEL, X, Y.to("meta"), eps=0.1)
 
 
+@pytest.mark.parametrize("attack", [
+    lambda y: fk.fgsm(MODEL, X, y, eps=0),
+    lambda y: fk.pgd(MODEL, X, y, eps=0, step_size=0.02, steps=2),
+])
+def test_labels_that_are_not_class_indices_are_refused_at_eps_zero_too(attack) -> None:
+    # eps=0 returns x without running the model; it used to skip the label checks as well.
+    assert torch.equal(attack(Y), X)
+    with pytest.raises(TypeError, match="y must hold integer class indices"):
+        attack(Y.float())
+    with pytest.raises(ValueError, match="y must be a 1-D tensor of class indices"):
+        attack(Y[:, None])
+
+
 def test_errors_leave_nothing_modified() -> None:
     x, y = X.clone(), Y.clone()
     with pytest.raises(ValueError):

@@ -63,6 +63,8 @@ def projected_gradient_ascent(
             "own predictions, and the attack would make it more sure of them"
         )
     if x.shape[0] == 0 or (not isinstance(eps, Tensor) and eps == 0):
+        if y is not None and loss_fn is None:
+            _validation.class_label_range(y)  # their range against the classes would need the model
         return x.clone()
 
     ball = make_ball(norm, x, eps_t, box)

@@ -43,7 +43,8 @@ def fgsm(
         which avoids label leaking.
     eps : float or Tensor
         Size of the perturbation: a float, or a tensor of shape ``(batch,)`` (one per sample).
-        ``eps=0`` returns ``x`` unchanged.
+        ``eps=0`` returns ``x`` unchanged without running the model (the labels' shape, dtype
+        and device are checked, their range against the model's classes is not).
     targeted : bool
         Move towards the classes ``y`` instead of away from them.
     norm : float

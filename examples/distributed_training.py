@@ -6,9 +6,10 @@ Launch one process per CPU core or GPU with torchrun:
     torchrun --standalone --nproc_per_node 2 examples/distributed_training.py --small   # a quick check
 
 Run without torchrun it trains in a single process. The only fgsmkit-specific point: hand the
-*wrapped* model to the criterion, ``criterion(ddp_model, x, y)``. Both of its forward passes then
-go through DistributedDataParallel, and the one ``loss.backward()`` all-reduces the gradients of
-the clean and the adversarial term together.
+*wrapped* model to the criterion, ``criterion(ddp_model, x, y)``. Its adversarial forward goes
+through DistributedDataParallel (its clean forward runs on the inner module: DDP expects one
+forward per backward), and the one ``loss.backward()`` all-reduces the gradients of the clean and
+the adversarial term together.
 """
 
 from __future__ import annotations

@@ -49,10 +49,14 @@ def test_cli_parses_its_options() -> None:
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     args = parser.parse_args(["--quick", "--seed", "3", "--out", "somewhere", "--data", "sample"])
-    assert (args.quick, args.seed, args.out, args.data, args.smoke) == (True, 3, "somewhere", "sample", False)
+    assert (args.quick, args.seed, args.out, args.data, args.smoke) == (True, [3], "somewhere", "sample", False)
     defaults = parser.parse_args([])
     assert (defaults.quick, defaults.seed, defaults.out, defaults.data, defaults.threads) == (
-        False, 0, cli.DEFAULT_OUT, "auto", 1)
+        False, [0], cli.DEFAULT_OUT, "auto", 1)
+    assert parser.parse_args(["--seed", "0,1,2"]).seed == [0, 1, 2]
+    for bad in ("1,1", "one", "0,", ""):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--seed", bad])
     assert parser.parse_args(["--threads", "2"]).threads == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["--threads", "0"])
@@ -117,6 +121,31 @@ def test_same_seed_gives_the_same_numbers(smoke_run: tuple[Path, dict], tmp_path
     _, first = smoke_run
     again = run_in_process(tmp_path / "again")
     assert numbers(again) == numbers(first)
+
+
+def test_several_seeds_give_each_its_own_run_and_a_table_of_the_spread(smoke_run: tuple[Path, dict],
+                                                                        tmp_path: Path) -> None:
+    _, seed_zero = smoke_run
+    assert main([*SMOKE, "--out", str(tmp_path), "--seed", "0,1"]) == 0
+    runs = [json.loads((tmp_path / f"seed-{seed}" / "report.json").read_text()) for seed in (0, 1)]
+    assert numbers(runs[0]) == numbers(seed_zero)  # the same as that seed's run alone
+    assert numbers(runs[1]) != numbers(seed_zero)
+    assert not (tmp_path / "report.json").exists()
+    spread = json.loads((tmp_path / "spread.json").read_text())
+    assert spread["seeds"] == [0, 1] and len(spread["rows"]) == len(seed_zero["rows"])
+    for row, first, second in zip(spread["rows"], *(run["rows"] for run in runs)):
+        assert (row["experiment"], row["metric"], row["paper"]) == (first["experiment"], first["metric"], first["paper"])
+        assert row["ours"] == [first["ours"], second["ours"]]
+        known = [value for value in row["ours"] if value is not None]
+        if known:
+            assert (row["min"], row["max"]) == (min(known), max(known))
+            assert row["mean"] == pytest.approx(sum(known) / len(known), abs=1e-4)
+    markdown = (tmp_path / "spread.md").read_text()
+    assert "| seed 0 | seed 1 | mean | min-max | notes |" in markdown and "--seed 0,1" in markdown
+    borrowed = [row for row in spread["rows"] if row["paper"] == 17.9]
+    assert borrowed and all(row["notes"] == first["notes"] for row, first in zip(
+        borrowed, [r for r in seed_zero["rows"] if r["paper"] == 17.9]))
+    assert all(row["metric"] in markdown for row in spread["rows"])
 
 
 def test_the_seed_changes_the_training(tmp_path: Path) -> None:

@@ -3,10 +3,11 @@
 Examples
 --------
 A two-minute check that everything runs, then the full run (about half an hour on two CPU
-cores with the embedded MNIST sample)::
+cores with the embedded MNIST sample), then three seeds and the spread of every number::
 
     fgsmkit reproduce --quick
     fgsmkit reproduce --out runs/full --seed 0
+    fgsmkit reproduce --out runs/seeds --seed 0,1,2
 
 An interrupted run, started again with the same arguments, resumes from its checkpoints.
 """
@@ -20,12 +21,13 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from . import experiments, figures, report
-from .data import load_splits
+from .data import Splits, load_splits
 from .settings import PRESETS, Settings
 
 DEFAULT_OUT = os.path.join("fgsmkit-runs", "reproduce")
@@ -35,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``fgsmkit reproduce`` to ``parser``."""
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"folder for checkpoints, report.md, report.json and figures (default: {DEFAULT_OUT})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    parser.add_argument("--seed", type=seed_list, default=[0], metavar="SEED[,SEED...]",
+                        help="seed of every random choice (default: 0); several, separated by commas, run "
+                             "once each into DIR/seed-N, and spread.md gives every number's range over them")
     parser.add_argument("--quick", action="store_true",
                         help="small data and few epochs: checks in about two minutes that everything runs")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' tiny run
@@ -54,6 +58,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seed``: one seed, or several separated by commas."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be integers separated by commas; got {text!r}") from None
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"names a seed twice: {text!r}")
+    return seeds
+
+
 def settings_for(args: argparse.Namespace) -> Settings:
     if args.smoke:
         return PRESETS["smoke"]
@@ -61,7 +76,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["fgsmkit reproduce", f"--out {shlex.quote(str(args.out))}", f"--seed {args.seed}"]
+    parts = ["fgsmkit reproduce", f"--out {shlex.quote(str(args.out))}", f"--seed {','.join(map(str, args.seed))}"]
     parts += [flag for flag, on in (("--quick", args.quick), ("--smoke", args.smoke),
                                     ("--download", args.download)) if on]
     if args.data != "auto":
@@ -98,10 +113,26 @@ def _run(args: argparse.Namespace) -> int:
     if settings.name != "full":
         log(f"{settings.name.upper()} RUN: small data and few epochs; the numbers are not a reproduction")
     splits = load_splits(settings, args.data, args.download, log)
-    lab = experiments.Lab(settings, splits, args.seed, out / "checkpoints", log)
-    meta = {"command": command_line(args), "seed": args.seed, "data": splits.describe(), "machine": machine(),
+    meta = {"command": command_line(args), "seed": args.seed[0], "data": splits.describe(), "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_time": "", "settings": settings.as_dict()}
+    if len(args.seed) == 1:
+        _run_seed(settings, splits, meta, out, started, log)
+        return 0
+    runs = {}
+    for seed in args.seed:
+        log(f"\n==== seed {seed}: {out / f'seed-{seed}'}")
+        runs[seed] = _run_seed(settings, splits, dict(meta, seed=seed), out / f"seed-{seed}", started, log)
+    wall_time = f"{(time.perf_counter() - started) / 60:.1f} min for this invocation, all seeds"
+    markdown, data = report.write_spread(out, dict(meta, seed=args.seed, wall_time=wall_time), runs)
+    log(f"\nspread over seeds {', '.join(map(str, args.seed))}: {markdown} and {data}")
+    return 0
+
+
+def _run_seed(settings: Settings, splits: Splits, meta: dict, out: Path, started: float,
+              log: Callable[[str], None]) -> list[experiments.Row]:
+    """Every experiment with one seed, each result printed as it comes; writes the report into ``out``."""
+    lab = experiments.Lab(settings, splits, meta["seed"], out / "checkpoints", log)
     rows: list[experiments.Row] = []
     for experiment in experiments.EXPERIMENTS:
         title = (experiment.__doc__ or experiment.__name__).splitlines()[0]
@@ -120,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     meta["wall_time"] = _wall_time(started, lab)
     markdown, data = report.write_report(out, meta, settings.notes, rows, names)
     log(f"\nreport: {markdown} and {data} ({meta['wall_time']})")
-    return 0
+    return rows
 
 
 def experiment_number(r: experiments.Row) -> int:

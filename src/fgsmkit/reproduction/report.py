@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,58 @@ def write_report(out: str | os.PathLike[str], meta: dict[str, Any], notes: Seque
     _write_text(markdown, "\n".join(lines) + "\n")
     _write_text(data, json.dumps({"meta": meta, "notes": list(notes), "rows": list(rows),
                                   "figures": None if figures is None else list(figures)}, indent=2) + "\n")
+    return markdown, data
+
+
+def write_spread(out: str | os.PathLike[str], meta: dict[str, Any], runs: Mapping[int, Sequence[Row]]) -> tuple[Path, Path]:
+    """Write ``spread.md`` and ``spread.json``: every row's number for each seed, their mean and range.
+
+    Parameters
+    ----------
+    out : path-like
+        The folder that holds the seeds' own runs (``seed-N``).
+    meta : dict
+        As for :func:`write_report`, with ``seed`` the list of seeds.
+    runs : mapping
+        Each seed's rows, as :func:`write_report` got them; every seed has the same rows.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = list(runs)
+    spread = []
+    for rows in zip(*runs.values()):
+        first = rows[0]
+        if any((r["experiment"], r["metric"]) != (first["experiment"], first["metric"]) for r in rows):
+            raise ValueError(f"the seeds' reports list different rows: {[r['metric'] for r in rows]}")
+        values = [r["ours"] for r in rows]
+        known = [v for v in values if v is not None]
+        shared_notes = first["notes"] if all(r["notes"] == first["notes"] for r in rows) else ""  # not "kept epoch N"
+        spread.append({"experiment": first["experiment"], "metric": first["metric"], "paper": first["paper"],
+                       "ours": values, "mean": round(sum(known) / len(known), 4) if known else None,
+                       "min": min(known, default=None), "max": max(known, default=None), "notes": shared_notes})
+    lines = [f"# Reproduction of Goodfellow, Shlens & Szegedy (2015), {meta['settings']['name']} run, "
+             f"{len(seeds)} seeds", "",
+             "| | |", "| --- | --- |",
+             f"| command | `{meta['command']}` |",
+             f"| data | {meta['data']} |",
+             f"| machine | {meta['machine']} |",
+             f"| date | {meta['date']} |",
+             f"| wall time | {meta['wall_time']} |",
+             "",
+             "Each seed's full report, notes and figures: `seed-N/report.md`. The seed sets every random "
+             "draw (initialisation, batch order, dropout, noise, the rubbish inputs); the data and its "
+             "splits are the same for every seed. Percentages throughout.",
+             "",
+             "| experiment | metric | paper | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | min-max | notes |",
+             "| --- | --- | ---: | " + " | ".join("---:" for _ in seeds) + " | ---: | ---: | --- |"]
+    for r in spread:
+        spread_of = "-" if r["min"] is None else f"{r['min']:.2f}-{r['max']:.2f}%"
+        lines.append(f"| {r['experiment']} | {r['metric']} | {format_value(r['paper'], paper=True)} | "
+                     + " | ".join(format_value(v) for v in r["ours"])
+                     + f" | {format_value(r['mean'])} | {spread_of} | {r['notes']} |")
+    markdown, data = out / "spread.md", out / "spread.json"
+    _write_text(markdown, "\n".join(lines) + "\n")
+    _write_text(data, json.dumps({"meta": meta, "seeds": seeds, "rows": spread}, indent=2) + "\n")
     return markdown, data
 
 

@@ -225,3 +225,14 @@ def test_report_without_matplotlib_says_how_to_get_figures(tmp_path: Path) -> No
     assert 'pip install "fgsmkit[figures]"' in text and "quick run" in text
     assert "| 1. softmax regression | FGSM error | 99.9% | 98.77% |" in text
     assert json.loads(data.read_text())["rows"][0]["ours"] == 98.7654
+
+
+def test_the_spread_refuses_seeds_whose_reports_list_different_rows(tmp_path: Path) -> None:
+    from fgsmkit.reproduction import report
+
+    meta = {"command": "c", "data": "d", "machine": "m", "date": "t", "wall_time": "w", "settings": {"name": "full"}}
+    one, two = (experiments.row("1. softmax regression", metric, 99.9, 50.0) for metric in ("FGSM error", "other"))
+    with pytest.raises(ValueError, match="list different rows"):
+        report.write_spread(tmp_path, meta, {0: [one, two], 1: [one]})  # zip alone would drop "other"
+    with pytest.raises(ValueError, match="list different rows"):
+        report.write_spread(tmp_path, meta, {0: [one], 1: [two]})

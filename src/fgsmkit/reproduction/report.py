@@ -101,11 +101,12 @@ def write_spread(out: str | os.PathLike[str], meta: dict[str, Any], runs: Mappin
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(runs)
+    listed = {tuple((r["experiment"], r["metric"]) for r in rows) for rows in runs.values()}
+    if len(listed) > 1:
+        raise ValueError(f"the seeds' reports list different rows: {sorted(map(len, listed))} rows")
     spread = []
     for rows in zip(*runs.values()):
         first = rows[0]
-        if any((r["experiment"], r["metric"]) != (first["experiment"], first["metric"]) for r in rows):
-            raise ValueError(f"the seeds' reports list different rows: {[r['metric'] for r in rows]}")
         values = [r["ours"] for r in rows]
         known = [v for v in values if v is not None]
         shared_notes = first["notes"] if all(r["notes"] == first["notes"] for r in rows) else ""  # not "kept epoch N"

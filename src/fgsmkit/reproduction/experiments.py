@@ -190,15 +190,15 @@ def _adversarial_training(lab: Lab, size: int, base: str, paper_plain: float, pa
     robust = attacked(lab.model(base + "-adversarial"), d.test_x, d.test_y, s.eps)
     kept = f"kept epoch {lab.trained[base + '-adversarial'].best_epoch}"
     name = f"4. adversarial training, maxout {size}x{s.pieces}"
+    borrowed = "" if large else FROM_LARGE
     return [
         row(name, "clean test error, plain training", paper_plain, pct(plain.clean_error),
             f"kept epoch {lab.trained[base].best_epoch}"),
         row(name, "clean test error, adversarial training", paper_adv, pct(robust.clean_error), kept),
         row(name, "FGSM error, plain training", 89.4, pct(plain.adversarial_error), FROM_ORIGINAL if large else ""),
-        row(name, "FGSM error, adversarial training", 17.9, pct(robust.adversarial_error),
-            "" if large else FROM_LARGE),
+        row(name, "FGSM error, adversarial training", 17.9, pct(robust.adversarial_error), borrowed),
         row(name, "confidence on FGSM mistakes, adversarial training", 81.4,
-            pct(robust.confidence_on_adversarial_mistakes), "" if large else FROM_LARGE),
+            pct(robust.confidence_on_adversarial_mistakes), borrowed),
     ]
 
 
@@ -219,11 +219,12 @@ def _transfer(lab: Lab, size: int, base: str, *, large: bool) -> list[Row]:
     from_plain = attacked(plain, d.test_x, d.test_y, s.eps).examples
     from_robust = attacked(robust, d.test_x, d.test_y, s.eps).examples
     name = f"5. transfer, maxout {size}x{s.pieces}"
+    borrowed = "" if large else FROM_LARGE
     return [
         row(name, "plain model's examples, adversarially trained model's error", 19.6,
-            pct(evaluation.error_rate(robust, from_plain, d.test_y, eval_mode=True)), "" if large else FROM_LARGE),
+            pct(evaluation.error_rate(robust, from_plain, d.test_y, eval_mode=True)), borrowed),
         row(name, "adversarially trained model's examples, plain model's error", 40.9,
-            pct(evaluation.error_rate(plain, from_robust, d.test_y, eval_mode=True)), "" if large else FROM_LARGE),
+            pct(evaluation.error_rate(plain, from_robust, d.test_y, eval_mode=True)), borrowed),
     ]
 
 

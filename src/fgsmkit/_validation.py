@@ -6,7 +6,6 @@ which stays free of checks. Each message names the argument and says how to fix 
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -209,17 +208,24 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: 
     return values.to(x.dtype).reshape(shape)
 
 
-@functools.lru_cache(maxsize=None)
+# A dict rather than functools.lru_cache: torch.compile warns about every lru_cache it traces
+# through ("silent incorrectness is a potential risk"), in the user's compiled training step.
+_BUDGET_LIMITS: dict[tuple[torch.dtype, float], tuple[float, str]] = {}
+
+
 def _largest_budget(dtype: torch.dtype, norm: float) -> tuple[float, str]:
     """The largest eps or step size for inputs of ``dtype``, and why no larger one works: it
     would round to inf, or for the L2 ball the square of a step's norm (at most
     ``(eps + step_size)**2``) would overflow the working precision."""
-    largest, reason = torch.finfo(dtype).max, f"a larger one rounds to inf in {dtype}"
-    working = torch.promote_types(dtype, torch.float32)
-    l2_limit = math.sqrt(torch.finfo(working).max) / 2
-    if norm == 2 and l2_limit < largest:
-        largest, reason = l2_limit, f"the squared L2 norm of a larger step overflows {working}"
-    return largest, reason
+    key = (dtype, norm)
+    if key not in _BUDGET_LIMITS:
+        largest, reason = torch.finfo(dtype).max, f"a larger one rounds to inf in {dtype}"
+        working = torch.promote_types(dtype, torch.float32)
+        l2_limit = math.sqrt(torch.finfo(working).max) / 2
+        if norm == 2 and l2_limit < largest:
+            largest, reason = l2_limit, f"the squared L2 norm of a larger step overflows {working}"
+        _BUDGET_LIMITS[key] = largest, reason
+    return _BUDGET_LIMITS[key]
 
 
 def _too_large(name: str, value: object, dtype: torch.dtype, norm: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -23,7 +24,8 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     code = main(["bench", "--quick", "--workloads", "maxout-128", "--repeats", "2", "--fast-repeats", "2", "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| ratio | wall, of medians | CPU, of medians | CPU, median of per-round ratios |" in printed
+    assert ("| ratio | wall, of medians | CPU, of medians | wall, median of per-round ratios "
+            "| CPU, median of per-round ratios |") in printed
     assert f"wrote {out}" in printed
 
     document = json.loads(out.read_text())
@@ -72,15 +74,33 @@ def test_bad_options_are_refused(capsys, tmp_path):
         main(["bench", "--quick", "--backends", "cuda_graph", "--workloads", "maxout-128"])
 
 
-def test_contenders_are_interleaved_round_robin():
+def test_contenders_are_interleaved_in_a_fresh_random_order_each_round():
     calls: list[str] = []
-    runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    timings = timing.interleaved(runs, torch.device("cpu"), repeats=3, warmup=1)
-    assert calls[:3] == ["a", "b", "c"]  # the warm-up round
-    rounds = [calls[3:6], calls[6:9], calls[9:12]]
-    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
-    assert len({r[0] for r in rounds}) == 3  # each contender leads one round
-    assert all(len(t.wall) == len(t.cpu) == 3 for t in timings.values())
+    runs = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    timings = timing.interleaved(runs, torch.device("cpu"), repeats=60, warmup=1)
+    assert calls[:4] == ["a", "b", "c", "d"]  # the warm-up round
+    rounds = [calls[i:i + 4] for i in range(4, len(calls), 4)]
+    assert len(rounds) == 60 and all(sorted(r) == ["a", "b", "c", "d"] for r in rounds)
+    assert all(len(t.wall) == len(t.cpu) == 60 for t in timings.values())
+    # No contender always runs right after the same one (whose caches it would inherit): over the
+    # rounds each is preceded by each other one about equally often, within and across rounds.
+    timed = calls[4:]
+    followed = Counter(zip(timed, timed[1:]))
+    for before in "abcd":
+        for after in "abcd":
+            if before != after:
+                assert 10 <= followed[before, after] <= 30, followed
+    # The orders come from a seed: the same seed repeats the run exactly.
+    again: list[str] = []
+    timing.interleaved({name: (lambda name=name: again.append(name)) for name in "abcd"},
+                       torch.device("cpu"), repeats=60, warmup=1)
+    assert again == calls
+
+
+def test_peak_memory_is_the_median_of_several_calls(monkeypatch):
+    readings = iter([3, 100, 5, 4, 1])  # one outlier call
+    monkeypatch.setattr(timing, "_peak_of_one_call", lambda run, device: next(readings))
+    assert timing.peak_memory(lambda: None, torch.device("cpu")) == 4
 
 
 def test_ratios_are_ratios_of_medians_and_medians_of_paired_ratios():

@@ -121,10 +121,10 @@ def table(result: WorkloadResult) -> str:
         diff = result.agreement.get(attack, {}).get(contender)
         lines.append(f"| {attack} | {contender} | {_ms(timing.median('wall'))} | {_ms(timing.median('cpu'))} "
                      f"| {_mib(timing.peak_memory)} | {_diff(diff)} |")
-    lines += ["", "| ratio | wall, of medians | CPU, of medians | CPU, median of per-round ratios |",
-              "|---|---:|---:|---:|"]
+    lines += ["", "| ratio | wall, of medians | CPU, of medians | wall, median of per-round ratios "
+              "| CPU, median of per-round ratios |", "|---|---:|---:|---:|---:|"]
     for description, values in result.ratios().items():
-        cells = (values.get(k) for k in ("wall", "cpu", "paired_cpu"))
+        cells = (values.get(k) for k in ("wall", "cpu", "paired_wall", "paired_cpu"))
         lines.append(f"| {description} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
     if result.adversarial_loss_bit_identical is not None:
         verdict = "yes" if result.adversarial_loss_bit_identical else "NO"

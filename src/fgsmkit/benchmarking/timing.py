@@ -1,14 +1,18 @@
 """Interleaved timing and peak memory.
 
-Every repeat runs each contender once, in an order that rotates from repeat to repeat, so that
-drift on a shared machine (other jobs, clock changes) hits all contenders alike; the median over
-repeats is reported. Peak memory is measured in a separate, untimed call per contender.
+Every repeat runs each contender once, so that drift on a shared machine (other jobs, clock
+changes) hits all contenders alike, in a fresh random order each repeat: a contender that always
+ran right after the same other one would inherit its caches every time (fgsmkit's FGSM, run right
+after a training step on another copy of the model, read about 3% slower against the hand-written
+call, which always ran right after it on warm caches). The median over repeats is reported.
+Peak memory is the median over a few separate, untimed calls per contender.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -45,8 +49,9 @@ def synchronize(device: torch.device) -> None:
 
 
 def interleaved(runs: Mapping[str, Run], device: torch.device, repeats: int, warmup: int,
-                group: str = "") -> dict[str, Timing]:
-    """Time each run ``repeats`` times after ``warmup`` untimed rounds, interleaved round-robin.
+                group: str = "", seed: int = 0) -> dict[str, Timing]:
+    """Time each run ``repeats`` times after ``warmup`` untimed rounds, each round in a new random
+    order (drawn from ``seed``, so that a benchmark run can be repeated exactly).
 
     Sample ``i`` of every run comes from round ``i``, so that ratios can be taken round by round.
     """
@@ -56,9 +61,9 @@ def interleaved(runs: Mapping[str, Run], device: torch.device, repeats: int, war
         for name in names:
             runs[name]()
     synchronize(device)
-    for repeat in range(repeats):
-        shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
+    orders = random.Random(seed)
+    for _ in range(repeats):
+        for name in orders.sample(names, len(names)):
             synchronize(device)
             wall, cpu = time.perf_counter(), time.process_time()
             runs[name]()
@@ -68,12 +73,19 @@ def interleaved(runs: Mapping[str, Run], device: torch.device, repeats: int, war
     return timings
 
 
-def peak_memory(run: Run, device: torch.device) -> int | None:
-    """Bytes a call of ``run`` adds at its peak: CUDA max allocated, or the CPU resident set.
+def peak_memory(run: Run, device: torch.device, calls: int = 5) -> int | None:
+    """Bytes a call of ``run`` adds at its peak, the median over ``calls`` calls: CUDA max
+    allocated, or the CPU resident set.
 
     On CPU the kernel's high-water mark (``VmHWM``) is reset through ``/proc/self/clear_refs``;
-    where that is unavailable (not Linux) the result is None.
+    where that is unavailable (not Linux) the result is None. The resident set of identical calls
+    varies by a few MiB (the allocator's mmap threshold adapts), hence the median.
     """
+    peaks = [_peak_of_one_call(run, device) for _ in range(calls)]
+    return None if None in peaks else int(statistics.median(peaks))  # type: ignore[type-var]
+
+
+def _peak_of_one_call(run: Run, device: torch.device) -> int | None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

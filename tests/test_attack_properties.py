@@ -17,16 +17,16 @@ from _support import assert_same_state, small_mlp, state_of
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ATTACKS = {
-    "fgsm": lambda model, x, y, eps, step, norm, targeted, clip, g: fk.fgsm(
-        model, x, y, eps=eps, norm=norm, targeted=targeted, clip=clip),
-    "iterative_fgsm": lambda model, x, y, eps, step, norm, targeted, clip, g: fk.iterative_fgsm(
-        model, x, y, eps=eps, step_size=step, steps=4, targeted=targeted, clip=clip),
-    "pgd": lambda model, x, y, eps, step, norm, targeted, clip, g: fk.pgd(
+    "fgsm": lambda model, x, y, eps, step, norm, targeted, clip, g, **extra: fk.fgsm(
+        model, x, y, eps=eps, norm=norm, targeted=targeted, clip=clip, **extra),
+    "iterative_fgsm": lambda model, x, y, eps, step, norm, targeted, clip, g, **extra: fk.iterative_fgsm(
+        model, x, y, eps=eps, step_size=step, steps=4, targeted=targeted, clip=clip, **extra),
+    "pgd": lambda model, x, y, eps, step, norm, targeted, clip, g, **extra: fk.pgd(
         model, x, y, eps=eps, step_size=step, steps=4, norm=norm, targeted=targeted, clip=clip,
-        generator=g),
-    "pgd_restarts": lambda model, x, y, eps, step, norm, targeted, clip, g: fk.pgd(
+        generator=g, **extra),
+    "pgd_restarts": lambda model, x, y, eps, step, norm, targeted, clip, g, **extra: fk.pgd(
         model, x, y, eps=eps, step_size=step, steps=2, norm=norm, restarts=3, targeted=targeted,
-        clip=clip, generator=g),
+        clip=clip, generator=g, **extra),
 }
 NORMS = {"fgsm": (math.inf, 2.0), "iterative_fgsm": (math.inf,), "pgd": (math.inf, 2.0), "pgd_restarts": (math.inf, 2.0)}
 
@@ -65,11 +65,23 @@ def default_step(case: dict) -> float:
     return float(eps.max() if isinstance(eps, torch.Tensor) else eps) / 3 + 1e-3
 
 
-def run(case: dict, step: float | None = None) -> torch.Tensor:
+def run(case: dict, step: float | None = None, **extra) -> torch.Tensor:
     generator = torch.Generator(device=case["device"]).manual_seed(case["seed"])
     step = default_step(case) if step is None else step
     return ATTACKS[case["name"]](case["model"], case["x"], case["y"], case["eps"], step, case["norm"],
-                                 case["targeted"], case["clip"], generator)
+                                 case["targeted"], case["clip"], generator, **extra)
+
+
+def stateful_net(case: dict) -> nn.Module:
+    """A network with state an attack could disturb: BatchNorm statistics, dropout, a frozen
+    parameter; in train or eval mode."""
+    torch.manual_seed(case["seed"])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Dropout(0.25), nn.Tanh(),
+                          nn.Linear(8, 4)).to(device=case["device"], dtype=case["dtype"])
+    model[1].bias.requires_grad_(False)
+    # BatchNorm cannot normalise a batch of one in train mode.
+    model.train(case["seed"] % 2 == 0 and case["x"].shape[0] > 1)
+    return model
 
 
 def eps_per_sample(case: dict) -> torch.Tensor:
@@ -101,16 +113,16 @@ def test_perturbation_stays_in_the_ball_and_the_box(case: dict) -> None:
 
 
 @SETTINGS
-@given(attack_cases())
-def test_result_is_a_new_detached_tensor_like_x_and_nothing_is_modified(case: dict) -> None:
-    model, x, y = case["model"], case["x"], case["y"]
-    model.train(case["seed"] % 2 == 0)
+@given(attack_cases(), st.booleans())
+def test_result_is_a_new_detached_tensor_like_x_and_nothing_is_modified(case: dict, eval_mode: bool) -> None:
+    case["model"] = model = stateful_net(case)
+    x, y = case["x"], case["y"]
     for p in list(model.parameters())[:1]:
         p.grad = torch.full_like(p, 3.0)  # a stale gradient the attack must leave alone
     x_before, y_before = x.clone(), y.clone()
     eps_before = case["eps"].clone() if isinstance(case["eps"], torch.Tensor) else case["eps"]
     before = state_of(model)
-    x_adv = run(case)
+    x_adv = run(case, eval_mode=eval_mode)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
     assert not x_adv.requires_grad and x_adv.grad_fn is None
     assert x_adv.data_ptr() != x.data_ptr()
@@ -122,10 +134,20 @@ def test_result_is_a_new_detached_tensor_like_x_and_nothing_is_modified(case: di
 
 @SETTINGS
 @given(attack_cases())
+def test_attacking_in_eval_mode_equals_attacking_a_model_put_in_eval_mode(case: dict) -> None:
+    case["model"] = stateful_net(case)
+    asked = run(case, eval_mode=True)
+    case["model"].eval()
+    assert torch.equal(asked, run(case))
+
+
+@SETTINGS
+@given(attack_cases())
 def test_eps_zero_returns_x_exactly(case: dict) -> None:
     case = {**case, "eps": 0.0 if not isinstance(case["eps"], torch.Tensor) else torch.zeros_like(case["eps"])}
     case["name"] = "pgd" if case["name"] == "pgd_restarts" else case["name"]
-    assert torch.equal(run(case), case["x"])
+    x_adv = run(case)
+    assert torch.equal(x_adv, case["x"]) and x_adv.data_ptr() != case["x"].data_ptr()
 
 
 @SETTINGS
@@ -216,6 +238,66 @@ def test_restarts_never_weaken_pgd(targeted: bool, norm: float) -> None:
     better = loss_five[same] <= loss_one[same] if targeted else loss_five[same] >= loss_one[same]
     assert better.all()
     assert not torch.equal(one, five)  # the later restarts did find something in some samples
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+def test_restarts_keep_each_samples_strongest_restart(targeted: bool, norm: float) -> None:
+    """Per sample: a restart that fools the model beats one that does not, then the highest loss
+    (the lowest, targeted). Five single runs sharing one generator start where the restarts do."""
+    model = small_mlp(12, 4, seed=3)
+    x = torch.rand(64, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(1))
+    kwargs = dict(eps=0.15 if norm == math.inf else 0.6, step_size=0.05, steps=3, norm=norm, targeted=targeted)
+    shared = torch.Generator().manual_seed(7)
+    singles = torch.stack([fk.pgd(model, x, y, generator=shared, **kwargs) for _ in range(5)])
+    combined = fk.pgd(model, x, y, restarts=5, generator=torch.Generator().manual_seed(7), **kwargs)
+    with torch.no_grad():
+        logits = model(singles.flatten(0, 1)).view(5, 64, -1)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(5), reduction="none").view(5, 64)
+    predicted = logits.argmax(-1)
+    fooled = predicted == y if targeted else predicted != y
+    score = fooled.double() * 1e6 + (-loss if targeted else loss)  # fooling first, then the loss
+    strongest = singles[score.argmax(0), torch.arange(64)]
+    assert torch.equal(combined, strongest)
+    assert len(set(score.argmax(0).tolist())) > 1  # the winners come from different restarts
+
+
+class Constant(nn.Module):
+    """Logits that do not depend on the input: PGD stays where its random start put it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 4, dtype=x.dtype)
+
+
+def random_starts(norm: float, eps: torch.Tensor, batch: int, features: int) -> torch.Tensor:
+    x = torch.full((batch, features), 0.5, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="input gradient is zero"):
+        start = fk.pgd(Constant(), x, torch.zeros(batch, dtype=torch.long), eps=eps, step_size=0.01, steps=1,
+                       norm=norm, clip=None, generator=torch.Generator().manual_seed(0))
+    return start - x
+
+
+def test_linf_random_start_is_uniform_in_each_samples_own_ball() -> None:
+    eps = torch.tensor([0.1, 0.3], dtype=torch.float64).repeat(1000)
+    delta = random_starts(math.inf, eps, 2000, 12) / eps[:, None]  # uniform on [-1, 1] if right
+    assert delta.abs().max() <= 1 and delta.min() < -0.99 and delta.max() > 0.99
+    assert abs(delta.mean()) < 0.01
+    for low, high in ((-1, -0.5), (-0.5, 0), (0, 0.5), (0.5, 1)):  # each quarter holds a quarter
+        assert abs(((delta >= low) & (delta < high)).double().mean() - 0.25) < 0.01
+    assert (delta.abs() == 1).double().mean() < 1e-3  # not piled up on the sides by a projection
+
+
+def test_l2_random_start_is_uniform_in_each_samples_own_ball() -> None:
+    eps = torch.tensor([0.2, 0.6], dtype=torch.float64).repeat(2000)
+    delta = random_starts(2.0, eps, 4000, 12)
+    radius = delta.norm(dim=1) / eps  # uniform in volume: P(radius <= r) = r**12
+    assert radius.max() <= 1 + 1e-12
+    for r in (0.8, 0.9, 0.95):
+        assert abs((radius <= r).double().mean() - r**12) < 0.03
+    assert (radius > 1 - 1e-9).double().mean() < 1e-3
+    direction = delta / delta.norm(dim=1, keepdim=True)
+    assert direction.mean(0).abs().max() < 0.03  # no preferred direction
 
 
 def test_attacks_run_on_the_device_of_x(device: str) -> None:

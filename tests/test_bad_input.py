@@ -102,7 +102,9 @@ def test_restarts_need_class_indices_to_compare_restarts() -> None:
     soft_cross_entropy = lambda logits, targets: -(targets * logits.log_softmax(1)).sum(1)  # noqa: E731
     one_hot = nn.functional.one_hot(Y, 4).float()
     args = dict(eps=0.1, step_size=0.02, steps=2, loss_fn=soft_cross_entropy)
-    assert fk.pgd(MODEL, X, one_hot, **args).shape == X.shape  # one walk needs no comparison
+    x_adv = fk.pgd(MODEL, X, one_hot, random_start=False, **args)  # one walk needs no comparison
+    with torch.no_grad():
+        assert (soft_cross_entropy(MODEL(x_adv), one_hot) > soft_cross_entropy(MODEL(X), one_hot)).all()
     with pytest.raises(ValueError, match=r"needs y to hold class indices of shape \(4,\); got shape \(4, 4\)"):
         fk.pgd(MODEL, X, one_hot, restarts=2, **args)
 

@@ -131,6 +131,11 @@ def test_rubbish_rate_of_a_constant_model() -> None:
     assert rubbish_rate(three_to_one, 50, (1, 4, 4)) == (1.0, pytest.approx(0.75))
     rate, confidence = rubbish_rate(three_to_one, 50, 16, threshold=0.8)
     assert rate == 0.0 and math.isnan(confidence)
+    # "Classified with confidence above the threshold": exactly at it does not count.
+    undecided = lambda v: torch.zeros(v.shape[0], 2)  # noqa: E731  (p = 0.5 for both classes)
+    rate, confidence = rubbish_rate(undecided, 50, 16, threshold=0.5)
+    assert rate == 0.0 and math.isnan(confidence)
+    assert rubbish_rate(undecided, 50, 16, threshold=0.49)[0] == 1.0
 
 
 def test_rubbish_rate_draws_standard_normal_inputs_of_the_given_shape() -> None:
@@ -237,6 +242,10 @@ def test_eval_mode_switches_dropout_off_for_the_call() -> None:
     net.train()
     assert error_rate(net, x, y, eval_mode=True, batch_size=50) == 0.0
     assert error_rate(net, x, y, batch_size=50) > 0.0  # dropout and batch statistics in train mode
+    # The same for evaluate_attack, whose attack here leaves x as it is.
+    unchanged = lambda model, x, y: x.clone()  # noqa: E731
+    assert evaluate_attack(net, unchanged, x, y, eval_mode=True, batch_size=50).clean_error == 0.0
+    assert evaluate_attack(net, unchanged, x, y, batch_size=50).clean_error > 0.0
 
 
 def test_inputs_are_not_modified() -> None:

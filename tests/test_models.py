@@ -48,7 +48,11 @@ def test_every_parameter_gets_a_gradient_and_attacks_work(name: str) -> None:
     loss_fn = RBFNetwork.loss if name == "rbf" else None
     fk.AdversarialLoss(loss_fn=loss_fn)(model, x, y).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    assert fk.fgsm(model.eval(), x, y, eps=0.1, loss_fn=loss_fn).shape == x.shape
+    # A small step along the gradient's sign raises every sample's loss.
+    x_adv = fk.fgsm(model.eval(), x, y, eps=0.01, loss_fn=loss_fn)
+    per_sample_loss = loss_fn or fk.gradient.cross_entropy
+    with torch.no_grad():
+        assert (per_sample_loss(model(x_adv), y) > per_sample_loss(model(x), y)).all()
 
 
 def test_maxout_is_the_max_over_its_affine_pieces() -> None:

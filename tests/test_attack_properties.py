@@ -24,11 +24,15 @@ ATTACKS = {
     "pgd": lambda model, x, y, eps, step, norm, targeted, clip, g, **extra: fk.pgd(
         model, x, y, eps=eps, step_size=step, steps=4, norm=norm, targeted=targeted, clip=clip,
         generator=g, **extra),
+    "pgd_from_x": lambda model, x, y, eps, step, norm, targeted, clip, g, **extra: fk.pgd(
+        model, x, y, eps=eps, step_size=step, steps=4, norm=norm, random_start=False, targeted=targeted,
+        clip=clip, **extra),
     "pgd_restarts": lambda model, x, y, eps, step, norm, targeted, clip, g, **extra: fk.pgd(
         model, x, y, eps=eps, step_size=step, steps=2, norm=norm, restarts=3, targeted=targeted,
         clip=clip, generator=g, **extra),
 }
-NORMS = {"fgsm": (math.inf, 2.0), "iterative_fgsm": (math.inf,), "pgd": (math.inf, 2.0), "pgd_restarts": (math.inf, 2.0)}
+NORMS = {"fgsm": (math.inf, 2.0), "iterative_fgsm": (math.inf,), "pgd": (math.inf, 2.0), "pgd_from_x": (math.inf, 2.0),
+         "pgd_restarts": (math.inf, 2.0)}
 
 
 @st.composite
@@ -164,7 +168,7 @@ def test_scalar_eps_equals_the_same_eps_per_sample(case: dict) -> None:
 @given(attack_cases())
 def test_attacking_a_batch_equals_attacking_each_sample_alone(case: dict) -> None:
     if case["name"].startswith("pgd"):  # random starts are drawn for the whole batch at once
-        case = {**case, "name": "iterative_fgsm"}
+        case = {**case, "name": "pgd_from_x"}
     case = {**case, "dtype": torch.float64, "x": case["x"].double(), "model": case["model"].double(),
             "y": case["y"],
             "clip": None if case["clip"] is None else tuple(torch.as_tensor(b).double() for b in case["clip"])}

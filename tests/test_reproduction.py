@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -76,6 +77,9 @@ def test_an_output_path_that_is_a_file_is_refused_before_any_training(tmp_path: 
     assert "is a file" in err and "epoch" not in out
     # The command recorded in the report can be pasted back into a shell.
     assert f"--out '{taken}'" in cli.command_line(parser.parse_args(["--out", str(taken)]))
+    # A list that starts with a negative seed is written so that argparse reads it back.
+    recorded = cli.command_line(parser.parse_args(["--seed=-1,2"]))
+    assert parser.parse_args(shlex.split(recorded)[2:]).seed == [-1, 2]
 
 
 def test_tiny_run_reports_every_experiment(smoke_run: tuple[Path, dict]) -> None:
@@ -141,7 +145,8 @@ def test_several_seeds_give_each_its_own_run_and_a_table_of_the_spread(smoke_run
             assert (row["min"], row["max"]) == (min(known), max(known))
             assert row["mean"] == pytest.approx(sum(known) / len(known), abs=1e-4)
     markdown = (tmp_path / "spread.md").read_text()
-    assert "| seed 0 | seed 1 | mean | min-max | notes |" in markdown and "--seed 0,1" in markdown
+    assert "| seed 0 | seed 1 | mean | min-max | notes |" in markdown and "--seed=0,1" in markdown
+    assert "smoke runs: small data and few epochs" in markdown
     borrowed = [row for row in spread["rows"] if row["paper"] == 17.9]
     assert borrowed and all(row["notes"] == first["notes"] for row, first in zip(
         borrowed, [r for r in seed_zero["rows"] if r["paper"] == 17.9]))

@@ -76,7 +76,8 @@ def settings_for(args: argparse.Namespace) -> Settings:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["fgsmkit reproduce", f"--out {shlex.quote(str(args.out))}", f"--seed {','.join(map(str, args.seed))}"]
+    # --seed=..., not --seed ...: argparse would read a list starting with a negative seed as a flag.
+    parts = ["fgsmkit reproduce", f"--out {shlex.quote(str(args.out))}", f"--seed={','.join(map(str, args.seed))}"]
     parts += [flag for flag, on in (("--quick", args.quick), ("--smoke", args.smoke),
                                     ("--download", args.download)) if on]
     if args.data != "auto":
@@ -122,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
     runs = {}
     for seed in args.seed:
         log(f"\n==== seed {seed}: {out / f'seed-{seed}'}")
-        runs[seed] = _run_seed(settings, splits, dict(meta, seed=seed), out / f"seed-{seed}", started, log)
+        runs[seed] = _run_seed(settings, splits, dict(meta, seed=seed), out / f"seed-{seed}", time.perf_counter(), log)
     wall_time = f"{(time.perf_counter() - started) / 60:.1f} min for this invocation, all seeds"
     markdown, data = report.write_spread(out, dict(meta, seed=args.seed, wall_time=wall_time), runs)
     log(f"\nspread over seeds {', '.join(map(str, args.seed))}: {markdown} and {data}")
@@ -162,8 +163,8 @@ def experiment_number(r: experiments.Row) -> int:
 def _wall_time(started: float, lab: experiments.Lab) -> str:
     elapsed = time.perf_counter() - started
     training = sum(t.seconds for t in lab.trained.values())
-    return (f"{elapsed / 60:.1f} min for this invocation; training {training / 60:.1f} min in all, "
-            "including epochs run before a resume")
+    return (f"{elapsed / 60:.1f} min for this run (this seed's, with several); training {training / 60:.1f} "
+            "min in all, including epochs run before a resume")
 
 
 def _printer():

@@ -114,8 +114,11 @@ def write_spread(out: str | os.PathLike[str], meta: dict[str, Any], runs: Mappin
                        "ours": values, "mean": round(sum(known) / len(known), 4) if known else None,
                        "min": min(known, default=None), "max": max(known, default=None), "notes": shared_notes})
     lines = [f"# Reproduction of Goodfellow, Shlens & Szegedy (2015), {meta['settings']['name']} run, "
-             f"{len(seeds)} seeds", "",
-             "| | |", "| --- | --- |",
+             f"{len(seeds)} seeds", ""]
+    if meta["settings"]["name"] != "full":
+        lines += [f"**These are {meta['settings']['name']} runs: small data and few epochs, to check that "
+                  "everything runs. Their numbers are not a reproduction.**", ""]
+    lines += ["| | |", "| --- | --- |",
              f"| command | `{meta['command']}` |",
              f"| data | {meta['data']} |",
              f"| machine | {meta['machine']} |",

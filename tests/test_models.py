@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,8 +154,11 @@ def test_models_reject_the_wrong_number_of_features() -> None:
     for bad in (float("nan"), float("inf"), -1.0, "2"):
         with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
             MaxoutMLP(max_norm=bad)
-    with pytest.raises(TypeError, match=r"hidden must be a sequence of layer widths, e.g. hidden=\(240,\)"):
+    with pytest.raises(TypeError, match=r"hidden must be a sequence of int layer widths, e.g. hidden=\(240,\)"):
         MaxoutMLP(hidden=240)
+    # Arrays of widths and a 0-d tensor for max_norm are fine.
+    for widths in ([6, 5], np.array([6, 5]), torch.tensor([6, 5])):
+        assert MaxoutMLP(in_features=4, hidden=widths, pieces=2, max_norm=torch.tensor(2.0))(torch.rand(3, 4)).shape == (3, 10)
     with pytest.raises(ValueError, match="hidden widths must be an int >= 1; got 0"):
         MaxoutMLP(hidden=(240, 0))
 

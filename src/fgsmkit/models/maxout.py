@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_positive_int, is_number
+from .._validation import check_positive_int
 from ._base import Classifier
 
 
@@ -103,15 +104,17 @@ class MaxoutMLP(Classifier):
         super().__init__()
         if not 0.0 <= dropout < 1.0 or not 0.0 <= input_dropout < 1.0:
             raise ValueError(f"dropout and input_dropout must lie in [0, 1); got {dropout}, {input_dropout}")
-        if max_norm is not None and not (is_number(max_norm) and math.isfinite(max_norm) and max_norm > 0):
-            raise ValueError(f"max_norm must be a finite number > 0, or None; got {max_norm!r}")
-        if not isinstance(hidden, Sequence):
-            raise TypeError(f"hidden must be a sequence of layer widths, e.g. hidden=({hidden},); got {hidden!r}")
+        if max_norm is not None:
+            max_norm = _positive_finite(max_norm, "max_norm")
+        try:  # any sequence of integers: a tuple, a list, a NumPy or torch array
+            hidden = [operator.index(units) for units in hidden]
+        except TypeError:
+            raise TypeError(f"hidden must be a sequence of int layer widths, e.g. hidden=(240,); got {hidden!r}") from None
         hidden = [check_positive_int(units, "hidden widths") for units in hidden]
         pieces = check_positive_int(pieces, "pieces")
         self.in_features = check_positive_int(in_features, "in_features")
         self.num_classes = check_positive_int(num_classes, "num_classes")
-        self.max_norm = None if max_norm is None else float(max_norm)
+        self.max_norm = max_norm
         layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
         width = in_features
         for units in hidden:
@@ -132,3 +135,14 @@ class MaxoutMLP(Classifier):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 max_norm_(module.weight, self.max_norm)
+
+
+def _positive_finite(value: object, name: str) -> float:
+    """``value`` as a float: a number, a NumPy scalar or a 0-d tensor, finite and above zero."""
+    try:
+        number = float(value) if not isinstance(value, (str, bool)) else math.nan  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0, or None; got {value!r}")
+    return number

@@ -286,9 +286,10 @@ def test_linf_random_start_is_uniform_in_each_samples_own_ball() -> None:
     eps = torch.tensor([0.1, 0.3], dtype=torch.float64).repeat(1000)
     delta = random_starts(math.inf, eps, 2000, 12) / eps[:, None]  # uniform on [-1, 1] if right
     assert delta.abs().max() <= 1 and delta.min() < -0.99 and delta.max() > 0.99
-    assert abs(delta.mean()) < 0.01
+    # 24,000 draws: the mean's standard deviation is 0.0037, a quarter's share's 0.0028.
+    assert abs(delta.mean()) < 0.02
     for low, high in ((-1, -0.5), (-0.5, 0), (0, 0.5), (0.5, 1)):  # each quarter holds a quarter
-        assert abs(((delta >= low) & (delta < high)).double().mean() - 0.25) < 0.01
+        assert abs(((delta >= low) & (delta < high)).double().mean() - 0.25) < 0.015
     assert (delta.abs() == 1).double().mean() < 1e-3  # not piled up on the sides by a projection
 
 

@@ -89,7 +89,7 @@ def test_contenders_are_interleaved_in_a_fresh_random_order_each_round():
     for before in "abcd":
         for after in "abcd":
             if before != after:
-                assert 10 <= followed[before, after] <= 30, followed
+                assert 5 <= followed[before, after] <= 35, followed  # about 19 each, sd 4
     # The orders come from a seed: the same seed repeats the run exactly.
     again: list[str] = []
     timing.interleaved({name: (lambda name=name: again.append(name)) for name in "abcd"},

@@ -118,19 +118,20 @@ def _run(args: argparse.Namespace) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_time": "", "settings": settings.as_dict()}
     if len(args.seed) == 1:
-        _run_seed(settings, splits, meta, out, started, log)
+        _run_seed(settings, splits, meta, out, started, "this invocation", log)
         return 0
     runs = {}
     for seed in args.seed:
         log(f"\n==== seed {seed}: {out / f'seed-{seed}'}")
-        runs[seed] = _run_seed(settings, splits, dict(meta, seed=seed), out / f"seed-{seed}", time.perf_counter(), log)
+        runs[seed] = _run_seed(settings, splits, dict(meta, seed=seed), out / f"seed-{seed}", time.perf_counter(),
+                               "this seed's run", log)
     wall_time = f"{(time.perf_counter() - started) / 60:.1f} min for this invocation, all seeds"
     markdown, data = report.write_spread(out, dict(meta, seed=args.seed, wall_time=wall_time), runs)
     log(f"\nspread over seeds {', '.join(map(str, args.seed))}: {markdown} and {data}")
     return 0
 
 
-def _run_seed(settings: Settings, splits: Splits, meta: dict, out: Path, started: float,
+def _run_seed(settings: Settings, splits: Splits, meta: dict, out: Path, started: float, timed: str,
               log: Callable[[str], None]) -> list[experiments.Row]:
     """Every experiment with one seed, each result printed as it comes; writes the report into ``out``."""
     lab = experiments.Lab(settings, splits, meta["seed"], out / "checkpoints", log)
@@ -142,14 +143,14 @@ def _run_seed(settings: Settings, splits: Splits, meta: dict, out: Path, started
         for r in new:
             log(report.format_row(r))
         rows = sorted(rows + new, key=experiment_number)
-        meta["wall_time"] = _wall_time(started, lab)
+        meta["wall_time"] = _wall_time(started, timed, lab)
         report.write_report(out, meta, settings.notes, rows, None)
     names = None
     if figures.matplotlib_available():
         names = figures.write_figures(lab.figures, out)
     else:
         log(report.FIGURES_HINT)
-    meta["wall_time"] = _wall_time(started, lab)
+    meta["wall_time"] = _wall_time(started, timed, lab)
     markdown, data = report.write_report(out, meta, settings.notes, rows, names)
     log(f"\nreport: {markdown} and {data} ({meta['wall_time']})")
     return rows
@@ -160,11 +161,11 @@ def experiment_number(r: experiments.Row) -> int:
     return int(r["experiment"].split(".")[0])
 
 
-def _wall_time(started: float, lab: experiments.Lab) -> str:
+def _wall_time(started: float, timed: str, lab: experiments.Lab) -> str:
     elapsed = time.perf_counter() - started
     training = sum(t.seconds for t in lab.trained.values())
-    return (f"{elapsed / 60:.1f} min for this run (this seed's, with several); training {training / 60:.1f} "
-            "min in all, including epochs run before a resume")
+    return (f"{elapsed / 60:.1f} min for {timed}; training {training / 60:.1f} min in all, "
+            "including epochs run before a resume")
 
 
 def _printer():

@@ -28,6 +28,17 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def finite_number(value: object) -> float | None:
+    """``value`` as a float if it is a finite real number (a Python or NumPy number, or a 0-d
+    tensor), else None: the callers refuse None, and a value out of their range, in their words."""
+    if isinstance(value, Tensor) and value.ndim == 0 and not value.dtype.is_complex and value.dtype != torch.bool:
+        value = value.item()
+    if not is_number(value):
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else None
+
+
 def check_model(model: object, x: Tensor) -> None:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function); got {type(model).__name__}")

@@ -186,10 +186,11 @@ class AdversarialLoss(nn.Module):
         super().__init__()
         if not _validation.is_number(alpha) or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be a float in [0, 1]; got {alpha!r}")
-        if not _validation.is_number(eps) or not math.isfinite(eps) or eps < 0:
+        eps_value = _validation.finite_number(eps)
+        if eps_value is None or eps_value < 0:
             raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
         self.alpha = float(alpha)
-        self.eps = float(eps)
+        self.eps = eps_value
         # The default averages like a plain training loop's F.cross_entropy (the same value up to
         # rounding; the gradient differs where PyTorch's cancels, see gradient.cross_entropy).
         self.loss_fn = _validation.check_loss_fn(loss_fn) or functools.partial(cross_entropy, reduction="mean")
@@ -329,7 +330,8 @@ def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor
         raise ValueError(f"x must have {w.shape[0]} elements per sample; got shape {tuple(x.shape)}")
     if y.shape != (x.shape[0],) or not bool(((y == 1) | (y == -1)).all()):
         raise ValueError(f"y must hold one label per sample, each -1 or +1; got {y}")
-    if not _validation.is_number(eps) or not math.isfinite(eps) or eps < 0:
+    eps_value = _validation.finite_number(eps)
+    if eps_value is None or eps_value < 0:
         raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
     margin = sample_rows(x) @ w + b
-    return F.softplus(eps * w.abs().sum() - y.to(margin.dtype) * margin)
+    return F.softplus(eps_value * w.abs().sum() - y.to(margin.dtype) * margin)

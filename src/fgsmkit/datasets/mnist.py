@@ -21,13 +21,12 @@ uncompressed or recompressed copies); their IDX headers and sizes are checked wh
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 from torch import Tensor
 
-from .._validation import is_number
+from .._validation import finite_number
 from ._tensors import as_tensors, check_split
 from .download import RemoteFiles, fetch
 from .idx import read_idx
@@ -185,7 +184,8 @@ def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool
     split = check_split(split)
     if not isinstance(remote, RemoteFiles):
         raise TypeError(f"remote must be a RemoteFiles; got {type(remote).__name__}")
-    if not is_number(timeout) or not 0 < timeout < math.inf:
+    seconds = finite_number(timeout)
+    if seconds is None or seconds <= 0:
         raise ValueError(f"timeout must be a positive, finite number of seconds; got {timeout!r}")
     names = split_files(split)
     folders = search_folders(remote, root)
@@ -193,7 +193,7 @@ def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool
     if found is None:
         if not download:
             raise DatasetNotFoundError(_missing_message(remote, split, folders, names, None))
-        found = _download(remote, split, folders, names, timeout)
+        found = _download(remote, split, folders, names, seconds)
     images, labels = (read_idx(path) for path in found)
     return as_tensors(images, labels, f"{remote.name} {split} files in {found[0].parent}")
 

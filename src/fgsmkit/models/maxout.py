@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_positive_int
+from .._validation import check_positive_int, finite_number
 from ._base import Classifier
 
 
@@ -105,7 +104,10 @@ class MaxoutMLP(Classifier):
         if not 0.0 <= dropout < 1.0 or not 0.0 <= input_dropout < 1.0:
             raise ValueError(f"dropout and input_dropout must lie in [0, 1); got {dropout}, {input_dropout}")
         if max_norm is not None:
-            max_norm = _positive_finite(max_norm, "max_norm")
+            norm_value = finite_number(max_norm)
+            if norm_value is None or norm_value <= 0:
+                raise ValueError(f"max_norm must be a finite number > 0, or None; got {max_norm!r}")
+            max_norm = norm_value
         try:  # any sequence of integers: a tuple, a list, a NumPy or torch array
             hidden = [operator.index(units) for units in hidden]
         except TypeError:
@@ -136,13 +138,3 @@ class MaxoutMLP(Classifier):
             if isinstance(module, nn.Linear):
                 max_norm_(module.weight, self.max_norm)
 
-
-def _positive_finite(value: object, name: str) -> float:
-    """``value`` as a float: a number, a NumPy scalar or a 0-d tensor, finite and above zero."""
-    try:
-        number = float(value) if not isinstance(value, (str, bool)) else math.nan  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name} must be a finite number > 0, or None; got {value!r}")
-    return number

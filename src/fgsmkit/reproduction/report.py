@@ -50,19 +50,7 @@ def write_report(out: str | os.PathLike[str], meta: dict[str, Any], notes: Seque
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Reproduction of Goodfellow, Shlens & Szegedy (2015), {meta['settings']['name']} run", ""]
-    if meta["settings"]["name"] != "full":
-        lines += [f"**This is the {meta['settings']['name']} run: small data and few epochs, to check that "
-                  "everything runs. Its numbers are not a reproduction; run without `--quick` for that.**", ""]
-    lines += [
-        "| | |", "| --- | --- |",
-        f"| command | `{meta['command']}` |",
-        f"| data | {meta['data']} |",
-        f"| seed | {meta['seed']} |",
-        f"| machine | {meta['machine']} |",
-        f"| date | {meta['date']} |",
-        f"| wall time | {meta['wall_time']} |",
-        "",
+    lines = _heading(meta, seeds=None) + [
         "Paper: MNIST (60,000 training images, official 10,000-image test set), eps = .25 on pixels in "
         "[0, 1]. Ours: the data above, same eps. Percentages throughout.",
         "",
@@ -113,18 +101,7 @@ def write_spread(out: str | os.PathLike[str], meta: dict[str, Any], runs: Mappin
         spread.append({"experiment": first["experiment"], "metric": first["metric"], "paper": first["paper"],
                        "ours": values, "mean": round(sum(known) / len(known), 4) if known else None,
                        "min": min(known, default=None), "max": max(known, default=None), "notes": shared_notes})
-    lines = [f"# Reproduction of Goodfellow, Shlens & Szegedy (2015), {meta['settings']['name']} run, "
-             f"{len(seeds)} seeds", ""]
-    if meta["settings"]["name"] != "full":
-        lines += [f"**These are {meta['settings']['name']} runs: small data and few epochs, to check that "
-                  "everything runs. Their numbers are not a reproduction.**", ""]
-    lines += ["| | |", "| --- | --- |",
-             f"| command | `{meta['command']}` |",
-             f"| data | {meta['data']} |",
-             f"| machine | {meta['machine']} |",
-             f"| date | {meta['date']} |",
-             f"| wall time | {meta['wall_time']} |",
-             "",
+    lines = _heading(meta, seeds) + [
              "Each seed's full report, notes and figures: `seed-N/report.md`. The seed sets every random "
              "draw (initialisation, batch order, dropout, noise, the rubbish inputs); the data and its "
              "splits are the same for every seed. Percentages throughout.",
@@ -140,6 +117,23 @@ def write_spread(out: str | os.PathLike[str], meta: dict[str, Any], runs: Mappin
     _write_text(markdown, "\n".join(lines) + "\n")
     _write_text(data, json.dumps({"meta": meta, "seeds": seeds, "rows": spread}, indent=2) + "\n")
     return markdown, data
+
+
+def _heading(meta: dict[str, Any], seeds: list[int] | None) -> list[str]:
+    """Title, the warning for a quick or smoke run, and the table of how the run was made: of one
+    seed's run (``seeds=None``) or of several."""
+    name = meta["settings"]["name"]
+    lines = [f"# Reproduction of Goodfellow, Shlens & Szegedy (2015), {name} run"
+             + (f", {len(seeds)} seeds" if seeds else ""), ""]
+    if name != "full":
+        lines += [f"**These are {name} runs: small data and few epochs, to check that everything runs. Their "
+                  "numbers are not a reproduction.**" if seeds else
+                  f"**This is the {name} run: small data and few epochs, to check that everything runs. Its "
+                  "numbers are not a reproduction; run without `--quick` for that.**", ""]
+    made = [("command", f"`{meta['command']}`"), ("data", meta["data"]),
+            *([] if seeds else [("seed", meta["seed"])]),
+            ("machine", meta["machine"]), ("date", meta["date"]), ("wall time", meta["wall_time"])]
+    return lines + ["| | |", "| --- | --- |", *(f"| {key} | {value} |" for key, value in made), ""]
 
 
 def _write_text(path: Path, text: str) -> None:

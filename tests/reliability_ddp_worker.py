@@ -8,6 +8,7 @@ every scenario on both, and each rank saves what it ends with to OUT_DIR/{scenar
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
 import sys
 
@@ -53,6 +54,7 @@ def adversarial_training(model: nn.Module, batches, shard: slice | None = None,
 
 
 def run(rank: int, port: int, out_dir: str) -> None:
+    faulthandler.enable(all_threads=True)  # an abort prints the Python line every thread was on
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=90))
     try:

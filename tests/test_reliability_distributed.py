@@ -20,6 +20,7 @@ import torch.distributed as dist
 import fgsmkit as fk
 
 import reliability_ddp_worker as worker
+from _support import run_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="this torch build has no gloo backend")
@@ -56,10 +57,10 @@ def launch(out_dir: Path) -> tuple[int, str]:
 def ranks(tmp_path_factory) -> dict[str, list[dict]]:
     """Every scenario's results, per rank."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    returncode, output = launch(out_dir)
+    returncode, output = run_ranks(lambda: launch(out_dir))
     if returncode != 0 and "address already in use" in output.lower():
-        returncode, output = launch(out_dir)  # another process took the free port first
-    assert returncode == 0, f"the ranks failed:\n{output[-3000:]}"
+        returncode, output = run_ranks(lambda: launch(out_dir))  # another process took the free port first
+    assert returncode == 0, f"the ranks failed:\n{output[-5000:]}"
     return {
         scenario: [torch.load(out_dir / f"{scenario}.rank{rank}.pt", weights_only=True) for rank in range(worker.WORLD)]
         for scenario in worker.SCENARIOS
@@ -119,3 +120,16 @@ def test_local_model_unwraps_ddp_only():
     assert local_model(compiled) is net
     plain_compiled = torch.compile(net, backend="eager")
     assert local_model(plain_compiled) is plain_compiled
+
+
+def test_run_ranks_relaunches_once_and_only_after_a_gloo_abort():
+    from _support import GLOO_ABORT
+
+    launches = iter([(1, f"[rank1] {GLOO_ABORT}"), (0, "done")])
+    with pytest.warns(RuntimeWarning, match="aborted inside gloo"):
+        assert run_ranks(lambda: next(launches)) == (0, "done")
+    launches = iter([(1, GLOO_ABORT), (1, GLOO_ABORT), (0, "a third launch")])
+    with pytest.warns(RuntimeWarning):
+        assert run_ranks(lambda: next(launches)) == (1, GLOO_ABORT)  # an abort that recurs fails
+    launches = iter([(1, "AssertionError: the weights differ"), (0, "a second launch")])
+    assert run_ranks(lambda: next(launches)) == (1, "AssertionError: the weights differ")

@@ -77,6 +77,24 @@ def test_compiled_step_is_bit_identical_to_eager():
 
 
 @pytest.mark.compile
+def test_compile_keeps_serving_a_sweep_of_boxes_budgets_and_dtypes():
+    # torch.compile guarded on the box's numbers and the ball's Python state: after 8 distinct
+    # settings every later call raised (fullgraph=True turns the recompile limit into an error).
+    model, (x, y) = small_model(), batch()
+    x = x * 0.5
+    for i in range(10):
+        for dtype in (torch.float32, torch.float64) if i < 2 else (torch.float32,):
+            m, xd = model.to(dtype), x.to(dtype)
+            eps = 0.1 if i % 2 else torch.linspace(0.01, 0.2, x.shape[0], dtype=dtype)
+            args = dict(eps=eps, clip=(0.0, 1.0 + i) if i < 9 else None)
+            assert torch.equal(fk.fgsm(m, xd, y, backend="compile", **args), fk.fgsm(m, xd, y, **args)), i
+            args.update(step_size=0.03, steps=2)
+            assert torch.equal(fk.iterative_fgsm(m, xd, y, backend="compile", **args),
+                               fk.iterative_fgsm(m, xd, y, **args)), i
+    model.float()
+
+
+@pytest.mark.compile
 def test_compiled_step_is_the_same_function_as_the_eager_step():
     # One implementation of the step: the compiled one wraps take_step, applied to any L-inf ball.
     x = torch.rand(6, 5)

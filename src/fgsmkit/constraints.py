@@ -89,6 +89,18 @@ class Ball:
         raise NotImplementedError
 
 
+def linf_step(direction: Tensor, size: Tensor) -> Tensor:
+    """The L-inf steepest step, ``size * sign(direction)``, as a new tensor."""
+    # sign(NaN) is 0 in PyTorch (eager and compiled): a NaN entry takes no step.
+    return direction.sign().mul_(size)
+
+
+def linf_projection(x_adv: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """``x_adv`` projected onto the L-inf ball and box, folded into the bounds ``[lower, upper]``."""
+    # clamp with tensor bounds is min(max(x_adv, lower), upper) in one pass.
+    return torch.clamp(x_adv, lower, upper)
+
+
 class LinfBall(Ball):
     def __init__(self, x: Tensor, eps: Tensor, box: Box | None) -> None:
         super().__init__(x, eps, box)
@@ -110,12 +122,10 @@ class LinfBall(Ball):
         return self._bounds
 
     def step(self, direction: Tensor, size: Tensor) -> Tensor:
-        # sign(NaN) is 0 in PyTorch (eager and compiled): a NaN entry takes no step.
-        return direction.sign().mul_(size)
+        return linf_step(direction, size)
 
     def project(self, x_adv: Tensor) -> Tensor:
-        # clamp with tensor bounds is min(max(x_adv, lower), upper) in one pass.
-        return torch.clamp(x_adv, *self.bounds)
+        return linf_projection(x_adv, *self.bounds)
 
     def fast_gradient_step(self, direction: Tensor) -> Tensor:
         # x + eps and x - eps round to exactly the ball's own bounds, so only the box can cut

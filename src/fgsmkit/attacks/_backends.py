@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..constraints import Ball, Box, LinfBall, make_ball
+from ..constraints import Ball, Box, LinfBall, linf_projection, linf_step, make_ball
 from ..gradient import Objective
 from ._walk import StepFn, Walk, ascend, fast_gradient_step, take_step
 
@@ -70,25 +70,44 @@ def walk_for(backend: str, model: object) -> Walk:
     return graphed_walk
 
 
-_compiled: dict[Callable, Callable] = {}
+def linf_take_step(x_adv: Tensor, direction: Tensor, step_size: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """:func:`._walk.take_step` on an L-inf ball whose bounds are ``[lower, upper]``, over tensors only.
+
+    What ``"compile"`` fuses. Given the ball itself, torch.compile would guard on its Python
+    state (the box's numbers, whether the bounds are built yet) and compile again for every new
+    box or budget, until its recompile limit.
+    """
+    return linf_projection(linf_step(direction, step_size).add_(x_adv), lower, upper)
 
 
-def compiled(function: Callable) -> Callable:
-    """``function`` compiled once per process (lazily: importing the compiler is slow)."""
-    if function not in _compiled:
-        _compiled[function] = torch.compile(function, fullgraph=True)
-    return _compiled[function]
+_fused_linf_step: Callable[..., Tensor] | None = None
 
 
 def compiled_step() -> StepFn:
-    """:func:`._walk.take_step`, compiled."""
-    return compiled(take_step)
+    """:func:`._walk.take_step` for an L-inf ball, fused by torch.compile (compiled lazily, once
+    per process: importing the compiler is slow)."""
+    global _fused_linf_step
+    if _fused_linf_step is None:
+        # Not fullgraph=True: that turns the recompile limit (new dtypes, eps shapes) into an error;
+        # without it torch.compile runs further kinds eagerly, with the same bits.
+        _fused_linf_step = torch.compile(linf_take_step)
+    fused = _fused_linf_step
+
+    def step(ball: Ball, x_adv: Tensor, direction: Tensor, step_size: Tensor) -> Tensor:
+        assert isinstance(ball, LinfBall)
+        return fused(x_adv, direction, step_size, *ball.bounds)
+
+    return step
 
 
 def fast_gradient_step_for(backend: str) -> Callable[[Ball, Tensor], Tensor]:
-    """How ``backend`` takes the fast gradient method's single step: fused by ``"compile"``;
-    eager otherwise (a CUDA Graph of one step would save no launches)."""
-    return compiled(fast_gradient_step) if backend == "compile" else fast_gradient_step
+    """How ``backend`` takes the fast gradient method's single step: with the fused step by
+    ``"compile"`` (from the centre, size eps: the projection changes nothing the eager step would
+    not clip); eager otherwise (a CUDA Graph of one step would save no launches)."""
+    if backend != "compile":
+        return fast_gradient_step
+    step = compiled_step()
+    return lambda ball, direction: step(ball, ball.x, direction, ball.eps)
 
 
 # model -> OrderedDict(key -> _CapturedWalk), most recently used last.

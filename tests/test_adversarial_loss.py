@@ -155,6 +155,31 @@ def test_every_tensor_the_clean_term_reaches_gets_its_gradient(setup: str) -> No
     assert all(torch.equal(a, p.grad) for a, p in zip(ours, trained))
 
 
+class _FrozenBackbone(nn.Module):
+    """Runs its network under no_grad: its logits carry no graph (linear probing, a frozen model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net(x)
+
+
+def test_a_learnable_loss_fn_behind_a_frozen_model_gets_both_terms_gradients() -> None:
+    # The input gradient is zero (the model cut the graph), so x_adv = x; the clean term still
+    # reaches the temperature. Its share was dropped: the gradient came out half the true one.
+    x, y = data()
+    model, loss_fn = _FrozenBackbone(), _ScaledLoss()
+    with pytest.warns(RuntimeWarning, match="input gradient is zero"):
+        fk.AdversarialLoss(alpha=0.5, eps=0.25, loss_fn=loss_fn)(model, x, y).backward()
+    ours = loss_fn.temperature.grad.clone()
+    loss_fn.temperature.grad = None
+    (0.5 * loss_fn(model(x), y) + 0.5 * loss_fn(model(x), y)).backward()
+    assert torch.equal(ours, loss_fn.temperature.grad)
+
+
 class _Summed(nn.Module):
     """W = A + B (a weight plus a learned delta): autograd hands A and B one gradient tensor.
     And a bias reached only through ``bias.sum()``, whose gradient is an expanded view."""

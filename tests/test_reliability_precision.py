@@ -289,3 +289,67 @@ def test_a_margin_near_the_end_of_float32_keeps_the_gradient_direction(dtype, ma
     assert torch.equal((linf.double() - x.double()) / 0.125, sign)
     torch.testing.assert_close((l2.double() - x.double()) / 0.125, sign / math.sqrt(2), rtol=0,
                                atol=4 * torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_inputs_through_a_float32_model_keep_the_gradient_sign(dtype):
+    """float16 data fed to a float32 model: the float32 gradient is cast to float16 on its way
+    back to the input, where a confident sample's would flush to zero unless rescaled."""
+    model = confident_linear(torch.float32)
+    x, _ = batch(8, dtype)
+    y = torch.zeros(8, dtype=torch.long)
+    expected_sign = reference_gradient(model, x, y).sign()
+    x_adv = fk.fgsm(lambda z: model(z.float()), x, y, eps=2.0 ** -5, clip=None)
+    assert x_adv.dtype == dtype
+    assert torch.equal((x_adv.double() - x.double()).sign(), expected_sign)
+
+
+class HalfInsideNet(nn.Module):
+    """Float32 logits from float16 internals under autocast (``.float()`` at the end, as many
+    models do), confident by ``margin`` nats on class 0."""
+
+    def __init__(self, margin: float, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.hidden, self.out = nn.Linear(10, 16), nn.Linear(16, 3)
+        with torch.no_grad():
+            self.out.bias.copy_(torch.tensor([margin, 0.0, 0.0]))
+        self.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.hidden(x))).float()
+
+
+def test_adversarial_loss_under_autocast_with_float32_logits_takes_the_attack_step():
+    """The FGSM step of AdversarialLoss is fgsm's, even where the model hides float16 behind
+    float32 logits (its mean-loss gradient underflowed there, and the inputs were not moved)."""
+    model = HalfInsideNet(margin=12.0)
+    x, _ = batch(128)
+    y = torch.zeros(128, dtype=torch.long)
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.125)
+    with torch.autocast("cpu", dtype=torch.float16):
+        criterion(model, x, y)
+        x_adv = fk.fgsm(model, x, y, eps=0.125)
+        with torch.no_grad():
+            expected = model(x_adv)
+    assert bool((x_adv != x).any(dim=1).all())  # fgsm moves every sample
+    assert torch.equal(criterion.adversarial_logits, expected)
+
+
+def test_adversarial_loss_with_a_grad_scaler_keeps_the_clean_gradient_of_float16_internals():
+    """The loss scale must reach the clean term's backward through float16 layers: scaled after
+    the fact, a gradient that underflowed stays zero."""
+    margin, scale = 14.0, 2.0 ** 16
+    model, exact = HalfInsideNet(margin), HalfInsideNet(margin, torch.float64)
+    x, _ = batch(128)
+    y = torch.zeros(128, dtype=torch.long)
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.0)  # only the clean term's gradients differ
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = criterion(model, x, y)
+    scaler.scale(loss).backward()
+    scaler.unscale_(torch.optim.SGD(model.parameters(), lr=0.0))
+    cross_entropy(exact(x.double()), y).mean().backward()  # eps = 0: both terms are the clean loss
+    for p, e in zip(model.parameters(), exact.parameters()):
+        along = float((p.grad.double() * e.grad).sum() / (e.grad * e.grad).sum())
+        assert abs(along - 1) < 0.05, along

@@ -229,6 +229,14 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
                     buffer.data.copy_(copy)
 
 
+def runs_in_low_precision(model: object, x: Tensor) -> bool:
+    """Whether a gradient through ``model`` at ``x`` may pass through float16 or bfloat16: low-precision
+    inputs, autocast, or low-precision weights, even behind float32 logits (``.float()`` at the end)."""
+    if x.dtype in LOW_PRECISION or torch.is_autocast_enabled(x.device.type):
+        return True
+    return isinstance(model, nn.Module) and any(p.dtype in LOW_PRECISION for p in model.parameters())
+
+
 class Objective:
     """The attacked loss ``J(x, y)`` and its input gradient.
 
@@ -256,6 +264,7 @@ class Objective:
                             if loss_fn is None and self.y is not None else None)
         self.targeted = targeted
         self.checked = False
+        self.low_precision: bool | None = None  # whether the gradient is rescaled; read on first use
 
     def _logits(self, x: Tensor) -> Tensor:
         logits = logits_of(self.model, x)
@@ -307,7 +316,9 @@ class Objective:
         if not logits.requires_grad:
             return torch.zeros_like(x)
         logit_grad = self.logit_gradient(logits)
-        if logits.dtype in LOW_PRECISION:
+        if self.low_precision is None:
+            self.low_precision = logits.dtype in LOW_PRECISION or runs_in_low_precision(self.model, x)
+        if self.low_precision:
             # A confident sample's gradient (1e-8, say) would flush to zero on its way back
             # through a float16 model: rescale each sample's by a power of two (exact, and it
             # leaves that sample's direction unchanged). Divide by the power rather than multiply

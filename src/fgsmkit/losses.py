@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from . import _validation
 from .constraints import make_ball, sample_rows
 from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, check_first_gradient, cross_entropy,
-                       local_model, logits_of, model_state_kept)
+                       local_model, logits_of, model_state_kept, runs_in_low_precision)
 
 
 def _mean(loss: Tensor, batch: int) -> Tensor:
@@ -266,17 +266,21 @@ class AdversarialLoss(nn.Module):
         """The clean loss's input gradient (only its direction is used) and the weight gradients of
         ``params``, or None (also for ``params=None``) where the clean term must keep its graph.
         """
-        if not logits.requires_grad:  # the model cut the graph (no_grad or detach inside it)
-            return torch.zeros_like(x_in), ()
-        if logits.dtype not in LOW_PRECISION and params is not None:
+        if not logits.requires_grad:
+            # The model cut the graph (no_grad or detach inside it): no input gradient, and the
+            # clean term keeps its own graph, which may still reach a learnable loss_fn.
+            return torch.zeros_like(x_in), None
+        if params is not None and logits.dtype not in LOW_PRECISION and not runs_in_low_precision(clean_model, x_in):
             scaled = self.alpha * clean if self.alpha > 0 else clean
             grads = torch.autograd.grad(scaled, [x_in, *params], allow_unused=True)
             return (torch.zeros_like(x_in) if grads[0] is None else grads[0]), grads[1:]
-        # float16/bfloat16 logits: the input gradient is rescaled per sample (Objective) so that a
-        # confident sample's does not underflow to zero; the weight gradients need the true scale.
-        # One backward cannot give both, and a compiled graph may be back-propagated only once, so
-        # the input gradient comes from a pass of its own (statistics such as BatchNorm's kept).
-        # The same pass serves the graphs whose clean gradients cannot be handed over (params=None).
+        # float16/bfloat16 anywhere (logits, inputs, autocast, weights): the input gradient is
+        # rescaled per sample (Objective) so that a confident sample's does not underflow to zero,
+        # and the weight gradients need the caller's loss scale (a GradScaler's) on their way back
+        # through the low-precision layers, so the clean term keeps its graph. One backward cannot
+        # give both, and a compiled graph may be back-propagated only once, so the input gradient
+        # comes from a pass of its own (statistics such as BatchNorm's kept). The same pass serves
+        # the graphs whose clean gradients cannot be handed over (params=None).
         objective = Objective(clean_model, y, self.loss_fn, targeted=False)
         with model_state_kept(clean_model, eval_mode=False):
             x_again = x_in.detach().requires_grad_(True)

@@ -254,10 +254,17 @@ def test_non_contiguous_inputs_give_the_contiguous_result(name):
     assert torch.equal(strided, x.transpose(2, 3))  # not written to
 
 
+def flatten_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+
+
+@pytest.mark.parametrize("make_model", [conv_net, flatten_net])
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_channels_last_inputs_keep_their_layout_and_result(name):
+def test_channels_last_inputs_keep_their_layout_and_result(name, make_model):
+    # A model that flattens first hands back a contiguous gradient: the result followed its layout.
     x, y = batch(4, (3, 2, 2))
-    model = conv_net()
+    model = make_model()
     expected = ATTACKS[name](model, x, y)
     got = ATTACKS[name](model, x.to(memory_format=torch.channels_last), y)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)

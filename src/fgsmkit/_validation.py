@@ -156,9 +156,9 @@ def check_logits(logits: object, batch: int) -> Tensor:
             f"model must return a tensor of logits, shape (batch, classes); got {type(logits).__name__}. "
             "Wrap a model that returns a tuple or dict, e.g. lambda x: model(x)['logits']"
         )
-    if logits.ndim != 2 or logits.shape[0] != batch or not logits.is_floating_point():
+    if logits.ndim != 2 or logits.shape[0] != batch or logits.shape[1] < 1 or not logits.is_floating_point():
         raise ValueError(
-            f"model must return floating-point logits of shape (batch, classes) = ({batch}, C); "
+            f"model must return floating-point logits of shape (batch, classes) = ({batch}, C) with C >= 1; "
             f"got shape {tuple(logits.shape)} and dtype {logits.dtype}"
         )
     return logits
@@ -190,6 +190,8 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: 
                 f"{name} must be a float or a tensor of shape ({x.shape[0]},) (one per sample); "
                 f"got shape {tuple(value.shape)}"
             )
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must hold real numbers; got dtype {value.dtype}")
         if not value.is_floating_point():
             value = value.double()
         values = value.detach().to(device=x.device)
@@ -270,8 +272,20 @@ def scalar_tensor(number: float, like: Tensor) -> Tensor:
     return _scalar(number, like)[0]
 
 
-def check_eps(eps: object, x: Tensor, norm: float) -> Tensor:
-    return _check_budget(eps, "eps", x, positive=False, norm=norm)
+def check_eps(eps: object, x: Tensor, norm: float, box: Box | None) -> Tensor:
+    """eps as a tensor that broadcasts against ``x``; without a box, ``x`` moved by eps must stay
+    finite in its dtype (with one, the box bounds the result)."""
+    eps_t = _check_budget(eps, "eps", x, positive=False, norm=norm)
+    if box is None and x.numel():
+        largest_x, largest_eps = torch.stack([x.detach().abs().amax().double(), eps_t.double().amax()]).tolist()
+        if largest_x + largest_eps > torch.finfo(x.dtype).max:
+            shown = f"eps={eps}" if is_number(eps) else f"eps (largest {largest_eps:.6g})"
+            raise ValueError(
+                f"{shown} takes x (largest |x| = {largest_x:.6g}) past the largest {x.dtype} "
+                f"({torch.finfo(x.dtype).max:.6g}), and the result would hold inf; pass a smaller eps, "
+                "or a clip box"
+            )
+    return eps_t
 
 
 def check_step_size(step_size: object, x: Tensor, norm: float) -> Tensor:

@@ -327,7 +327,13 @@ class Objective:
             unit = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
             logit_grad = logit_grad / unit
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=logit_grad.to(logits.dtype), allow_unused=True)
-        return torch.zeros_like(x) if grad is None else grad
+        if grad is None:
+            return torch.zeros_like(x)
+        if any(a != b for a, b, size in zip(grad.stride(), x.stride(), x.shape) if size > 1):
+            # Laid out as the model's backward left it (a flatten makes it contiguous); the step
+            # built on it must come out laid out like x (channels-last stays channels-last).
+            grad = torch.empty_like(x).copy_(grad)
+        return grad
 
     def per_sample_losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The per-sample losses at ``x`` and whether each sample is already fooled."""

@@ -245,7 +245,7 @@ class AdversarialLoss(nn.Module):
         if not self.checked:
             self.checked = True
             check_first_gradient(direction)
-        ball = make_ball(self.norm, x, _validation.check_eps(self.eps, x, self.norm), box)
+        ball = make_ball(self.norm, x, _validation.check_eps(self.eps, x, self.norm, box), box)
         x_adv = ball.fast_gradient_step(direction)
 
         adv_logits = model(x_adv)

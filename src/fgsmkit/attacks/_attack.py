@@ -41,7 +41,7 @@ def projected_gradient_ascent(
     _validation.check_model(model, x)
     y = _validation.check_labels(y, x)
     norm = _validation.check_norm(norm)
-    eps_t = _validation.check_eps(eps, x, norm)
+    eps_t = _validation.check_eps(eps, x, norm, box)
     step_t = eps_t if step_size is None else _validation.check_step_size(step_size, x, norm)
     steps = _validation.check_positive_int(steps, "steps")
     restarts = _validation.check_restarts(restarts)

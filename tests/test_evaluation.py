@@ -341,3 +341,19 @@ def test_an_attack_that_switches_the_mode_does_not_leave_it_switched() -> None:
 
     evaluate_attack(net, careless_attack, torch.randn(6, 3), torch.randint(0, 3, (6,)))
     assert all(m.training for m in net.modules())
+
+
+def test_an_attack_that_switches_to_train_mode_leaves_the_statistics_as_found() -> None:
+    # The buffers were saved only for a model found in train mode: an eval-mode model that the
+    # attack put in train mode came back in eval mode but with new BatchNorm statistics.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).eval()
+    before = [b.clone() for b in net.buffers()]
+
+    def attack_in_train_mode(model, x, y):
+        model.train()
+        return fk.fgsm(model, x, y, eps=0.1)
+
+    evaluate_attack(net, attack_in_train_mode, torch.rand(16, 4), torch.randint(0, 3, (16,)), batch_size=8)
+    assert not any(m.training for m in net.modules())
+    assert all(torch.equal(a, b) for a, b in zip(before, net.buffers()))

@@ -353,3 +353,57 @@ def test_adversarial_loss_with_a_grad_scaler_keeps_the_clean_gradient_of_float16
     for p, e in zip(model.parameters(), exact.parameters()):
         along = float((p.grad.double() * e.grad).sum() / (e.grad * e.grad).sum())
         assert abs(along - 1) < 0.05, along
+
+
+class _BatchNormWithHalfScale(nn.Module):
+    """BatchNorm in train mode (samples interact) and one float16 parameter equal to 1, so that
+    low precision is involved while every product stays exact in float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3))
+        self.scale = nn.Parameter(torch.ones((), dtype=torch.float16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) * self.scale.float()
+
+
+def test_rescaling_keeps_the_batch_gradient_when_samples_interact():
+    # Per-sample scales change the direction of a batch whose samples share BatchNorm statistics.
+    model = _BatchNormWithHalfScale().train()
+    torch.manual_seed(1)
+    x = torch.rand(32, 10)
+    x[:16] *= 8.0  # half the batch confident, half not: very different per-sample scales
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    exact = _BatchNormWithHalfScale().double().train()
+    exact.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    x64 = x.double().requires_grad_(True)
+    F.cross_entropy(exact(x64), y, reduction="sum").backward()
+    x_adv = fk.fgsm(model, x, y, eps=0.01, clip=None)
+    assert torch.equal((x_adv.double() - x.double()).sign(), x64.grad.sign())
+
+
+def test_float16_weights_kept_as_buffers_count_as_low_precision():
+    class HalfBuffer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("weight", confident_linear(torch.float16).weight.detach().clone())
+            self.bias = nn.Parameter(torch.tensor([30.0, 0.0, 0.0]))  # the margin, in float32
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x.half(), self.weight).float() + self.bias
+
+    x, _ = batch(8)
+    x_adv = fk.fgsm(HalfBuffer(), x, torch.zeros(8, dtype=torch.long), eps=2.0 ** -5, clip=None)
+    assert bool((x_adv != x).all())
+
+
+@pytest.mark.filterwarnings("ignore:torch.is_autocast_cpu_enabled:DeprecationWarning")
+def test_torch_before_2_4_is_asked_about_autocast_without_a_device(monkeypatch):
+    # torch.is_autocast_enabled(device_type) exists from torch 2.4; the package supports 2.1.
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda: False)
+    x, y = batch(8)
+    assert fk.fgsm(mlp(), x, y, eps=0.1).shape == x.shape
+    fk.AdversarialLoss(alpha=0.5, eps=0.1)(mlp(), x, y).backward()

@@ -7,6 +7,7 @@ gradient is computed and the model's ``.grad`` fields are never touched.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import sys
 import warnings
@@ -201,8 +202,8 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
         return
     modes = [(module, module.training) for module in model.modules()]
     # Where each buffer is registered, and one copy of each tensor (several modules may share one).
-    places = ([(module, name, b) for module, _ in modes for name, b in module._buffers.items() if b is not None]
-              if any(t for _, t in modes) else [])
+    # Saved in eval mode too: code inside the block may switch the model to train mode.
+    places = [(module, name, b) for module, _ in modes for name, b in module._buffers.items() if b is not None]
     saved: dict[int, tuple[Tensor, Tensor]] = {}
     for _, _, buffer in places:
         if id(buffer) not in saved:
@@ -229,12 +230,30 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
                     buffer.data.copy_(copy)
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` ("cpu", "cuda", ...)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def runs_in_low_precision(model: object, x: Tensor) -> bool:
     """Whether a gradient through ``model`` at ``x`` may pass through float16 or bfloat16: low-precision
-    inputs, autocast, or low-precision weights, even behind float32 logits (``.float()`` at the end)."""
-    if x.dtype in LOW_PRECISION or torch.is_autocast_enabled(x.device.type):
+    inputs, autocast, or low-precision weights (parameters or buffers), even behind float32 logits
+    (``.float()`` at the end). A plain function's modules cannot be seen."""
+    if x.dtype in LOW_PRECISION or autocast_enabled(x.device.type):
         return True
-    return isinstance(model, nn.Module) and any(p.dtype in LOW_PRECISION for p in model.parameters())
+    return isinstance(model, nn.Module) and any(
+        t.dtype in LOW_PRECISION for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def uses_batch_statistics(model: object) -> bool:
+    """Whether ``model`` normalises with statistics of the batch (BatchNorm in train mode, or
+    without running statistics), so that each sample's output depends on the others."""
+    return isinstance(model, nn.Module) and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+        for m in model.modules())
 
 
 class Objective:
@@ -264,7 +283,10 @@ class Objective:
                             if loss_fn is None and self.y is not None else None)
         self.targeted = targeted
         self.checked = False
-        self.low_precision: bool | None = None  # whether the gradient is rescaled; read on first use
+        # The dims of the logit gradient that share one power-of-two scale (None: no rescaling);
+        # decided on first use.
+        self.rescaled_over: tuple[int, ...] | None = None
+        self.rescaling_decided = False
 
     def _logits(self, x: Tensor) -> Tensor:
         logits = logits_of(self.model, x)
@@ -309,21 +331,26 @@ class Objective:
     def input_gradient(self, x: Tensor, logits: Tensor) -> Tensor:
         """The gradient of the summed loss at ``logits = model(x)`` with respect to ``x``.
 
-        The logits' gradient is taken first and pushed back through the model. Each sample's
-        gradient may be scaled by a power of two (float16/bfloat16 logits), which changes
-        neither its sign nor its direction.
+        The logits' gradient is taken first and pushed back through the model. Where float16 or
+        bfloat16 is involved, each sample's gradient is scaled by a power of two (the whole
+        batch's by one power where the model uses batch statistics), which changes neither its
+        sign nor its direction.
         """
         if not logits.requires_grad:
             return torch.zeros_like(x)
         logit_grad = self.logit_gradient(logits)
-        if self.low_precision is None:
-            self.low_precision = logits.dtype in LOW_PRECISION or runs_in_low_precision(self.model, x)
-        if self.low_precision:
+        if not self.rescaling_decided:
+            self.rescaling_decided = True
+            if logits.dtype in LOW_PRECISION or runs_in_low_precision(self.model, x):
+                # Per sample only where samples do not interact: through batch statistics a
+                # per-sample scale would change the direction of the whole batch's gradient.
+                self.rescaled_over = (0, 1) if uses_batch_statistics(self.model) else (1,)
+        if self.rescaled_over is not None:
             # A confident sample's gradient (1e-8, say) would flush to zero on its way back
             # through a float16 model: rescale each sample's by a power of two (exact, and it
             # leaves that sample's direction unchanged). Divide by the power rather than multiply
             # by its inverse: below 2^-127 (a margin near 90) the inverse overflows float32.
-            peak = logit_grad.abs().amax(dim=1, keepdim=True)
+            peak = logit_grad.abs().amax(dim=self.rescaled_over, keepdim=True)
             unit = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
             logit_grad = logit_grad / unit
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=logit_grad.to(logits.dtype), allow_unused=True)

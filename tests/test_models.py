@@ -119,6 +119,45 @@ def test_rbf_detector_loss_is_the_one_vs_rest_bernoulli_likelihood() -> None:
     assert torch.isfinite(RBFNetwork.loss(torch.tensor([[0.0, -1e-30]]), torch.tensor([0]))).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rbf_detector_loss_has_finite_gradients_where_a_detector_is_nearly_certain(dtype) -> None:
+    # log(1 - p) for p near 1 and log p near 0: the branch torch.where does not pick had a
+    # log1p(-1) = -inf whose backward put NaN into the gradient (also of the target column).
+    for log_p in (-1e-8, -1e-12, -1e-4):
+        log_probs = torch.tensor([[log_p, -2.0], [-2.0, log_p]], dtype=dtype, requires_grad=True)
+        RBFNetwork.loss(log_probs, torch.tensor([0, 0])).sum().backward()
+        exact = torch.tensor([[log_p, -2.0], [-2.0, log_p]], dtype=torch.float64, requires_grad=True)
+        p = exact.exp()
+        (-(torch.log(p[0, 0]) + torch.log1p(-p[0, 1]) + torch.log(p[1, 0]) + torch.log1p(-p[1, 1]))).backward()
+        assert bool(torch.isfinite(log_probs.grad).all()), (dtype, log_p, log_probs.grad)
+        assert log_probs.grad[0, 0] == -1 and log_probs.grad[1, 0] == -1  # the target column's -1
+        torch.testing.assert_close(log_probs.grad[0, 1].double(), exact.grad[0, 1], rtol=2e-2, atol=0)
+
+
+@pytest.mark.parametrize(("y", "error", "message"), [
+    (torch.tensor([0]), ValueError, r"y must hold one class index per row of log_probs, shape \(2,\); got shape \(1,\)"),
+    (torch.tensor([[0], [1]]), ValueError, r"shape \(2,\); got shape \(2, 1\)"),
+    (torch.tensor([0.9, 1.7]), TypeError, r"y must hold integer class indices"),
+    (torch.tensor([0, 3]), ValueError, r"labels must lie in \[0, 2\]"),
+    ([0, 1], TypeError, r"y must be a torch.Tensor"),
+])
+def test_rbf_detector_loss_refuses_labels_that_are_not_one_index_per_row(y, error, message) -> None:
+    with pytest.raises(error, match=message):
+        RBFNetwork.loss(torch.full((2, 3), -1.0), y)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fk.models.SoftmaxRegression(4, 1),
+    lambda: fk.models.MaxoutMLP(num_classes=1),
+    lambda: fk.models.RBFNetwork(4, 1),
+])
+def test_models_need_two_classes(make) -> None:
+    # One output column is read as a binary logit by the attacks and the metrics; these models'
+    # probabilities would be a one-column softmax (always 1), and evaluation indexed column 1.
+    with pytest.raises(ValueError, match=r"num_classes must be >= 2; got 1.*LogisticRegression"):
+        make()
+
+
 def test_trained_rbf_network_separates_two_blobs_and_is_unsure_elsewhere() -> None:
     torch.manual_seed(0)
     x = torch.cat([torch.randn(100, 2) * 0.1 + 1, torch.randn(100, 2) * 0.1 - 1])

@@ -7,6 +7,23 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_positive_int
+
+
+def check_class_count(num_classes: object) -> int:
+    """The number of output classes of a multi-class model: an int of at least 2.
+
+    A single output column is read as one binary logit (by the attacks and the metrics), which
+    these softmax-style models do not produce.
+    """
+    count = check_positive_int(num_classes, "num_classes")
+    if count < 2:
+        raise ValueError(
+            f"num_classes must be >= 2; got {count}. For two classes with a single logit use "
+            "fgsmkit.models.LogisticRegression"
+        )
+    return count
+
 
 class Classifier(nn.Module):
     """A classifier that returns logits and knows the probabilities behind them.

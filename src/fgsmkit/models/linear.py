@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from ._base import Classifier
+from ._base import Classifier, check_class_count
 
 
 class SoftmaxRegression(Classifier):
@@ -23,7 +23,7 @@ class SoftmaxRegression(Classifier):
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.num_classes = check_class_count(num_classes)
         self.linear = nn.Linear(in_features, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

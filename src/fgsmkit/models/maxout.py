@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_positive_int, finite_number
-from ._base import Classifier
+from ._base import Classifier, check_class_count
 
 
 def max_norm_(weight: Tensor, max_norm: float) -> None:
@@ -115,7 +115,7 @@ class MaxoutMLP(Classifier):
         hidden = [check_positive_int(units, "hidden widths") for units in hidden]
         pieces = check_positive_int(pieces, "pieces")
         self.in_features = check_positive_int(in_features, "in_features")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.num_classes = check_class_count(num_classes)
         self.max_norm = max_norm
         layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
         width = in_features

@@ -7,14 +7,18 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_positive_int
-from ._base import Classifier
+from .._validation import check_label_range, class_label_range, check_positive_int
+from ._base import Classifier, check_class_count
 
 
 def log1mexp(log_p: Tensor) -> Tensor:
     """``log(1 - exp(log_p))`` for ``log_p <= 0``, stable at both ends (Maechler, 2012)."""
     log_p = log_p.clamp_max(-torch.finfo(log_p.dtype).tiny)
-    return torch.where(log_p > -math.log(2), torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+    near_zero = log_p > -math.log(2)
+    # Each branch gets only inputs it is finite at: torch.where back-propagates into the branch
+    # it does not pick too, and log1p(-exp(l)) = -inf near l = 0 would turn that into NaN.
+    return torch.where(near_zero, torch.log(-torch.expm1(torch.where(near_zero, log_p, -1.0))),
+                       torch.log1p(-torch.exp(torch.where(near_zero, -1.0, log_p))))
 
 
 def rbf_detector_loss(log_probs: Tensor, y: Tensor) -> Tensor:
@@ -44,6 +48,14 @@ def rbf_detector_loss(log_probs: Tensor, y: Tensor) -> Tensor:
     >>> math.isclose(loss.item(), -math.log(0.9) - math.log(1 - 0.2), rel_tol=1e-6)
     True
     """
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor of class indices; got {type(y).__name__}")
+    if log_probs.ndim != 2 or y.shape != log_probs.shape[:1]:
+        raise ValueError(
+            f"y must hold one class index per row of log_probs, shape ({log_probs.shape[0]},); "
+            f"got shape {tuple(y.shape)} for log_probs of shape {tuple(log_probs.shape)}"
+        )
+    check_label_range(class_label_range(y), log_probs.shape[1])
     target = torch.nn.functional.one_hot(y.long(), log_probs.shape[1]).to(torch.bool)  # any integer dtype
     return -torch.where(target, log_probs, log1mexp(log_probs)).sum(dim=1)
 
@@ -79,7 +91,7 @@ class RBFNetwork(Classifier):
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.num_classes = check_class_count(num_classes)
         self.centers = nn.Parameter(torch.rand(num_classes, in_features))
         # exp(log_precision) = 1 / in_features keeps the initial log-probabilities of order -1.
         self.log_precision = nn.Parameter(torch.full((num_classes, in_features), -math.log(in_features)))

@@ -158,3 +158,19 @@ def test_errors_leave_nothing_modified() -> None:
         fk.fgsm(MODEL, x, torch.tensor([0, 1, 2, 9]), eps=0.1)
     assert torch.equal(x, X) and torch.equal(y, Y)
     assert all(p.grad is None for p in MODEL.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:the input gradient is zero")  # logits near 1e34 saturate
+def test_the_reach_check_is_per_sample_and_counts_the_l2_step() -> None:
+    identity = lambda t: t.float() @ torch.eye(2) * 1e-4  # noqa: E731
+    y = torch.tensor([0, 1])
+    x = torch.tensor([[60000.0, 0.0], [0.5, 0.0]], dtype=torch.float16)
+    # Each sample's |x| + eps fits float16; the largest |x| plus the largest eps would not.
+    x_adv = fk.fgsm(identity, x, y, eps=torch.tensor([1.0, 60000.0]), clip=None)
+    assert bool(torch.isfinite(x_adv).all()) and bool((x_adv[1] != x[1]).all())  # 60000 + 1 rounds back
+    # Within half a unit in the last place of the largest float32 the sum rounds back: finite.
+    largest = torch.full((2, 2), torch.finfo(torch.float32).max)
+    assert bool(torch.isfinite(fk.fgsm(identity, largest, y, eps=1e30, clip=None)).all())
+    # The L2 walk steps before it projects: with eps 100 and step 60000 it made inf, then NaN.
+    with pytest.raises(ValueError, match=r"eps \+ step_size takes x .largest \|x\| = 60000. past the largest"):
+        fk.pgd(identity, x, y, eps=100.0, step_size=60000.0, steps=1, norm=2, clip=None, random_start=False)

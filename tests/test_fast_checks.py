@@ -53,7 +53,7 @@ def test_tensor_clip_is_still_checked_per_coordinate():
 def test_number_budgets_round_once_to_the_input_dtype(dtype, value):
     x = torch.rand(2, 3).to(dtype)
     expected = torch.tensor(float(value), dtype=torch.float64).to(dtype)  # the general path
-    got = _validation.check_eps(value, x, math.inf, None)
+    got = _validation.check_eps(value, x, math.inf)
     assert got.dtype == dtype and got.shape == () and torch.equal(got, expected)
     assert torch.equal(_validation.check_step_size(value, x, 2.0), expected)
 
@@ -66,7 +66,7 @@ def test_number_budgets_round_once_to_the_input_dtype(dtype, value):
 ])
 def test_bad_number_budgets_name_the_argument(name, check, value, message):
     with pytest.raises(ValueError, match=message):
-        check(value, torch.rand(2, 3), math.inf, *([None] if name == "eps" else []))
+        check(value, torch.rand(2, 3), math.inf)
 
 
 @pytest.mark.parametrize("per_sample", [False, True])
@@ -79,8 +79,8 @@ def test_budgets_too_large_for_the_dtype_or_the_l2_norm_are_refused(per_sample):
 
     half = torch.rand(2, 3).half()
     with pytest.raises(ValueError, match=r"eps must be at most 6.55e\+04 for torch.float16 inputs .*rounds to inf"):
-        _validation.check_eps(budget(1e5, half), half, math.inf, None)
-    assert float(_validation.check_eps(budget(6e4, half), half, math.inf, None).max()) == 60000.0
+        _validation.check_eps(budget(1e5, half), half, math.inf)
+    assert float(_validation.check_eps(budget(6e4, half), half, math.inf).max()) == 60000.0
     single = torch.rand(2, 3)
     with pytest.raises(ValueError, match="step_size must be at most 9.223e\\+18 .*squared L2 norm"):
         _validation.check_step_size(budget(1e20, single), single, 2.0)

@@ -14,7 +14,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from .constraints import Box
+from .constraints import Box, sample_rows
 
 Number = Union[int, float]
 Bound = Union[Number, Tensor]
@@ -26,6 +26,11 @@ SUPPORTED_NORMS = (2.0, math.inf)
 def is_number(value: object) -> bool:
     """A real number, not a bool: Python's int and float, and NumPy's scalars (np.float32, ...)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def named(name: str, value: object) -> str:
+    """``name=value`` for a number, the bare name for a tensor (too long to print)."""
+    return f"{name}={value}" if is_number(value) else name
 
 
 def finite_number(value: object) -> float | None:
@@ -272,20 +277,29 @@ def scalar_tensor(number: float, like: Tensor) -> Tensor:
     return _scalar(number, like)[0]
 
 
-def check_eps(eps: object, x: Tensor, norm: float, box: Box | None) -> Tensor:
-    """eps as a tensor that broadcasts against ``x``; without a box, ``x`` moved by eps must stay
-    finite in its dtype (with one, the box bounds the result)."""
-    eps_t = _check_budget(eps, "eps", x, positive=False, norm=norm)
-    if box is None and x.numel():
-        largest_x, largest_eps = torch.stack([x.detach().abs().amax().double(), eps_t.double().amax()]).tolist()
-        if largest_x + largest_eps > torch.finfo(x.dtype).max:
-            shown = f"eps={eps}" if is_number(eps) else f"eps (largest {largest_eps:.6g})"
-            raise ValueError(
-                f"{shown} takes x (largest |x| = {largest_x:.6g}) past the largest {x.dtype} "
-                f"({torch.finfo(x.dtype).max:.6g}), and the result would hold inf; pass a smaller eps, "
-                "or a clip box"
-            )
-    return eps_t
+def check_eps(eps: object, x: Tensor, norm: float) -> Tensor:
+    return _check_budget(eps, "eps", x, positive=False, norm=norm)
+
+
+def check_reach(x: Tensor, reach: Tensor, budgets: str) -> None:
+    """Refuse budgets that take a sample of ``x`` past the largest number of its dtype.
+
+    For attacks without a box (with one, the result is clipped back): ``reach`` is how far a
+    coordinate may move (eps, or for the L2 walk eps + step_size before the projection), a
+    scalar or one per sample, and ``budgets`` names it in the message. The result would hold
+    inf (and the L2 projection of an overflowed step NaN).
+    """
+    if not x.numel():
+        return
+    largest_x = torch.linalg.vector_norm(sample_rows(x.detach()), ord=math.inf, dim=1).double()
+    worst, largest = torch.stack([(largest_x + reach.detach().double().reshape(-1)).amax(),
+                                  largest_x.amax()]).tolist()
+    finfo = torch.finfo(x.dtype)
+    if worst > finfo.max * (1 + finfo.eps / 4):  # beyond half a unit in the last place: rounds to inf
+        raise ValueError(
+            f"{budgets} takes x (largest |x| = {largest:.6g}) past the largest {x.dtype} ({finfo.max:.6g}), "
+            "and the result would hold inf; pass a smaller budget, or a clip box"
+        )
 
 
 def check_step_size(step_size: object, x: Tensor, norm: float) -> Tensor:

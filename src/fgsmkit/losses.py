@@ -245,7 +245,10 @@ class AdversarialLoss(nn.Module):
         if not self.checked:
             self.checked = True
             check_first_gradient(direction)
-        ball = make_ball(self.norm, x, _validation.check_eps(self.eps, x, self.norm, box), box)
+        eps_t = _validation.check_eps(self.eps, x, self.norm)
+        if box is None:
+            _validation.check_reach(x, eps_t, f"eps={self.eps}")
+        ball = make_ball(self.norm, x, eps_t, box)
         x_adv = ball.fast_gradient_step(direction)
 
         adv_logits = model(x_adv)

@@ -41,8 +41,13 @@ def projected_gradient_ascent(
     _validation.check_model(model, x)
     y = _validation.check_labels(y, x)
     norm = _validation.check_norm(norm)
-    eps_t = _validation.check_eps(eps, x, norm, box)
+    eps_t = _validation.check_eps(eps, x, norm)
     step_t = eps_t if step_size is None else _validation.check_step_size(step_size, x, norm)
+    if box is None:
+        # The L2 walk steps before it projects, so its points may reach eps + step_size from x.
+        walks_l2 = step_size is not None and norm == 2
+        _validation.check_reach(x, eps_t + step_t if walks_l2 else eps_t,
+                                "eps + step_size" if walks_l2 else _validation.named("eps", eps))
     steps = _validation.check_positive_int(steps, "steps")
     restarts = _validation.check_restarts(restarts)
     loss_fn = _validation.check_loss_fn(loss_fn)

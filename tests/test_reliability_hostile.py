@@ -243,7 +243,7 @@ def conv_net() -> nn.Module:
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_non_contiguous_inputs_give_the_contiguous_result(name):
+def test_non_contiguous_inputs_give_the_same_values_laid_out_like_x(name):
     x, y = batch(4, (3, 2, 2))
     strided = x.transpose(2, 3)
     assert not strided.is_contiguous()
@@ -251,6 +251,7 @@ def test_non_contiguous_inputs_give_the_contiguous_result(name):
     expected = ATTACKS[name](model, strided.contiguous(), y)
     got = ATTACKS[name](model, strided, y)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert got.stride() == strided.stride()  # as x + eps * sign(grad) would be, in PyTorch
     assert torch.equal(strided, x.transpose(2, 3))  # not written to
 
 

@@ -80,18 +80,31 @@ def linf_take_step(x_adv: Tensor, direction: Tensor, step_size: Tensor, lower: T
     return linf_projection(linf_step(direction, step_size).add_(x_adv), lower, upper)
 
 
-_fused_linf_step: Callable[..., Tensor] | None = None
+def linf_fast_gradient_step(x: Tensor, direction: Tensor, eps: Tensor, low: Tensor | None,
+                            high: Tensor | None) -> Tensor:
+    """:meth:`LinfBall.fast_gradient_step` over tensors only: the step of eps from ``x``, clipped to
+    the box ``[low, high]`` (None: no box); ``x ± eps`` is already on the ball."""
+    moved = linf_step(direction, eps).add_(x)
+    return moved if low is None or high is None else linf_projection(moved, low, high)
+
+
+_compiled: dict[Callable, Callable] = {}
+
+
+def compiled(function: Callable) -> Callable:
+    """``function`` compiled once per process (lazily: importing the compiler is slow).
+
+    Not fullgraph=True: that turns torch's recompile limit (reached after enough new dtypes and
+    eps shapes) into an error; without it further kinds run eagerly, with the same bits.
+    """
+    if function not in _compiled:
+        _compiled[function] = torch.compile(function)
+    return _compiled[function]
 
 
 def compiled_step() -> StepFn:
-    """:func:`._walk.take_step` for an L-inf ball, fused by torch.compile (compiled lazily, once
-    per process: importing the compiler is slow)."""
-    global _fused_linf_step
-    if _fused_linf_step is None:
-        # Not fullgraph=True: that turns the recompile limit (new dtypes, eps shapes) into an error;
-        # without it torch.compile runs further kinds eagerly, with the same bits.
-        _fused_linf_step = torch.compile(linf_take_step)
-    fused = _fused_linf_step
+    """:func:`._walk.take_step` for an L-inf ball, fused by torch.compile."""
+    fused = compiled(linf_take_step)
 
     def step(ball: Ball, x_adv: Tensor, direction: Tensor, step_size: Tensor) -> Tensor:
         assert isinstance(ball, LinfBall)
@@ -101,13 +114,17 @@ def compiled_step() -> StepFn:
 
 
 def fast_gradient_step_for(backend: str) -> Callable[[Ball, Tensor], Tensor]:
-    """How ``backend`` takes the fast gradient method's single step: with the fused step by
-    ``"compile"`` (from the centre, size eps: the projection changes nothing the eager step would
-    not clip); eager otherwise (a CUDA Graph of one step would save no launches)."""
+    """How ``backend`` takes the fast gradient method's single step: fused by ``"compile"``;
+    eager otherwise (a CUDA Graph of one step would save no launches)."""
     if backend != "compile":
         return fast_gradient_step
-    step = compiled_step()
-    return lambda ball, direction: step(ball, ball.x, direction, ball.eps)
+    fused = compiled(linf_fast_gradient_step)
+
+    def step(ball: Ball, direction: Tensor) -> Tensor:
+        box = ball.box
+        return fused(ball.x, direction, ball.eps, *((box.low, box.high) if box is not None else (None, None)))
+
+    return step
 
 
 # model -> OrderedDict(key -> _CapturedWalk), most recently used last.

@@ -244,8 +244,9 @@ def runs_in_low_precision(model: object, x: Tensor) -> bool:
     (``.float()`` at the end). A plain function's modules cannot be seen."""
     if x.dtype in LOW_PRECISION or autocast_enabled(x.device.type):
         return True
-    return isinstance(model, nn.Module) and any(
-        t.dtype in LOW_PRECISION for t in itertools.chain(model.parameters(), model.buffers()))
+    return isinstance(model, nn.Module) and any(  # one walk over the modules, not two
+        t is not None and t.dtype in LOW_PRECISION
+        for m in model.modules() for t in itertools.chain(m._parameters.values(), m._buffers.values()))
 
 
 def uses_batch_statistics(model: object) -> bool:

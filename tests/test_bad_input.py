@@ -174,3 +174,10 @@ def test_the_reach_check_is_per_sample_and_counts_the_l2_step() -> None:
     # The L2 walk steps before it projects: with eps 100 and step 60000 it made inf, then NaN.
     with pytest.raises(ValueError, match=r"eps \+ step_size takes x .largest \|x\| = 60000. past the largest"):
         fk.pgd(identity, x, y, eps=100.0, step_size=60000.0, steps=1, norm=2, clip=None, random_start=False)
+    # eps + step_size summed in float16 rounded 15 away, and the projection's own rounding
+    # (16360 + 7 -> 16368) took the next step to inf: the result was NaN.
+    one = torch.tensor([[16360.0]], dtype=torch.float16)
+    for eps in (15.0, 7.0):
+        with pytest.raises(ValueError, match=r"eps \+ step_size takes x"):
+            fk.pgd(lambda t: torch.cat([t, -t], 1).float() * 1e-4, one, torch.tensor([1]), eps=eps,
+                   step_size=49152.0, steps=3, norm=2, clip=None, random_start=False)

@@ -123,6 +123,15 @@ def check_class_labels(y: Tensor, num_outputs: int) -> None:
     check_label_range(class_label_range(y), num_outputs)
 
 
+def check_index_dtype(y: Tensor) -> None:
+    """Check that ``y`` has an integer dtype, as class indices do (reads no values)."""
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(
+            f"y must hold integer class indices; got dtype {y.dtype}. Use y.long() "
+            "(or pass a loss_fn that takes these targets)"
+        )
+
+
 def class_label_range(y: Tensor) -> tuple[int, int] | None:
     """Check that ``y`` holds class indices for the default loss, and read their range (None if empty).
 
@@ -131,11 +140,7 @@ def class_label_range(y: Tensor) -> tuple[int, int] | None:
     """
     if y.ndim != 1:
         raise ValueError(f"y must be a 1-D tensor of class indices; got shape {tuple(y.shape)}")
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise TypeError(
-            f"y must hold integer class indices; got dtype {y.dtype}. Use y.long() "
-            "(or pass a loss_fn that takes these targets)"
-        )
+    check_index_dtype(y)
     if not y.numel():
         return None
     low, high = torch.stack(torch.aminmax(y)).tolist()  # one pass, one host sync
@@ -281,13 +286,15 @@ def check_eps(eps: object, x: Tensor, norm: float) -> Tensor:
     return _check_budget(eps, "eps", x, positive=False, norm=norm)
 
 
-def check_reach(x: Tensor, reach: Tensor, budgets: str) -> None:
+def check_reach(x: Tensor, reach: Tensor, budgets: str, roundings: int = 0) -> None:
     """Refuse budgets that take a sample of ``x`` past the largest number of its dtype.
 
     For attacks without a box (with one, the result is clipped back): ``reach`` is how far a
     coordinate may move (eps, or for the L2 walk eps + step_size before the projection), a
     scalar or one per sample, and ``budgets`` names it in the message. The result would hold
-    inf (and the L2 projection of an overflowed step NaN).
+    inf (and the L2 projection of an overflowed step NaN). ``roundings`` counts the roundings in
+    x's dtype on the way (the L2 walk's projection and step), each of which may add a unit in
+    the last place; with none, a sum within half a unit of the largest number rounds back to it.
     """
     if not x.numel():
         return
@@ -295,7 +302,8 @@ def check_reach(x: Tensor, reach: Tensor, budgets: str) -> None:
     worst, largest = torch.stack([(largest_x + reach.detach().double().reshape(-1)).amax(),
                                   largest_x.amax()]).tolist()
     finfo = torch.finfo(x.dtype)
-    if worst > finfo.max * (1 + finfo.eps / 4):  # beyond half a unit in the last place: rounds to inf
+    limit = finfo.max / (1 + finfo.eps) ** roundings if roundings else finfo.max * (1 + finfo.eps / 4)
+    if worst > limit:
         raise ValueError(
             f"{budgets} takes x (largest |x| = {largest:.6g}) past the largest {x.dtype} ({finfo.max:.6g}), "
             "and the result would hold inf; pass a smaller budget, or a clip box"

@@ -45,9 +45,10 @@ def projected_gradient_ascent(
     step_t = eps_t if step_size is None else _validation.check_step_size(step_size, x, norm)
     if box is None:
         # The L2 walk steps before it projects, so its points may reach eps + step_size from x.
-        walks_l2 = step_size is not None and norm == 2
-        _validation.check_reach(x, eps_t + step_t if walks_l2 else eps_t,
-                                "eps + step_size" if walks_l2 else _validation.named("eps", eps))
+        if step_size is not None and norm == 2:
+            _validation.check_reach(x, eps_t.double() + step_t.double(), "eps + step_size", roundings=2)
+        else:
+            _validation.check_reach(x, eps_t, _validation.named("eps", eps))
     steps = _validation.check_positive_int(steps, "steps")
     restarts = _validation.check_restarts(restarts)
     loss_fn = _validation.check_loss_fn(loss_fn)

@@ -40,7 +40,6 @@ def assert_same_state(before: dict, after: dict) -> None:
     assert all(torch.equal(a, b) for a, b in zip(before["buffers"], after["buffers"]))
 
 
-
 # What a CPU rank prints when it aborts inside gloo's C++ (SIGABRT).
 GLOO_ABORT = "terminate called without an active exception"
 

@@ -1,7 +1,8 @@
 """How the walk runs: eagerly, with the step fused by ``torch.compile``, or as a captured CUDA Graph.
 
-Every backend runs the same step (:func:`._walk.take_step`) and the same input gradient
-(:class:`~fgsmkit.gradient.Objective`) and gives bit-identical results (for models without
+Every backend runs the same step maths (:func:`._walk.take_step`, or for ``"compile"`` its
+L-inf case over tensors only, built from the same helpers) and the same input gradient
+(:class:`~fgsmkit.gradient.Objective`), and gives bit-identical results (for models without
 random layers in training mode, such as dropout, whose draws may differ between backends):
 
 - ``"eager"``: plain PyTorch, one kernel per operation.

@@ -22,7 +22,8 @@ Walk = Callable[[Objective, Ball, Tensor, Tensor, int], Tensor]
 def take_step(ball: Ball, x_adv: Tensor, direction: Tensor, step_size: Tensor) -> Tensor:
     """One steepest-ascent step along ``direction`` from ``x_adv``, projected onto the ball.
 
-    The one place the step is written; the compiled backend fuses this very function.
+    The one place the step is written; the compiled backend fuses its L-inf case, written over
+    tensors only (:func:`._backends.linf_take_step`) from the same helpers.
     """
     # The step is a new tensor: adding in place saves an allocation (a + b == b + a exactly).
     return ball.project(ball.step(direction, step_size).add_(x_adv))

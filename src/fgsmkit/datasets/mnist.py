@@ -82,8 +82,9 @@ def load_mnist(
     Parameters
     ----------
     root : path-like, optional
-        Folder searched first, and where a download goes. See the module documentation for the
-        full search order (``$FGSMKIT_DATA``, the user cache folder, torchvision's layout).
+        Folder searched first; a download goes to its torchvision-style subfolder
+        (``root/MNIST/raw`` for MNIST). See the module documentation for the full search
+        order (``$FGSMKIT_DATA``, the user cache folder, torchvision's layout).
     split : {"train", "test"}
         The official training or test set.
     download : bool

@@ -2,7 +2,7 @@
 
 Examples
 --------
-A two-minute check that everything runs, then the full run (about half an hour on two CPU
+A check in under a minute that everything runs, then the full run (about half an hour on two CPU
 cores with the embedded MNIST sample), then three seeds and the spread of every number::
 
     fgsmkit reproduce --quick
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of every random choice (default: 0); several, separated by commas, run "
                              "once each into DIR/seed-N, and spread.md gives every number's range over them")
     parser.add_argument("--quick", action="store_true",
-                        help="small data and few epochs: checks in about two minutes that everything runs")
+                        help="small data and few epochs: checks in under a minute that everything runs")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' tiny run
     parser.add_argument("--data", choices=("auto", "full", "sample"), default="auto",
                         help="auto: full MNIST if it is on disk, else the embedded sample (default)")

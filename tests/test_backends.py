@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fgsmkit as fk
+from _cuda_graph_emulator import emulated_cuda_graphs  # noqa: F401 (a fixture)
 from fgsmkit.attacks import _backends
 from fgsmkit.attacks._walk import take_step
 from fgsmkit.constraints import Box, make_ball
@@ -169,7 +170,8 @@ def test_cuda_graph_refuses_a_model_that_synchronises_with_the_fix():
     model, (x, y) = _SynchronisingModel(small_model("cuda")), batch("cuda")
     with pytest.raises(ValueError, match="could not capture.*backend='eager'"):
         fk.pgd(model, x, y, eps=0.1, step_size=0.02, steps=3, backend="cuda_graph")
-    # The failed capture leaves the device usable: the eager walk still runs.
+    # The failed capture leaves the device usable and the caller's stream current.
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
     eager = fk.pgd(model, x, y, eps=0.1, step_size=0.02, steps=3, random_start=False)
     assert torch.equal(eager, fk.pgd(model.inner, x, y, eps=0.1, step_size=0.02, steps=3, random_start=False))
 
@@ -180,16 +182,105 @@ def _fail_with(error: Exception):
     return walk
 
 
-def test_a_failed_capture_is_explained_with_the_fix(monkeypatch):
-    # The wrapping itself, on any device: the capture context is a stand-in, and the walk fails
-    # as CUDA fails inside a capture.
-    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
-    error = RuntimeError("CUDA error: operation not permitted when stream is capturing")
-    with pytest.raises(ValueError, match="could not capture.*operation not permitted.*backend='eager'"):
-        _backends._captured(None, _fail_with(error))
-
-
-def test_running_out_of_memory_while_capturing_is_not_blamed_on_the_model(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+def test_running_out_of_memory_while_capturing_is_not_blamed_on_the_model(emulated_cuda_graphs):
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        _backends._captured(None, _fail_with(torch.cuda.OutOfMemoryError("CUDA out of memory")))
+        _backends._captured(torch.cuda.CUDAGraph(), _fail_with(torch.cuda.OutOfMemoryError("CUDA out of memory")),
+                            torch.cuda.Stream())
+
+
+# The graph backend on CPU, through CUDA Graphs emulated by recording and replaying ATen
+# operations on the same tensors (tests/_cuda_graph_emulator.py): what a captured graph would
+# read or skip, these tests see, without a GPU.
+
+PGD = dict(eps=0.1, step_size=0.02, steps=6, random_start=False)  # as "bim" in attacks()
+
+
+def test_emulated_cuda_graph_gives_eager_bits_and_replays_for_new_inputs(emulated_cuda_graphs):
+    graphs = emulated_cuda_graphs
+    model, (x, y) = small_model(), batch()
+    eager, graphed = attacks(model, x, y, "eager"), attacks(model, x, y, "cuda_graph")
+    for name in eager:
+        assert torch.equal(graphed[name], eager[name]), name
+    assert graphs.replays > 0
+    captures = graphs.captures
+    x2, y2 = x.flip(0).mul(0.9), y.flip(0)
+    assert torch.equal(fk.pgd(model, x2, y2, backend="cuda_graph", **PGD), fk.pgd(model, x2, y2, **PGD))
+    assert graphs.captures == captures  # served by a graph already captured
+    l2 = dict(PGD, eps=0.5, norm=2.0)
+    for inputs, labels in ((x, y), (x2, y2)):
+        assert torch.equal(fk.pgd(model, inputs, labels, backend="cuda_graph", **l2), fk.pgd(model, inputs, labels, **l2))
+    assert graphs.captures == captures + 1
+
+
+def test_emulated_cuda_graph_under_inference_mode_reads_each_calls_labels(emulated_cuda_graphs):
+    # The static buffers were made as inference tensors, and the graph read a copy of the labels
+    # that no call refreshed: new labels gave the first call's answer, and a call outside
+    # inference_mode then failed to update the buffers.
+    model, (x, y) = small_model(), batch()
+    x2, y2 = x.flip(0), (y + 1) % 4
+    with torch.inference_mode():
+        fk.pgd(model, x, y, backend="cuda_graph", **PGD)
+        second = fk.pgd(model, x2, y2, backend="cuda_graph", **PGD)
+    third = fk.pgd(model, x, y2, backend="cuda_graph", **PGD)
+    assert torch.equal(second, fk.pgd(model, x2, y2, **PGD))
+    assert torch.equal(third, fk.pgd(model, x, y2, **PGD))
+    assert emulated_cuda_graphs.captures == 1
+
+
+def test_emulated_cuda_graph_follows_weights_layouts_and_precision_settings(emulated_cuda_graphs, monkeypatch):
+    graphs = emulated_cuda_graphs
+    model, (x, y) = small_model(), batch()
+    fk.pgd(model, x, y, backend="cuda_graph", **PGD)
+    with torch.no_grad():  # an optimizer step: in place, read by the same graph
+        for p in model.parameters():
+            p.mul_(1.5)
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+    assert graphs.captures == 1
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)  # new tensors
+    transposed = x.t().contiguous().t()  # same values, another layout
+    for inputs in (x, transposed):
+        assert torch.equal(fk.pgd(model, inputs, y, backend="cuda_graph", **PGD), fk.pgd(model, inputs, y, **PGD))
+    assert graphs.captures == 3
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", not torch.backends.cudnn.deterministic)
+    fk.pgd(model, x, y, backend="cuda_graph", **PGD)
+    assert graphs.captures == 4
+
+
+class _ReplacesItsBuffer(torch.nn.Module):
+    """Keeps a running mean by replacing its buffer, as `self.mean = 0.9 * self.mean + ...`."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("mean", torch.zeros(12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.mean = 0.9 * self.mean + 0.1 * x.detach().mean(0)
+        return self.inner(x - self.mean)
+
+
+def test_emulated_cuda_graph_refuses_what_it_cannot_capture_and_restores_the_stream(emulated_cuda_graphs):
+    from _cuda_graph_emulator import StreamLog
+
+    model, (x, y) = small_model(), batch()
+    with pytest.raises(ValueError, match="could not capture.*not permitted when stream is capturing.*'eager'"):
+        fk.pgd(_SynchronisingModel(model), x, y, backend="cuda_graph", **PGD)
+    assert StreamLog.current == "default"  # the failed capture left the capture stream current
+    with pytest.raises(ValueError, match="replaces its parameter or buffer tensors"):
+        fk.pgd(_ReplacesItsBuffer(model).train(), x, y, backend="cuda_graph", **PGD)
+
+
+def test_emulated_cuda_graph_cache_does_not_keep_a_model_alive_through_its_loss_fn(emulated_cuda_graphs):
+    import gc
+    import weakref
+
+    model, (x, y) = small_model(), batch()
+    scale = torch.nn.Parameter(torch.ones(()))
+    model.register_parameter("temperature", scale)
+    loss_fn = lambda z, t, m=model: torch.nn.functional.cross_entropy(z * m.temperature, t)  # noqa: E731
+    fk.pgd(model, x, y, loss_fn=loss_fn, backend="cuda_graph", **PGD)
+    assert emulated_cuda_graphs.captures == 1
+    alive = weakref.ref(model)
+    del model, loss_fn, scale
+    gc.collect()
+    assert alive() is None

@@ -14,7 +14,8 @@ random layers in training mode, such as dropout, whose draws may differ between 
   settings; it reads the model's parameters where they are, so in-place updates (an optimizer
   step, ``load_state_dict``) are seen, and new parameter tensors make a new graph. The model must
   be an ``nn.Module`` whose forward is capturable (no host synchronisation, no data-dependent
-  control flow), like the paper's models.
+  control flow, buffers updated in place rather than replaced), like the paper's models. Python
+  numbers that the forward or ``loss_fn`` read are frozen into the graph.
 - ``"auto"``: ``"eager"``. The fused paths are opt-in until they are measured on a GPU
   (docs/benchmarks/gpu.md).
 """
@@ -23,7 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import itertools
 import math
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -147,31 +151,64 @@ def graphed_walk(objective: Objective, ball: Ball, start: Tensor, step_size: Ten
     key = _graph_key(objective, ball, x_adv, step_size, steps - 1)
     cached = _graphs.setdefault(model, OrderedDict())
     walk = cached.pop(key, None)
-    if walk is None:
-        walk = _CapturedWalk(objective, ball, x_adv, step_size, steps - 1)
-        while len(cached) >= GRAPHS_PER_MODEL:
-            cached.popitem(last=False)
-    cached[key] = walk
-    return walk(objective.y, ball, x_adv, step_size)
+    # Outside inference_mode (an evaluation loop's): the static buffers must accept new values
+    # on later calls, and inference tensors would be copied behind the graph's back.
+    with torch.inference_mode(False), torch.cuda.device(x_adv.device):
+        if walk is None:
+            walk = _CapturedWalk(objective, ball, x_adv, step_size, steps - 1)
+            while len(cached) >= GRAPHS_PER_MODEL:
+                cached.popitem(last=False)
+        cached[key] = walk
+        return walk(objective.y, ball, x_adv, step_size)
 
 
 def _signature(t: Tensor | None) -> tuple | None:
-    return None if t is None else (tuple(t.shape), t.dtype, t.device)
+    return None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.device)
 
 
 def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tensor, steps: int) -> tuple:
+    """What the captured kernels depend on besides the values in the static buffers.
+
+    Python numbers that the model's forward or ``loss_fn`` read are not in it: they are frozen
+    into the graph (the documented limit of ``backend="cuda_graph"``).
+    """
     model = objective.model
     assert isinstance(model, nn.Module)
     box = ball.box
     tensors = [*model.parameters(), *model.buffers()]
     return (
-        type(ball), steps, objective.targeted, objective.loss_fn,
+        type(ball), steps, objective.targeted, _weakly(objective.loss_fn),
         _signature(x_adv), _signature(objective.y), _signature(ball.eps), _signature(step_size),
         None if box is None else (_signature(box.low), _signature(box.high)),
-        tuple(m.training for m in model.modules()),
-        tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors),
-        _autocast_state(),
+        tuple((m.training, *map(tuple, (m._forward_pre_hooks, m._forward_hooks, m._backward_hooks)))
+              for m in model.modules()),
+        tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for t in tensors),
+        _autocast_state(), _precision_flags(),
     )
+
+
+def _weakly(function: Callable) -> object:
+    """``function`` for a cache key, held weakly where it can be: a loss_fn that closes over the
+    model would otherwise keep its own key of the weak model -> graphs map alive."""
+    try:
+        return weakref.WeakMethod(function) if inspect.ismethod(function) else weakref.ref(function)
+    except TypeError:  # builtins cannot be weakly referenced; they close over nothing
+        return function
+
+
+def _precision_flags() -> tuple:
+    """The global switches that choose the captured kernels (TF32, reduced-precision reductions,
+    deterministic algorithms, cuDNN's autotuner)."""
+    backends = torch.backends
+    with warnings.catch_warnings():  # newer torch warns when the legacy and new TF32 switches mix
+        warnings.simplefilter("ignore")
+        return (
+            torch.get_float32_matmul_precision(), backends.cudnn.allow_tf32,
+            backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
+            backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+            backends.cudnn.deterministic, backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+            getattr(backends.cuda.matmul, "fp32_precision", None), getattr(backends.cudnn, "fp32_precision", None),
+        )
 
 
 def _autocast_state() -> tuple:
@@ -183,7 +220,10 @@ def _autocast_state() -> tuple:
 
 
 class _CapturedWalk:
-    """``steps`` steps of the walk captured as one CUDA Graph over static input buffers."""
+    """``steps`` steps of the walk captured as one CUDA Graph over static input buffers.
+
+    Made and called on the inputs' device (the caller sets it) and outside inference_mode.
+    """
 
     def __init__(self, objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int) -> None:
         box = ball.box
@@ -194,6 +234,8 @@ class _CapturedWalk:
         }
         static = self.inputs
         graph_objective = Objective(objective.model, static["y"], objective.loss_fn, objective.targeted)
+        # The graph must read the labels that each call refreshes, not a copy of them.
+        assert graph_objective.y is static["y"]
         graph_objective.checked = True  # the eager first step has run the checks
 
         def walk() -> Tensor:
@@ -201,14 +243,23 @@ class _CapturedWalk:
             graph_ball = make_ball(_norm_of(ball), static["x"], static["eps"], graph_box)
             return ascend(graph_objective, graph_ball, static["start"], static["step_size"], steps)
 
-        # Warm up on a side stream (as torch.cuda.graphs requires), then capture.
+        model = objective.model
+        assert isinstance(model, nn.Module)
+        tensors_before = _module_tensors(model)
+        # Warm up on a side stream (as torch.cuda.graphs requires), then capture on that stream.
         side = torch.cuda.Stream(device=start.device)
         side.wait_stream(torch.cuda.current_stream(start.device))
         with torch.cuda.stream(side), _without_autocast_cache():
             walk()
         torch.cuda.current_stream(start.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        self.output = _captured(self.graph, walk)
+        self.output = _captured(self.graph, walk, side)
+        if _module_tensors(model) != tensors_before:
+            raise ValueError(
+                "backend='cuda_graph' cannot serve a model whose forward replaces its parameter or buffer "
+                "tensors (self.buffer = ... rather than an in-place update): the captured graph would read "
+                "the replaced ones. Update them in place, or use backend='eager'"
+            )
 
     def __call__(self, y: Tensor, ball: Ball, start: Tensor, step_size: Tensor) -> Tensor:
         static = self.inputs
@@ -222,21 +273,30 @@ class _CapturedWalk:
         return self.output.clone()
 
 
-def _captured(graph: torch.cuda.CUDAGraph, walk: Callable[[], Tensor]) -> Tensor:
-    """``walk()`` captured into ``graph``, or an error that says why the model cannot be captured.
+def _module_tensors(model: nn.Module) -> list[tuple[str, int]]:
+    """Which tensor each parameter and buffer name holds, by identity."""
+    return [(name, id(t)) for name, t in itertools.chain(model.named_parameters(), model.named_buffers())]
+
+
+def _captured(graph: torch.cuda.CUDAGraph, walk: Callable[[], Tensor], stream: torch.cuda.Stream) -> Tensor:
+    """``walk()`` captured into ``graph`` on ``stream``, or an error that says why the model cannot
+    be captured.
 
     The eager warm-up has just run the same steps, so what fails here is the capture itself.
     """
     try:
-        with _without_autocast_cache(), torch.cuda.graph(graph):
+        # The outer stream context puts the caller's stream back even when the capture fails
+        # (torch.cuda.graph's own exit stops at the failed capture_end).
+        with torch.cuda.stream(stream), _without_autocast_cache(), torch.cuda.graph(graph, stream=stream):
             return walk()
     except torch.cuda.OutOfMemoryError:
         raise
     except RuntimeError as error:
+        cause = error.__context__ if isinstance(error.__context__, Exception) else error
         raise ValueError(
             "backend='cuda_graph' could not capture the attack's steps as a CUDA Graph: the model's forward "
             "or backward synchronises with the host (.item(), float(tensor), printing a tensor, shapes "
-            f"that depend on values) or is otherwise not capturable ({error}). Use backend='eager'"
+            f"that depend on values) or is otherwise not capturable ({cause}). Use backend='eager'"
         ) from error
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -16,7 +17,8 @@ from fgsmkit.benchmarking import contenders, peers, report, timing
 from fgsmkit.benchmarking.workloads import WORKLOADS
 
 SMALL = {name: w.shrunk(8, 3) for name, w in WORKLOADS.items()}
-TRAIN = ("clean step", "AdversarialLoss step", "3-forward adversarial step")
+TRAIN = ("clean step", "AdversarialLoss step", "3-forward adversarial step", "2-forward adversarial step")
+MEASURES_RESIDENT_PEAK = os.path.exists("/proc/self/clear_refs")
 
 
 def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
@@ -31,19 +33,24 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     document = json.loads(out.read_text())
     meta = document["meta"]
     assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["repeats"] == 2
+    assert set(meta["peer_versions"]) == {p.name for p in peers.PEERS}
+    assert all(meta["peer_versions"][p.name] for p in AVAILABLE)
     assert isinstance(document["skipped_peers"], dict)
     (result,) = document["workloads"]
     assert result["name"] == "maxout-128" and result["batch"] == 16 and result["steps"] == 3
 
     timings = result["timings"]
     expected = {"fgsm/fgsmkit", "fgsm/hand-written", "pgd/fgsmkit", "pgd/hand-written",
-                "floor/fwd+bwd to input", *(f"train/{name}" for name in TRAIN)}
+                "floor/fwd+bwd to input", "floor/fwd+bwd to input x3", *(f"train/{name}" for name in TRAIN)}
     assert expected <= set(timings)
+    assert timings["floor/fwd+bwd to input x3"]["group"] == timings["pgd/fgsmkit"]["group"]
     for entry in timings.values():
         assert len(entry["wall_s"]) == len(entry["cpu_s"]) == 2
         assert entry["wall_median_s"] == pytest.approx(sorted(entry["wall_s"])[0] / 2 + sorted(entry["wall_s"])[1] / 2)
         assert entry["wall_median_s"] > 0
-        assert entry["peak_memory_bytes"] is None or entry["peak_memory_bytes"] >= 0
+        assert entry["first_call_reserved_bytes"] is None  # measured on CUDA only
+        if MEASURES_RESIDENT_PEAK:  # every contender allocates at least its output or gradients
+            assert isinstance(entry["peak_memory_bytes"], int) and entry["peak_memory_bytes"] > 0
 
     ratios = result["ratios"]
     wall = {key: entry["wall_median_s"] for key, entry in timings.items()}
@@ -51,14 +58,19 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     ours, hand = timings["pgd/fgsmkit"]["cpu_s"], timings["pgd/hand-written"]["cpu_s"]
     assert ratios["pgd: fgsmkit / hand-written"]["paired_cpu"] == pytest.approx(
         (ours[0] / hand[0] + ours[1] / hand[1]) / 2)
-    assert "paired_cpu" not in ratios["pgd: fgsmkit / (3 x floor)"]  # the floor ran in other rounds
-    assert ratios["pgd: fgsmkit / (3 x floor)"]["wall"] == pytest.approx(
-        wall["pgd/fgsmkit"] / (3 * wall["floor/fwd+bwd to input"]))
+    # The floor called once per PGD step ran in the same rounds as PGD, so the ratio is paired.
+    floor3 = timings["floor/fwd+bwd to input x3"]["cpu_s"]
+    assert ratios["pgd: fgsmkit / (3 x floor)"]["paired_cpu"] == pytest.approx(
+        (ours[0] / floor3[0] + ours[1] / floor3[1]) / 2)
+    assert "paired_cpu" in ratios["fgsm: fgsmkit / floor"]
     assert ratios["AdversarialLoss step / clean step"]["wall"] == pytest.approx(
         wall["train/AdversarialLoss step"] / wall["train/clean step"])
+    assert "paired_cpu" in ratios["AdversarialLoss step / 2-forward adversarial step"]
     assert result["agreement_max_abs_diff"]["fgsm"]["hand-written"] == 0.0
     assert result["agreement_max_abs_diff"]["pgd"]["hand-written"] == 0.0
-    assert result["adversarial_loss_bit_identical"] is True
+    assert result["agrees"] == {"hand-written": True, **{p.name: True for p in AVAILABLE if p.name != "adv-lib"}}
+    assert result["adversarial_loss_bit_identical"] == {"3-forward adversarial step": True,
+                                                        "2-forward adversarial step": True}
 
 
 def test_bad_options_are_refused(capsys, tmp_path):
@@ -66,12 +78,73 @@ def test_bad_options_are_refused(capsys, tmp_path):
     assert "unknown workloads" in capsys.readouterr().err
     assert main(["bench", "--quick", "--workloads", ","]) == 2  # nothing to run is not a success
     assert "unknown workloads" in capsys.readouterr().err
-    # A folder as the JSON file is refused before the run, not after it.
-    assert main(["bench", "--quick", "--no-peers", "--json", str(tmp_path)]) == 2
-    out, err = capsys.readouterr()
-    assert "is a folder" in err and "max abs diff" not in out
-    with pytest.raises(SystemExit, match="cuda_graph"):
-        main(["bench", "--quick", "--backends", "cuda_graph", "--workloads", "maxout-128"])
+    # A JSON file that cannot be written is refused before the run, not after it.
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    for unwritable in (tmp_path, not_a_folder / "results.json"):
+        assert main(["bench", "--quick", "--no-peers", "--json", str(unwritable)]) == 2
+        out, err = capsys.readouterr()
+        assert f"--json {unwritable} cannot be written" in err and "max abs diff" not in out
+    assert main(["bench", "--quick", "--backends", "cuda_graph", "--workloads", "maxout-128"]) == 2
+    assert "cuda_graph" in capsys.readouterr().err
+
+
+def test_a_missing_json_folder_is_made_and_nothing_is_left_before_the_run(tmp_path):
+    from fgsmkit.benchmarking import cli
+
+    path = tmp_path / "new" / "results.json"
+    assert cli._unwritable(path) is None
+    assert path.parent.is_dir() and not path.exists()
+
+
+def _wrong_peer(model, x, y, w):
+    # FGSM with twice the budget, and a PGD that returns the clean input.
+    return {"fgsm": lambda: fk.fgsm(model, x, y, eps=2 * w.eps), "pgd": lambda: x.clone()}
+
+
+def _failing_build(model, x, y, w):
+    raise RuntimeError("cannot build")
+
+
+def _failing_call(model, x, y, w):
+    def fail():
+        raise ValueError("cannot attack")
+    return {"fgsm": fail, "pgd": lambda: x.clone()}
+
+
+def test_a_disagreeing_peer_is_flagged_and_fails_the_run_and_a_failing_peer_is_skipped(tmp_path, capsys, monkeypatch):
+    fakes = [peers.Peer("wrong", "wrong", (), _wrong_peer), peers.Peer("no-build", "no-build", (), _failing_build),
+             peers.Peer("no-call", "no-call", (), _failing_call)]
+    monkeypatch.setattr(peers, "available", lambda: (fakes, {}))
+    out = tmp_path / "results.json"
+    code = main(["bench", "--quick", "--workloads", "maxout-128", "--fast-repeats", "1", "--repeats", "1",
+                 "--warmup", "0", "--json", str(out)])
+    printed, err = capsys.readouterr()
+    assert code == 1  # after the results are written
+    assert "wrong" in printed and "DISAGREES" in printed and "wrong's FGSM disagrees" in err
+    (result,) = json.loads(out.read_text())["workloads"]
+    assert result["agrees"] == {"hand-written": True, "wrong": False}
+    assert result["agreement_max_abs_diff"]["fgsm"]["wrong"] == pytest.approx(0.25)
+    assert result["agreement_fraction_off"]["pgd"]["wrong"] > 0.5  # information, not a failure
+    assert "fgsm/wrong" in result["timings"]  # timed, but in no ratio
+    assert not [description for description in result["ratios"] if "wrong" in description]
+    assert "RuntimeError: cannot build" in result["skipped_peers"]["no-build"]
+    assert "ValueError: cannot attack" in result["skipped_peers"]["no-call"]
+    assert not [key for key in result["timings"] if "no-" in key]
+
+
+def test_problems_name_disagreeing_contenders_and_training_steps_that_are_not_bit_identical():
+    w = SMALL["maxout-128"]
+    result = report.WorkloadResult(
+        w, {}, {"fgsm": {"good": report.Agreement(0.0, 0.0), "bad": report.Agreement(0.5, 1.0),
+                         "other shape": report.Agreement(None, None), "nan": report.Agreement(math.nan, 0.0)},
+                "pgd": {"drifted": report.Agreement(0.06, 0.003)}},
+        {"3-forward adversarial step": True, "2-forward adversarial step": False})
+    assert result.agrees() == {"good": True, "bad": False, "other shape": False, "nan": False}
+    problems = result.problems()
+    assert len(problems) == 4 and "2-forward adversarial step" in problems[-1]
+    assert report.Agreement.of(torch.zeros(3), torch.zeros(2)) == report.Agreement(None, None)
+    assert report.Agreement.of(torch.tensor([0.0, 1e-7, 1.0]), torch.zeros(3)) == report.Agreement(1.0, 1 / 3)
 
 
 def test_contenders_are_interleaved_in_a_fresh_random_order_each_round():
@@ -107,7 +180,8 @@ def test_ratios_are_ratios_of_medians_and_medians_of_paired_ratios():
     w = SMALL["maxout-128"]
     timings = {key: timing.Timing(wall=[v, 3 * v, 2 * v], cpu=[v, v, v], group=group) for key, v, group in
                [("fgsm/fgsmkit", 1.0, "a"), ("fgsm/hand-written", 2.0, "a"), ("pgd/fgsmkit", 6.0, "b"),
-                ("pgd/hand-written", 3.0, "b"), ("floor/fwd+bwd to input", 0.5, "a")]}
+                ("pgd/hand-written", 3.0, "b"), ("floor/fwd+bwd to input", 0.5, "a"),
+                ("floor/fwd+bwd to input x3", 2.0, "b")]}
     # A drifting machine: round 2 of fgsmkit's FGSM was slow, but so was hand-written's.
     timings["fgsm/fgsmkit"].cpu = [1.0, 4.0, 1.2]
     timings["fgsm/hand-written"].cpu = [2.0, 8.0, 2.0]
@@ -116,7 +190,8 @@ def test_ratios_are_ratios_of_medians_and_medians_of_paired_ratios():
     assert ratios["fgsm: fgsmkit / hand-written"]["cpu"] == pytest.approx(1.2 / 2.0)
     assert ratios["fgsm: fgsmkit / hand-written"]["paired_cpu"] == pytest.approx(0.5)  # 0.5, 0.5, 0.6
     assert ratios["pgd: fgsmkit / hand-written"] == {"wall": 2.0, "cpu": 2.0, "paired_wall": 2.0, "paired_cpu": 2.0}
-    assert ratios["pgd: fgsmkit / (3 x floor)"] == {"wall": pytest.approx(6.0 / 1.5), "cpu": pytest.approx(6.0 / 1.5)}
+    assert ratios["pgd: fgsmkit / (3 x floor)"] == {"wall": 3.0, "cpu": 3.0, "paired_wall": 3.0, "paired_cpu": 3.0}
+    assert ratios["fgsm: fgsmkit / floor"]["paired_cpu"] == pytest.approx(2.4)  # 2, 8, 2.4
     assert "AdversarialLoss step / clean step" not in ratios  # not measured, not invented
 
 
@@ -147,7 +222,8 @@ def test_hand_written_loops_compute_what_fgsmkit_computes(name):
 def test_adversarial_loss_trains_bit_identically_to_the_3_forward_step(name):
     w = SMALL[name]
     model, x, y = w.make("cpu")
-    assert contenders.adversarial_loss_matches(model, x, y, w.eps)
+    assert contenders.adversarial_loss_matches(model, x, y, w.eps) == {
+        "3-forward adversarial step": True, "2-forward adversarial step": True}
     # ...and the comparison can fail: a different eps gives different parameters.
     criterion = fk.AdversarialLoss(alpha=contenders.ALPHA, eps=w.eps)
     a, b = (w.make("cpu")[0] for _ in range(2))
@@ -162,6 +238,9 @@ def test_training_steps_change_only_their_own_copy():
     before = [p.clone() for p in model.parameters()]
     for step in contenders.training_steps(model, x, y, w).values():
         step()
+        copied = inspect.getclosurevars(step).nonlocals["model"]
+        assert copied is not model
+        assert not any(torch.equal(p, q) for p, q in zip(before, copied.parameters()))
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
 
 
@@ -188,3 +267,25 @@ def test_peers_fgsm_agrees_with_fgsmkit(peer):
     # A flipped sign would move a coordinate by up to 2 eps; only rounding is allowed.
     assert float((theirs - ours).abs().max()) <= 1e-6
     assert math.isfinite(float(theirs.sum()))
+
+
+@pytest.mark.skipif("foolbox" not in {p.name for p in AVAILABLE}, reason="foolbox is not importable")
+def test_foolbox_leaves_the_model_where_the_inputs_are(monkeypatch):
+    # Without device=, foolbox moves the model to cuda:0 whenever CUDA is available.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    w = SMALL["maxout-128"]
+    model, x, y = w.make("cpu")
+    (foolbox,) = (p for p in AVAILABLE if p.name == "foolbox")
+    runs = foolbox.build(model, x, y, w)
+    assert torch.equal(runs["fgsm"](), fk.fgsm(model, x, y, eps=w.eps))
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_on_cuda_the_table_drops_cpu_time_and_shows_the_memory_reserved_by_the_first_call():
+    w = SMALL["maxout-128"]
+    timings = {"pgd/fgsmkit[cuda_graph]": timing.Timing(wall=[1.0], cpu=[1.0], peak_memory=2**20,
+                                                         first_call_reserved=3 * 2**20, group="b")}
+    cuda = report.table(report.WorkloadResult(w, timings, device="cuda"))
+    assert "CPU" not in cuda and "reserved by first call MiB" in cuda and "| 1.0 | 3.0 |" in cuda
+    assert "CPU" in report.table(report.WorkloadResult(w, timings))
+    assert timing.first_call(lambda: 7, torch.device("cpu")) == (7, None)

@@ -1,9 +1,11 @@
 """``fgsmkit bench``: time fgsmkit against hand-written PyTorch, the cost floor and the peers.
 
-For each workload it checks that every contender's FGSM and PGD output agree with fgsmkit's
-(printing the largest absolute difference) and that AdversarialLoss trains to bit-identical
-parameters, then times every contender round-robin, reports medians, ratios and peak memory
-as a table, and writes them to a JSON file.
+For each workload it checks that every contender's FGSM agrees with fgsmkit's (within
+``report.TOLERANCE``; a contender that does not is left out of the ratios), shows how far their
+PGD outputs drift apart, and checks that the hand-written adversarial training steps train to
+bit-identical parameters to AdversarialLoss; then it times every contender round-robin, reports
+medians, ratios and peak memory as a table, and writes them to a JSON file. A failed check makes
+the exit status 1, after the results are written.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .. import __version__, pgd
 from . import contenders, peers, report, timing
 from .workloads import WORKLOADS, Workload
 
+Run = Callable[[], object]
 QUICK_BATCH, QUICK_STEPS = 16, 3
 
 
@@ -49,27 +52,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the benchmark: 0 if every check passed, 1 if one failed (after writing the results),
+    2 for a bad option (before running anything)."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
+        return _refuse("--device cuda but no CUDA device is available")
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown or not names:
-        print(f"error: unknown workloads {unknown or args.workloads!r}; choose among {list(WORKLOADS)}",
-              file=sys.stderr)
-        return 2
-    if args.json.is_dir():  # found now, not after the run
-        print(f"error: --json {args.json} is a folder; give a file name, e.g. {args.json / 'bench-results.json'}",
-              file=sys.stderr)
-        return 2
+        return _refuse(f"unknown workloads {unknown or args.workloads!r}; choose among {list(WORKLOADS)}")
+    unwritable = _unwritable(args.json)
+    if unwritable:
+        return _refuse(unwritable)
     repeats, fast_repeats, warmup = args.repeats, args.fast_repeats, args.warmup
     if args.quick:
         repeats, fast_repeats, warmup = min(repeats, 2), min(fast_repeats, 2), min(warmup, 1)
     if min(repeats, fast_repeats) < 1 or warmup < 0:
-        print("error: --repeats and --fast-repeats must be >= 1, --warmup >= 0", file=sys.stderr)
-        return 2
-    backends = _backends(args.backends, device, args.quick)
+        return _refuse("--repeats and --fast-repeats must be >= 1, --warmup >= 0")
+    try:
+        backends = _backends(args.backends, device, args.quick)
+    except ValueError as error:
+        return _refuse(str(error))
 
     usable: list[peers.Peer] = []
     skipped: dict[str, str] = {}
@@ -86,48 +89,75 @@ def run(args: argparse.Namespace) -> int:
             workload = workload.shrunk(QUICK_BATCH, QUICK_STEPS)
         result = measure(workload, device, (fast_repeats, repeats), warmup, backends, usable)
         print(report.table(result))
+        for peer, reason in result.skipped.items():
+            skipped.setdefault(peer, f"failed on {name}: {reason}")
         results.append(result)
     meta["load_average_after"] = _load_average()
     report.write_json(args.json, meta, results, skipped)
     print(f"wrote {args.json}")
-    return 0
+    problems = [problem for result in results for problem in result.problems()]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def measure(w: Workload, device: torch.device, repeats: tuple[int, int], warmup: int, backends: Sequence[str],
             usable: Sequence[peers.Peer]) -> report.WorkloadResult:
     """Check agreement on ``w``, then time every contender on it.
 
-    The one-pass contenders (FGSM, the floor, the training steps) and the PGD contenders are
-    timed as two round-robin groups, ``repeats = (one-pass rounds, PGD rounds)``.
+    The one-pass contenders (FGSM, the floor, the training steps) and the PGD contenders (with
+    the floor called once per PGD step) are timed as two round-robin groups,
+    ``repeats = (one-pass rounds, PGD rounds)``. A peer that fails to build or on its first call
+    is left out and listed in the result's ``skipped``.
     """
     model, x, y = w.make(device)
-    groups: dict[str, dict[str, Callable[[], object]]] = contenders.attacks(model, x, y, w)
+    groups: dict[str, dict[str, Run]] = contenders.attacks(model, x, y, w)
     for backend in backends:
         if backend != "eager":
             groups["pgd"][f"fgsmkit[{backend}]"] = _pgd_with(model, x, y, w, backend)
-    notes = {}
+    print(f"== {w.name}: checking that the contenders agree with fgsmkit")
+    first = {attack: {name: timing.first_call(run, device) for name, run in group.items()}
+             for attack, group in groups.items()}
+    notes, skipped = {}, {}
     for peer in usable:
-        for attack, run in peer.build(model, x, y, w).items():
-            if run is not None:
-                groups[attack][peer.name] = run
+        try:
+            built = _peer_runs(peer, model, x, y, w, device)
+        except Exception as error:  # a peer's bug must not cost the rest of the run
+            skipped[peer.name] = peers.reason(error)
+            print(f"skipping {peer.name} on {w.name}: it failed ({skipped[peer.name]})")
+            continue
+        for attack, (run, call) in built.items():
+            groups[attack][peer.name], first[attack][peer.name] = run, call
         if peer.note:
             notes[peer.name] = peer.note
+    agreement = {attack: _agreement(attack, {name: output for name, (output, _) in by_name.items()})
+                 for attack, by_name in first.items()}
+    bit_identical = contenders.adversarial_loss_matches(model, x, y, w.eps)
+    for name, identical in bit_identical.items():
+        print(f"AdversarialLoss bit-identical to the {name}: {identical}" + ("" if identical else "  <-- FAILED"))
 
-    print(f"== {w.name}: checking that the contenders agree with fgsmkit")
-    agreement = {attack: _agreement(attack, groups[attack], notes) for attack in ("fgsm", "pgd")}
-    identical = contenders.adversarial_loss_matches(model, x, y, w.eps)
-    print(f"AdversarialLoss bit-identical to the 3-forward step: {identical}")
-
-    one_pass = {f"{attack}/{name}": run for attack in ("fgsm", "floor") for name, run in groups[attack].items()}
+    one_pass = {f"fgsm/{name}": run for name, run in groups["fgsm"].items()}
+    one_pass[report.FLOOR] = lambda: contenders.input_gradient_floor(model, x, y)
     one_pass.update({f"train/{name}": run for name, run in contenders.training_steps(model, x, y, w).items()})
     iterative = {f"pgd/{name}": run for name, run in groups["pgd"].items()}
+    iterative[report.floor_loop(w.steps)] = contenders.input_gradient_floor_loop(model, x, y, w.steps)
     timings = {}
     for group, runs, rounds in (("one-pass", one_pass, repeats[0]), ("pgd", iterative, repeats[1])):
         print(f"== {w.name}: timing {len(runs)} contenders, {rounds} rounds after {warmup} warm-up")
         timings.update(timing.interleaved(runs, device, rounds, warmup, group))
         for key, run in runs.items():
             timings[key].peak_memory = timing.peak_memory(run, device)
-    return report.WorkloadResult(w, timings, agreement, identical, notes)
+    for attack, by_name in first.items():
+        for name, (_, reserved) in by_name.items():
+            timings[f"{attack}/{name}"].first_call_reserved = reserved
+    return report.WorkloadResult(w, timings, agreement, bit_identical, notes, skipped, device.type)
+
+
+def _peer_runs(peer: peers.Peer, model: torch.nn.Module, x: Tensor, y: Tensor, w: Workload,
+               device: torch.device) -> dict[str, tuple[Run, tuple[object, int | None]]]:
+    """``{attack: (run, what its first call returned)}`` for the attacks ``peer`` has."""
+    runs = {attack: run for attack, run in peer.build(model, x, y, w).items() if run is not None}
+    return {attack: (run, timing.first_call(run, device)) for attack, run in runs.items()}
 
 
 def _pgd_with(model: torch.nn.Module, x: Tensor, y: Tensor, w: Workload, backend: str) -> Callable[[], Tensor]:
@@ -135,20 +165,21 @@ def _pgd_with(model: torch.nn.Module, x: Tensor, y: Tensor, w: Workload, backend
                        backend=backend)
 
 
-def _agreement(attack: str, group: dict[str, Callable[[], object]],
-               notes: dict[str, str]) -> dict[str, float | None]:
-    """Largest absolute difference of each contender's output from fgsmkit's (None: not compared)."""
-    reference = group["fgsmkit"]()
+def _agreement(attack: str, outputs: dict[str, object]) -> dict[str, report.Agreement]:
+    """How far each contender's output is from fgsmkit's, printed; only FGSM has to agree."""
+    reference = outputs[report.OURS]
     assert isinstance(reference, Tensor)
-    diffs: dict[str, float | None] = {}
-    for name, run in group.items():
-        out = run()
-        if name in notes or not isinstance(out, Tensor):
-            diffs[name] = None
+    agreement = {}
+    for name, output in outputs.items():
+        if name == report.OURS:
             continue
-        diffs[name] = float((out.detach().to(reference) - reference).abs().max())
-        print(f"  {attack:4s} {name:24s} max abs diff from fgsmkit: {diffs[name]:.3g}")
-    return diffs
+        agreement[name] = found = report.Agreement.of(output, reference)
+        if attack == "pgd":
+            verdict = "(information: PGD drifts by rounding over the steps)"
+        else:
+            verdict = "agrees" if found.agrees else "<-- DISAGREES with fgsmkit: left out of the ratios"
+        print(f"  {attack:4s} {name:24s} {found.describe()} {verdict}")
+    return agreement
 
 
 def _backends(option: str | None, device: torch.device, quick: bool) -> list[str]:
@@ -158,9 +189,28 @@ def _backends(option: str | None, device: torch.device, quick: bool) -> list[str
         return ["eager", "compile", "cuda_graph"] if device.type == "cuda" else ["eager", "compile"]
     chosen = [b.strip() for b in option.split(",") if b.strip()]
     bad = [b for b in chosen if b not in ("eager", "compile", "cuda_graph")]
-    if bad or (device.type != "cuda" and "cuda_graph" in chosen):
-        raise SystemExit(f"error: --backends takes eager, compile (and cuda_graph on CUDA); got {option!r}")
+    if bad or not chosen or (device.type != "cuda" and "cuda_graph" in chosen):
+        raise ValueError(f"--backends takes eager, compile (and cuda_graph on CUDA); got {option!r}")
     return chosen
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the results cannot be written to ``path`` (None: they can), found before the run."""
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        return f"--json {path} cannot be written: {error.strerror or error}"
+    if not existed:
+        path.unlink()  # a run that fails leaves no empty file behind
+    return None
+
+
+def _refuse(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def _processor() -> str:
@@ -190,7 +240,7 @@ def _meta(device: torch.device, repeats: int, fast_repeats: int, warmup: int,
         "platform": platform.platform(), "processor": _processor(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "device": str(device), "repeats": repeats, "fast_repeats": fast_repeats, "warmup": warmup,
-        "backends": list(backends),
+        "backends": list(backends), "peer_versions": peers.versions(),
         "load_average_before": _load_average(),
     }
     if device.type == "cuda":

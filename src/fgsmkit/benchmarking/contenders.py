@@ -2,7 +2,8 @@
 
 The hand-written loops are what a user would write without a library: the gradient with respect
 to the input by ``torch.autograd.grad``, a sign step, a clamp to the ball and to ``[0, 1]``. The
-floor is one forward and one backward to the input, the cost no attack step can beat.
+floor is one forward and one backward to the input, the cost no attack step can beat; PGD is
+timed against that floor called once per step, in the same rounds.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def input_gradient_floor(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return grad
 
 
+def input_gradient_floor_loop(model: nn.Module, x: Tensor, y: Tensor, steps: int) -> Run:
+    """The floor ``steps`` times: what a PGD of ``steps`` steps cannot beat."""
+
+    def run() -> None:
+        for _ in range(steps):
+            input_gradient_floor(model, x, y)
+
+    return run
+
+
 _CRITERION_LOSS = AdversarialLoss().loss_fn
 
 
@@ -63,6 +74,16 @@ def straightforward_adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, eps
     return alpha * mean_loss(model(x), y) + (1.0 - alpha) * mean_loss(model(x_adv), y)
 
 
+def two_forward_adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, eps: float,
+                                 alpha: float = ALPHA) -> Tensor:
+    """Eq. (6) by hand in 2 forwards and 2 backwards: the clean graph is kept for the final backward."""
+    x_in = x.clone().requires_grad_(True)
+    clean = mean_loss(model(x_in), y)
+    (grad,) = torch.autograd.grad(clean, x_in, retain_graph=True)
+    x_adv = (x + eps * grad.sign()).clamp(0.0, 1.0)
+    return alpha * clean + (1.0 - alpha) * mean_loss(model(x_adv), y)
+
+
 def training_step(model: nn.Module, loss_of: Callable[[nn.Module], Tensor]) -> Run:
     """One SGD step on ``model`` of the loss ``loss_of(model)``."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -76,7 +97,7 @@ def training_step(model: nn.Module, loss_of: Callable[[nn.Module], Tensor]) -> R
 
 
 def attacks(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, dict[str, Run]]:
-    """``{attack: {contender: run}}`` for fgsmkit, the hand-written loops and the floor."""
+    """``{attack: {contender: run}}`` for fgsmkit and the hand-written loops."""
     return {
         "fgsm": {
             "fgsmkit": lambda: fgsm(model, x, y, eps=w.eps),
@@ -87,26 +108,34 @@ def attacks(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, di
                                    random_start=False),
             "hand-written": lambda: hand_pgd(model, x, y, w.eps, w.step_size, w.steps),
         },
-        "floor": {"fwd+bwd to input": lambda: input_gradient_floor(model, x, y)},
+    }
+
+
+def training_losses(eps: float) -> dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]]:
+    """The adversarial training losses, ``{name: loss(model, x, y)}``: fgsmkit's and the hand-written ones."""
+    criterion = AdversarialLoss(alpha=ALPHA, eps=eps)
+    return {
+        "AdversarialLoss step": criterion,
+        "3-forward adversarial step": lambda m, x, y: straightforward_adversarial_loss(m, x, y, eps),
+        "2-forward adversarial step": lambda m, x, y: two_forward_adversarial_loss(m, x, y, eps),
     }
 
 
 def training_steps(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run]:
-    """Clean, fgsmkit-adversarial and straightforward-adversarial SGD steps, each on its own copy."""
-    criterion = AdversarialLoss(alpha=ALPHA, eps=w.eps)
-    return {
-        "clean step": training_step(copy.deepcopy(model), lambda m: mean_loss(m(x), y)),
-        "AdversarialLoss step": training_step(copy.deepcopy(model), lambda m: criterion(m, x, y)),
-        "3-forward adversarial step": training_step(
-            copy.deepcopy(model), lambda m: straightforward_adversarial_loss(m, x, y, w.eps)),
-    }
+    """A clean SGD step and one per adversarial training loss, each on its own copy of ``model``."""
+    steps = {"clean step": training_step(copy.deepcopy(model), lambda m: mean_loss(m(x), y))}
+    for name, loss in training_losses(w.eps).items():
+        steps[name] = training_step(copy.deepcopy(model), lambda m, loss=loss: loss(m, x, y))
+    return steps
 
 
-def adversarial_loss_matches(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> bool:
-    """Whether one SGD step with :class:`AdversarialLoss` gives bit-identical parameters to the
-    straightforward 3-forward loss."""
-    ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
-    criterion = AdversarialLoss(alpha=ALPHA, eps=eps)
-    training_step(ours, lambda m: criterion(m, x, y))()
-    training_step(theirs, lambda m: straightforward_adversarial_loss(m, x, y, eps))()
-    return all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+def adversarial_loss_matches(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, bool]:
+    """For each hand-written adversarial loss, whether one SGD step with it gives bit-identical
+    parameters to one with :class:`AdversarialLoss`."""
+    parameters = {}
+    for name, loss in training_losses(eps).items():
+        copied = copy.deepcopy(model)
+        training_step(copied, lambda m, loss=loss: loss(m, x, y))()
+        parameters[name] = list(copied.parameters())
+    ours = parameters.pop("AdversarialLoss step")
+    return {name: all(torch.equal(a, b) for a, b in zip(ours, theirs)) for name, theirs in parameters.items()}

@@ -1,7 +1,8 @@
 """Adapters for peer attack libraries: each turns a model and a batch into FGSM and PGD calls.
 
 Every peer is optional. :func:`available` imports each one and returns the adapters that work,
-plus a reason for each one that does not, so that the benchmark can say what it skipped. All
+plus a reason for each one that does not, so that the benchmark can say what it skipped;
+:func:`versions` says which release of each was timed. All
 adapters run the same attack as fgsmkit: untargeted L-inf, cross-entropy on the true labels,
 inputs clipped to ``[0, 1]``, PGD from the clean input (no random start) with a fixed step.
 """
@@ -9,6 +10,7 @@ inputs clipped to ``[0, 1]``, PGD from the clean input (no random start) with a 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,13 +25,15 @@ Builder = Callable[[nn.Module, Tensor, Tensor, Workload], "dict[str, Run | None]
 
 @dataclass(frozen=True)
 class Peer:
-    """A peer library: the modules it needs and a builder of its attack calls.
+    """A peer library: its distribution, the modules it needs and a builder of its attack calls.
 
     ``build(model, x, y, workload)`` returns ``{"fgsm": run, "pgd": run}``; a value of None means
-    the library has no such attack, and ``note`` says why.
+    the library has no such attack. ``note`` says what differs from fgsmkit's attack (a missing
+    attack, another output), for the reader of the results.
     """
 
     name: str
+    distribution: str
     modules: tuple[str, ...]
     build: Builder
     note: str = ""
@@ -46,7 +50,8 @@ def _torchattacks(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[s
 def _foolbox(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
     import foolbox
 
-    fmodel = foolbox.PyTorchModel(model, bounds=(0.0, 1.0))
+    # Without device= foolbox moves the model to cuda:0 whenever CUDA is available, even for a CPU run.
+    fmodel = foolbox.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
     fgsm = foolbox.attacks.LinfFastGradientAttack(random_start=False)
     pgd = foolbox.attacks.LinfProjectedGradientDescentAttack(
         abs_stepsize=w.step_size, steps=w.steps, random_start=False)
@@ -110,16 +115,21 @@ def _adv_lib(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, R
 
 
 PEERS = (
-    Peer("torchattacks", ("torchattacks",), _torchattacks),
-    Peer("foolbox", ("foolbox",), _foolbox),
-    Peer("advertorch", ("advertorch.attacks",), _advertorch),
-    Peer("cleverhans", ("cleverhans.torch.attacks.fast_gradient_method",), _cleverhans),
-    Peer("ART", ("art.attacks.evasion", "art.estimators.classification"), _art),
-    Peer("adv-lib", ("adv_lib.attacks",), _adv_lib,
+    Peer("torchattacks", "torchattacks", ("torchattacks",), _torchattacks),
+    Peer("foolbox", "foolbox", ("foolbox",), _foolbox),
+    Peer("advertorch", "advertorch", ("advertorch.attacks",), _advertorch),
+    Peer("cleverhans", "cleverhans", ("cleverhans.torch.attacks.fast_gradient_method",), _cleverhans),
+    Peer("ART", "adversarial-robustness-toolbox", ("art.attacks.evasion", "art.estimators.classification"), _art),
+    Peer("adv-lib", "adv-lib", ("adv_lib.attacks",), _adv_lib,
          note="adv-lib has no FGSM, and its pgd_linf returns for each sample the last iterate that "
-              "fooled the model (else the clean input), not the final iterate; its output is not "
-              "compared, only timed"),
+              "fooled the model (else the clean input), not the final iterate: its PGD output "
+              "differs from fgsmkit's by design"),
 )
+
+
+def reason(error: BaseException) -> str:
+    """One line saying what went wrong, for the list of skipped peers."""
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 def available(peers: tuple[Peer, ...] = PEERS) -> tuple[list[Peer], dict[str, str]]:
@@ -130,7 +140,18 @@ def available(peers: tuple[Peer, ...] = PEERS) -> tuple[list[Peer], dict[str, st
             for module in peer.modules:
                 importlib.import_module(module)
         except Exception as error:  # a broken peer raises anything at import (ImportError, AttributeError...)
-            skipped[peer.name] = f"{type(error).__name__}: {error}".splitlines()[0]
+            skipped[peer.name] = reason(error)
             continue
         usable.append(peer)
     return usable, skipped
+
+
+def versions(peers: tuple[Peer, ...] = PEERS) -> dict[str, str | None]:
+    """``{name: installed version}`` of each peer's distribution (None: not installed)."""
+    found: dict[str, str | None] = {}
+    for peer in peers:
+        try:
+            found[peer.name] = importlib.metadata.version(peer.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            found[peer.name] = None
+    return found

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from .timing import Timing
 from .workloads import Workload
 
@@ -18,52 +20,117 @@ PAIRED = ("paired_wall", "paired_cpu")
 FLOOR = "floor/fwd+bwd to input"
 OURS, HAND = "fgsmkit", "hand-written"
 
+# FGSM is one sign step: a flipped sign moves a coordinate by up to 2 eps, rounding by about an ulp.
+TOLERANCE = 1e-6
+
+
+def floor_loop(steps: int) -> str:
+    """The key of the floor called ``steps`` times, timed beside PGD."""
+    return f"{FLOOR} x{steps}"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How far a contender's output is from fgsmkit's.
+
+    ``max_abs_diff`` is the largest absolute difference and ``fraction_off`` the fraction of
+    elements that differ by more than :data:`TOLERANCE`; both are None when the outputs cannot be
+    compared (another shape, not a tensor).
+    """
+
+    max_abs_diff: float | None
+    fraction_off: float | None
+
+    @classmethod
+    def of(cls, output: object, reference: Tensor) -> Agreement:
+        if not isinstance(output, Tensor) or output.shape != reference.shape:
+            return cls(None, None)
+        diff = (output.detach().to(reference) - reference).abs()
+        return cls(float(diff.max()), float((diff > TOLERANCE).double().mean()))
+
+    def describe(self) -> str:
+        return f"max abs diff {_diff(self.max_abs_diff)}, {_percent(self.fraction_off)} of elements off by > {TOLERANCE:g}"
+
+    @property
+    def agrees(self) -> bool:
+        # NaN fails the comparison too.
+        return self.max_abs_diff is not None and self.max_abs_diff <= TOLERANCE
+
 
 @dataclass
 class WorkloadResult:
-    """Everything measured on one workload. Timings are keyed ``"attack/contender"``."""
+    """Everything measured on one workload. Timings are keyed ``"attack/contender"``.
+
+    Only FGSM has to agree: after many float32 steps, correct PGD loops drift apart by rounding
+    (a step that flips one sign moves a coordinate by the step size), so PGD's agreement is
+    information. ``bit_identical`` says, for each hand-written adversarial training loss, whether
+    one SGD step with it gives the same parameters as one with AdversarialLoss.
+    """
 
     workload: Workload
     timings: dict[str, Timing]
-    agreement: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    adversarial_loss_bit_identical: bool | None = None
+    agreement: dict[str, dict[str, Agreement]] = field(default_factory=dict)
+    bit_identical: dict[str, bool] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # peers that failed on this workload
+    device: str = "cpu"
 
     def median(self, key: str, clock: str) -> float | None:
         timing = self.timings.get(key)
         return None if timing is None else timing.median(clock)
 
+    def agrees(self) -> dict[str, bool]:
+        """``{contender: whether its FGSM agrees with fgsmkit's}`` for every contender with an FGSM."""
+        return {name: a.agrees for name, a in self.agreement.get("fgsm", {}).items()}
+
+    def problems(self) -> list[str]:
+        """What makes the timings of this workload untrustworthy: disagreeing contenders and
+        hand-written training steps that do not train like AdversarialLoss."""
+        found = [f"{self.workload.name}: {name}'s FGSM disagrees with fgsmkit's "
+                 f"(max abs diff {_diff(self.agreement['fgsm'][name].max_abs_diff)} > {TOLERANCE:g})"
+                 for name, agrees in self.agrees().items() if not agrees]
+        found += [f"{self.workload.name}: AdversarialLoss is not bit-identical to the {name}"
+                  for name, identical in self.bit_identical.items() if not identical]
+        return found
+
     def ratios(self) -> dict[str, dict[str, float]]:
-        """``{description: {clock: ratio of medians}}`` for every ratio the targets name."""
-        pairs: list[tuple[str, str, str, float]] = [
-            ("fgsm: fgsmkit / hand-written", f"fgsm/{OURS}", f"fgsm/{HAND}", 1.0),
-            ("pgd: fgsmkit / hand-written", f"pgd/{OURS}", f"pgd/{HAND}", 1.0),
-            (f"pgd: fgsmkit / ({self.workload.steps} x floor)", f"pgd/{OURS}", FLOOR, self.workload.steps),
+        """``{description: {clock: ratio}}`` for every ratio the targets name, leaving out the
+        contenders whose FGSM disagrees with fgsmkit's."""
+        floor_steps = floor_loop(self.workload.steps)
+        pairs: list[tuple[str, str, str]] = [
+            ("fgsm: fgsmkit / hand-written", f"fgsm/{OURS}", f"fgsm/{HAND}"),
+            ("fgsm: fgsmkit / floor", f"fgsm/{OURS}", FLOOR),
+            ("pgd: fgsmkit / hand-written", f"pgd/{OURS}", f"pgd/{HAND}"),
+            (f"pgd: fgsmkit / ({self.workload.steps} x floor)", f"pgd/{OURS}", floor_steps),
         ]
         for key in self.timings:
             attack, _, contender = key.partition("/")
             if attack not in ("fgsm", "pgd") or contender in (OURS, HAND):
                 continue
-            pairs.append((f"{attack}: {contender} / hand-written", key, f"{attack}/{HAND}", 1.0))
+            pairs.append((f"{attack}: {contender} / hand-written", key, f"{attack}/{HAND}"))
             if attack == "pgd" and contender.startswith(OURS):  # another backend of ours
-                pairs.append((f"pgd: {contender} / ({self.workload.steps} x floor)", key, FLOOR,
-                              self.workload.steps))
+                pairs.append((f"pgd: {contender} / ({self.workload.steps} x floor)", key, floor_steps))
         pairs += [
-            ("AdversarialLoss step / clean step", "train/AdversarialLoss step", "train/clean step", 1.0),
-            ("3-forward adversarial step / clean step", "train/3-forward adversarial step", "train/clean step", 1.0),
+            ("AdversarialLoss step / clean step", "train/AdversarialLoss step", "train/clean step"),
+            ("3-forward adversarial step / clean step", "train/3-forward adversarial step", "train/clean step"),
             ("AdversarialLoss step / 3-forward adversarial step", "train/AdversarialLoss step",
-             "train/3-forward adversarial step", 1.0),
+             "train/3-forward adversarial step"),
+            ("AdversarialLoss step / 2-forward adversarial step", "train/AdversarialLoss step",
+             "train/2-forward adversarial step"),
         ]
+        disagreeing = {name for name, agrees in self.agrees().items() if not agrees}
         ratios: dict[str, dict[str, float]] = {}
-        for description, top, bottom, times in pairs:
+        for description, top, bottom in pairs:
+            if {top.partition("/")[2], bottom.partition("/")[2]} & disagreeing:
+                continue
             values = {}
             for clock in CLOCKS:
                 a, b = self.median(top, clock), self.median(bottom, clock)
                 if a is not None and b:
-                    values[clock] = a / (times * b)
+                    values[clock] = a / b
                 paired = self.paired_ratio(top, bottom, clock)
                 if paired is not None:
-                    values[f"paired_{clock}"] = paired / times
+                    values[f"paired_{clock}"] = paired
             if values:
                 ratios[description] = values
         return ratios
@@ -85,13 +152,20 @@ class WorkloadResult:
             "input_shape": list(w.input_shape), "eps": w.eps, "step_size": w.step_size, "steps": w.steps,
             "timings": {
                 key: {"wall_median_s": t.median("wall"), "cpu_median_s": t.median("cpu"),
-                      "wall_s": t.wall, "cpu_s": t.cpu, "peak_memory_bytes": t.peak_memory, "group": t.group}
+                      "wall_s": t.wall, "cpu_s": t.cpu, "peak_memory_bytes": t.peak_memory,
+                      "first_call_reserved_bytes": t.first_call_reserved, "group": t.group}
                 for key, t in self.timings.items()
             },
-            "agreement_max_abs_diff": self.agreement,
-            "adversarial_loss_bit_identical": self.adversarial_loss_bit_identical,
+            "agreement_tolerance": TOLERANCE,
+            "agreement_max_abs_diff": {attack: {name: a.max_abs_diff for name, a in by_name.items()}
+                                       for attack, by_name in self.agreement.items()},
+            "agreement_fraction_off": {attack: {name: a.fraction_off for name, a in by_name.items()}
+                                       for attack, by_name in self.agreement.items()},
+            "agrees": self.agrees(),
+            "adversarial_loss_bit_identical": self.bit_identical,
             "ratios": self.ratios(),
             "notes": self.notes,
+            "skipped_peers": self.skipped,
         }
 
 
@@ -103,34 +177,69 @@ def _mib(size: int | None) -> str:
     return "-" if size is None else f"{size / 2**20:.1f}"
 
 
-def _diff(value: float | None | str) -> str:
-    if value is None or isinstance(value, str):
-        return "-" if value is None else value
+def _diff(value: float | None) -> str:
+    if value is None:
+        return "-"
     return f"{value:.1e}" if value else "0"
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2g}%"
+
+
+def _agreement_cells(result: WorkloadResult, attack: str, contender: str) -> str:
+    agreement = result.agreement.get(attack, {}).get(contender)
+    if agreement is None:
+        return "- | -"
+    flag = " DISAGREES" if attack == "fgsm" and not agreement.agrees else ""
+    return f"{_diff(agreement.max_abs_diff)}{flag} | {_percent(agreement.fraction_off)}"
+
+
 def table(result: WorkloadResult) -> str:
-    """A Markdown table of one workload: median times, peak memory, agreement, then the ratios."""
+    """A Markdown table of one workload: median times, peak memory, agreement, then the ratios.
+
+    On CUDA the CPU-time columns are left out (the host's CPU time inside a synchronisation
+    depends on how the driver waits, not on the work), and the growth of the reserved memory
+    across each attack's first call is shown: a CUDA Graph's private pool, reserved at capture,
+    never shows in the max-allocated peak.
+    """
     w = result.workload
+    cuda = result.device == "cuda"
+    clocks = ("wall",) if cuda else CLOCKS
+    memory = "| peak allocated MiB | reserved by first call MiB " if cuda else "| peak memory MiB "
     lines = [f"### {w.name}: {w.description}", "",
-             f"eps {w.eps:g}, PGD {w.steps} steps of {w.step_size:g} from the clean input.", "",
-             "| attack | contender | median wall ms | median CPU ms | peak memory MiB | max abs diff vs fgsmkit |",
-             "|---|---|---:|---:|---:|---:|"]
+             f"eps {w.eps:g}, PGD {w.steps} steps of {w.step_size:g} from the clean input. FGSM must agree "
+             f"with fgsmkit's within {TOLERANCE:g}; PGD's differences are information only (over {w.steps} "
+             "float32 steps correct loops drift apart by rounding).", "",
+             "| attack | contender | median wall ms " + ("" if cuda else "| median CPU ms ") + memory
+             + f"| max abs diff vs fgsmkit | elements off by > {TOLERANCE:g} |",
+             "|---|---|" + "---:|" * (len(clocks) + (2 if cuda else 1) + 2)]
     for key, timing in result.timings.items():
         attack, _, contender = key.partition("/")
-        diff = result.agreement.get(attack, {}).get(contender)
-        lines.append(f"| {attack} | {contender} | {_ms(timing.median('wall'))} | {_ms(timing.median('cpu'))} "
-                     f"| {_mib(timing.peak_memory)} | {_diff(diff)} |")
-    lines += ["", "| ratio | wall, of medians | CPU, of medians | wall, median of per-round ratios "
-              "| CPU, median of per-round ratios |", "|---|---:|---:|---:|---:|"]
+        cells = [_ms(timing.median(clock)) for clock in clocks] + [_mib(timing.peak_memory)]
+        if cuda:
+            cells.append(_mib(timing.first_call_reserved))
+        lines.append(f"| {attack} | {contender} | " + " | ".join(cells)
+                     + f" | {_agreement_cells(result, attack, contender)} |")
+    columns = [("wall", "wall, of medians"), ("paired_wall", "wall, median of per-round ratios")]
+    if not cuda:
+        columns = [columns[0], ("cpu", "CPU, of medians"), columns[1], ("paired_cpu", "CPU, median of per-round ratios")]
+    lines += ["", "| ratio | " + " | ".join(title for _, title in columns) + " |",
+              "|---|" + "---:|" * len(columns)]
     for description, values in result.ratios().items():
-        cells = (values.get(k) for k in ("wall", "cpu", "paired_wall", "paired_cpu"))
+        cells = (values.get(key) for key, _ in columns)
         lines.append(f"| {description} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
-    if result.adversarial_loss_bit_identical is not None:
-        verdict = "yes" if result.adversarial_loss_bit_identical else "NO"
-        lines += ["", f"AdversarialLoss parameters after one SGD step bit-identical to the 3-forward step: {verdict}."]
+    lines.append("")
+    for name, identical in result.bit_identical.items():
+        verdict = "yes" if identical else "**NO**"
+        lines.append(f"AdversarialLoss parameters after one SGD step bit-identical to the {name}: {verdict}.")
+    for name, agrees in result.agrees().items():
+        if not agrees:
+            lines.append(f"**{name}'s FGSM DISAGREES with fgsmkit's: left out of the ratios.**")
     for name, note in result.notes.items():
         lines.append(f"- {name}: {note}")
+    for name, why in result.skipped.items():
+        lines.append(f"- {name}: skipped, it failed ({why})")
     return "\n".join(lines) + "\n"
 
 

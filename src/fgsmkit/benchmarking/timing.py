@@ -25,15 +25,18 @@ Run = Callable[[], object]
 
 @dataclass
 class Timing:
-    """Seconds per call of one contender over the repeats, and its peak memory in bytes.
+    """Seconds per call of one contender over the repeats, and its memory in bytes.
 
     ``wall`` is elapsed time; ``cpu`` is the process's CPU time (all threads), which other jobs
-    on a shared machine disturb less.
+    on a shared machine disturb less; on CUDA it measures the host waiting, not the work.
+    ``first_call_reserved`` is, on CUDA, how much the reserved memory grew during the first call
+    (None where not measured).
     """
 
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     peak_memory: int | None = None
+    first_call_reserved: int | None = None
     group: str = ""  # contenders of one group ran in the same rounds: sample i of each is paired
 
     def samples(self, clock: str) -> list[float]:
@@ -71,6 +74,21 @@ def interleaved(runs: Mapping[str, Run], device: torch.device, repeats: int, war
             timings[name].cpu.append(time.process_time() - cpu)
             timings[name].wall.append(time.perf_counter() - wall)
     return timings
+
+
+def first_call(run: Run, device: torch.device) -> tuple[object, int | None]:
+    """The output of ``run()`` and, on CUDA, how much the reserved memory grew during the call.
+
+    Called on a contender's first call, it sees what a CUDA Graph's capture reserves for its
+    private pool, which the max-allocated peak of later calls misses.
+    """
+    if device.type != "cuda":
+        return run(), None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_reserved(device)
+    output = run()
+    torch.cuda.synchronize(device)
+    return output, torch.cuda.memory_reserved(device) - before
 
 
 def peak_memory(run: Run, device: torch.device, calls: int = 5) -> int | None:

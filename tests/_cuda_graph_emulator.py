@@ -7,7 +7,12 @@ every ATen operation (a ``TorchDispatchMode``, below autograd, so backward passe
 too) with the tensor objects it read and wrote, and replay runs the same operations on the same
 tensor objects and copies each result into the tensor captured as its output. A walk that reads
 a tensor its caller does not refresh, or that syncs with the host during capture (``.item()``,
-``bool(t)``, ``nonzero``), fails here as it would on a GPU.
+``bool(t)``, ``.tolist()``, ``nonzero``, boolean indexing, a new tensor from Python data),
+fails here as it would on a GPU, and a failed capture ends as ``torch.cuda.graph`` ends one.
+
+Unlike a real graph, capture also computes (side effects such as BatchNorm statistics happen
+once more), and replay draws random numbers in eager's order, which a real graph does not
+promise: compare with eager only where nothing random runs inside the graph.
 
 The fixture :func:`emulated_cuda_graphs` patches the few ``torch.cuda`` entry points the graph backend calls.
 """
@@ -26,8 +31,21 @@ from torch.utils._pytree import tree_flatten
 from fgsmkit.attacks import _backends
 
 aten = torch.ops.aten
-# What reads a value back to the host: refused inside a real capture.
-HOST_SYNCS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.is_nonzero.default, aten.equal.default}
+# What reads a value back to the host or copies from it: refused inside a real capture.
+HOST_SYNCS = {
+    aten._local_scalar_dense.default, aten.nonzero.default, aten.is_nonzero.default, aten.equal.default,
+    aten.masked_select.default, aten._unique.default, aten._unique2.default, aten.unique_dim.default,
+    aten.unique_consecutive.default, aten.lift_fresh.default, aten.lift_fresh_copy.default,
+}
+TENSOR_SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+def _syncs(func: Any, args: tuple) -> bool:
+    if func in HOST_SYNCS:
+        return True
+    if func is aten.index.Tensor:  # boolean masks need their count of True on the host
+        return any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1])
+    return func is aten.repeat_interleave.Tensor and len(args) < 2
 
 
 class _Recorder(TorchDispatchMode):
@@ -37,11 +55,35 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
-        if func in HOST_SYNCS:
-            raise RuntimeError(f"CUDA error: operation not permitted when stream is capturing ({func})")
+        if _syncs(func, args):
+            _refuse_sync(str(func))
         out = func(*args, **kwargs)
         self.operations.append((func, args, kwargs, out))
         return out
+
+
+def _refuse_sync(what: str) -> None:
+    raise RuntimeError(f"CUDA error: operation not permitted when stream is capturing ({what})")
+
+
+@contextlib.contextmanager
+def _tensor_syncs_refused() -> Iterator[None]:
+    """Tensor methods that read data on the host without an ATen call on CPU tensors."""
+    own = {name: torch.Tensor.__dict__.get(name) for name in TENSOR_SYNCS}  # None: inherited
+
+    def refusing(name: str) -> Any:
+        return lambda *args, **kwargs: _refuse_sync(f"Tensor.{name}")
+
+    for name in TENSOR_SYNCS:
+        setattr(torch.Tensor, name, refusing(name))
+    try:
+        yield
+    finally:
+        for name, method in own.items():
+            if method is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, method)
 
 
 class EmulatedGraph:
@@ -95,8 +137,13 @@ def _graph(graph: EmulatedGraph, pool: Any = None, stream: Any = None) -> Iterat
     # it current (its exit stops at the failed capture_end).
     EmulatedGraph.captures += 1
     previous, StreamLog.current = StreamLog.current, stream if stream is not None else "capture"
-    with _Recorder(graph.operations):
-        yield
+    try:
+        with _tensor_syncs_refused(), _Recorder(graph.operations):
+            yield
+    except Exception as error:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            raise  # whether capture_end then raises too is not known; both paths are tested
+        raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from None
     StreamLog.current = previous
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import pytest
@@ -182,7 +183,20 @@ def _fail_with(error: Exception):
     return walk
 
 
-def test_running_out_of_memory_while_capturing_is_not_blamed_on_the_model(emulated_cuda_graphs):
+@contextlib.contextmanager
+def _capture_end_fails(graph, pool=None, stream=None):
+    """As torch.cuda.graph when the capture failed: capture_end raises, the failure is its context."""
+    try:
+        yield
+    except Exception:
+        raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from None
+
+
+@pytest.mark.parametrize("capture_end_raises", [False, True])
+def test_running_out_of_memory_while_capturing_is_not_blamed_on_the_model(
+        emulated_cuda_graphs, monkeypatch, capture_end_raises):
+    if capture_end_raises:
+        monkeypatch.setattr(torch.cuda, "graph", _capture_end_fails)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         _backends._captured(torch.cuda.CUDAGraph(), _fail_with(torch.cuda.OutOfMemoryError("CUDA out of memory")),
                             torch.cuda.Stream())
@@ -284,3 +298,32 @@ def test_emulated_cuda_graph_cache_does_not_keep_a_model_alive_through_its_loss_
     del model, loss_fn, scale
     gc.collect()
     assert alive() is None
+
+
+@dataclasses.dataclass
+class _Temperature:
+    """A loss_fn's owner that compares by value and cannot be hashed, as dataclasses do."""
+
+    value: float = 2.0
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits / self.value, target)
+
+
+def test_emulated_cuda_graph_keys_a_bound_method_loss_fn_by_its_object(emulated_cuda_graphs):
+    model, (x, y) = small_model(), batch()
+    first, twin = _Temperature(), _Temperature()  # equal, but two objects
+    for loss_fn in (first.loss, first.loss, twin.loss):  # a new bound method on every access
+        assert torch.equal(fk.pgd(model, x, y, loss_fn=loss_fn, backend="cuda_graph", **PGD),
+                           fk.pgd(model, x, y, loss_fn=loss_fn, **PGD))
+    assert emulated_cuda_graphs.captures == 2
+
+
+def test_emulated_cuda_graph_survives_precision_switches_that_cannot_be_read(emulated_cuda_graphs, monkeypatch):
+    # Newer torch raises on reading the old TF32 setting once a new-style one was set.
+    def mixed_settings():
+        raise RuntimeError("you have used a mix of the legacy and new APIs to set the TF32 flags")
+
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", mixed_settings)
+    model, (x, y) = small_model(), batch()
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))

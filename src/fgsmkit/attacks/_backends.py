@@ -180,35 +180,83 @@ def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tenso
         type(ball), steps, objective.targeted, _weakly(objective.loss_fn),
         _signature(x_adv), _signature(objective.y), _signature(ball.eps), _signature(step_size),
         None if box is None else (_signature(box.low), _signature(box.high)),
-        tuple((m.training, *map(tuple, (m._forward_pre_hooks, m._forward_hooks, m._backward_hooks)))
-              for m in model.modules()),
+        tuple((m.training, *map(tuple, _hook_dicts(m))) for m in model.modules()),
+        tuple(map(tuple, _hook_dicts(nn.modules.module))),  # hooks registered for every module
         tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for t in tensors),
         _autocast_state(), _precision_flags(),
     )
+
+
+def _hook_dicts(owner: object) -> tuple[dict, ...]:
+    """The forward and backward hooks of a module, or the global ones of ``torch.nn.modules.module``."""
+    prefix = "" if isinstance(owner, nn.Module) else "_global"
+    names = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+    return tuple(getattr(owner, prefix + name, {}) for name in names)
 
 
 def _weakly(function: Callable) -> object:
     """``function`` for a cache key, held weakly where it can be: a loss_fn that closes over the
     model would otherwise keep its own key of the weak model -> graphs map alive."""
     try:
-        return weakref.WeakMethod(function) if inspect.ismethod(function) else weakref.ref(function)
-    except TypeError:  # builtins cannot be weakly referenced; they close over nothing
+        return _WeakCallable(function)
+    except TypeError:  # not weakly referable (builtins); such callables close over nothing
         return function
 
 
+class _WeakCallable:
+    """A callable held weakly and compared by identity: a bound method by its object and function
+    (recreated on every attribute access, it still finds its entry), whatever the object's own
+    ``__eq__`` and ``__hash__`` say. Dead, it equals nothing new."""
+
+    __slots__ = ("_refs", "_hash")
+
+    def __init__(self, function: Callable) -> None:
+        parts = (function.__self__, function.__func__) if inspect.ismethod(function) else (function,)
+        self._refs = tuple(weakref.ref(part) for part in parts)
+        self._hash = hash(tuple(map(id, parts)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _WeakCallable) or len(other._refs) != len(self._refs):
+            return False
+        mine, theirs = [ref() for ref in self._refs], [ref() for ref in other._refs]
+        return all(a is not None and a is b for a, b in zip(mine, theirs))
+
+
+# The global switches that choose the captured kernels: TF32 (old and new settings), reduced-
+# precision reductions, deterministic algorithms, cuDNN's autotuner. Each is read on its own:
+# some are missing on older torch, and newer torch raises on reading an old setting once a new
+# one was set.
+_PRECISION_SWITCHES: tuple[Callable[[], object], ...] = (
+    lambda: torch.get_float32_matmul_precision(),
+    lambda: torch.backends.cudnn.allow_tf32,
+    lambda: torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
+    lambda: torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+    lambda: torch.backends.cudnn.deterministic,
+    lambda: torch.backends.cudnn.benchmark,
+    lambda: torch.are_deterministic_algorithms_enabled(),
+    lambda: torch.backends.fp32_precision,  # type: ignore[attr-defined]
+    lambda: torch.backends.cuda.matmul.fp32_precision,
+    lambda: torch.backends.cudnn.fp32_precision,
+    lambda: torch.backends.cudnn.conv.fp32_precision,  # type: ignore[attr-defined]
+    lambda: torch.backends.cudnn.rnn.fp32_precision,  # type: ignore[attr-defined]
+)
+
+
 def _precision_flags() -> tuple:
-    """The global switches that choose the captured kernels (TF32, reduced-precision reductions,
-    deterministic algorithms, cuDNN's autotuner)."""
-    backends = torch.backends
-    with warnings.catch_warnings():  # newer torch warns when the legacy and new TF32 switches mix
+    """The current value of every precision switch (None where it cannot be read)."""
+    with warnings.catch_warnings():  # newer torch may warn on reading the old TF32 settings
         warnings.simplefilter("ignore")
-        return (
-            torch.get_float32_matmul_precision(), backends.cudnn.allow_tf32,
-            backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
-            backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
-            backends.cudnn.deterministic, backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
-            getattr(backends.cuda.matmul, "fp32_precision", None), getattr(backends.cudnn, "fp32_precision", None),
-        )
+        return tuple(_read(switch) for switch in _PRECISION_SWITCHES)
+
+
+def _read(switch: Callable[[], object]) -> object:
+    try:
+        return switch()
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def _autocast_state() -> tuple:
@@ -254,7 +302,7 @@ class _CapturedWalk:
         torch.cuda.current_stream(start.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         self.output = _captured(self.graph, walk, side)
-        if _module_tensors(model) != tensors_before:
+        if not _same_tensors(_module_tensors(model), tensors_before):
             raise ValueError(
                 "backend='cuda_graph' cannot serve a model whose forward replaces its parameter or buffer "
                 "tensors (self.buffer = ... rather than an in-place update): the captured graph would read "
@@ -273,9 +321,14 @@ class _CapturedWalk:
         return self.output.clone()
 
 
-def _module_tensors(model: nn.Module) -> list[tuple[str, int]]:
-    """Which tensor each parameter and buffer name holds, by identity."""
-    return [(name, id(t)) for name, t in itertools.chain(model.named_parameters(), model.named_buffers())]
+def _module_tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """Each parameter and buffer name with the tensor it holds (kept alive, so that identities
+    cannot be reused)."""
+    return list(itertools.chain(model.named_parameters(), model.named_buffers()))
+
+
+def _same_tensors(now: list[tuple[str, Tensor]], before: list[tuple[str, Tensor]]) -> bool:
+    return len(now) == len(before) and all(a == b and s is t for (a, s), (b, t) in zip(now, before))
 
 
 def _captured(graph: torch.cuda.CUDAGraph, walk: Callable[[], Tensor], stream: torch.cuda.Stream) -> Tensor:
@@ -292,7 +345,11 @@ def _captured(graph: torch.cuda.CUDAGraph, walk: Callable[[], Tensor], stream: t
     except torch.cuda.OutOfMemoryError:
         raise
     except RuntimeError as error:
+        # torch.cuda.graph's exit ends the capture first: what failed inside comes as the context
+        # of capture_end's own error.
         cause = error.__context__ if isinstance(error.__context__, Exception) else error
+        if isinstance(cause, torch.cuda.OutOfMemoryError):
+            raise cause from None
         raise ValueError(
             "backend='cuda_graph' could not capture the attack's steps as a CUDA Graph: the model's forward "
             "or backward synchronises with the host (.item(), float(tensor), printing a tensor, shapes "

@@ -222,7 +222,8 @@ def test_emulated_cuda_graph_gives_eager_bits_and_replays_for_new_inputs(emulate
     assert graphs.captures == captures  # served by a graph already captured
     l2 = dict(PGD, eps=0.5, norm=2.0)
     for inputs, labels in ((x, y), (x2, y2)):
-        assert torch.equal(fk.pgd(model, inputs, labels, backend="cuda_graph", **l2), fk.pgd(model, inputs, labels, **l2))
+        graphed = fk.pgd(model, inputs, labels, backend="cuda_graph", **l2)
+        assert torch.equal(graphed, fk.pgd(model, inputs, labels, **l2))
     assert graphs.captures == captures + 1
 
 

@@ -178,7 +178,7 @@ def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tenso
     tensors = [*model.parameters(), *model.buffers()]
     return (
         type(ball), steps, objective.targeted, _weakly(objective.loss_fn),
-        _signature(x_adv), _signature(objective.y), _signature(ball.eps), _signature(step_size),
+        _signature(ball.x), _signature(x_adv), _signature(objective.y), _signature(ball.eps), _signature(step_size),
         None if box is None else (_signature(box.low), _signature(box.high)),
         tuple((m.training, *map(tuple, _hook_dicts(m))) for m in model.modules()),
         tuple(map(tuple, _hook_dicts(nn.modules.module))),  # hooks registered for every module

@@ -33,8 +33,8 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     document = json.loads(out.read_text())
     meta = document["meta"]
     assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["repeats"] == 2
-    assert set(meta["peer_versions"]) == {p.name for p in peers.PEERS}
-    assert all(meta["peer_versions"][p.name] for p in AVAILABLE)
+    assert set(meta["peer_versions"]) == {p.name for p in AVAILABLE}  # the peers that ran
+    assert all(meta["peer_versions"].values())
     assert isinstance(document["skipped_peers"], dict)
     (result,) = document["workloads"]
     assert result["name"] == "maxout-128" and result["batch"] == 16 and result["steps"] == 3
@@ -68,7 +68,8 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     assert "paired_cpu" in ratios["AdversarialLoss step / 2-forward adversarial step"]
     assert result["agreement_max_abs_diff"]["fgsm"]["hand-written"] == 0.0
     assert result["agreement_max_abs_diff"]["pgd"]["hand-written"] == 0.0
-    assert result["agrees"] == {"hand-written": True, **{p.name: True for p in AVAILABLE if p.name != "adv-lib"}}
+    assert result["agrees"]["fgsm"] == {"hand-written": True, **{p.name: True for p in AVAILABLE if p.name != "adv-lib"}}
+    assert all(result["agrees"]["pgd"].values()) and all(result["agreement_inside"]["pgd"].values())
     assert result["adversarial_loss_bit_identical"] == {"3-forward adversarial step": True,
                                                         "2-forward adversarial step": True}
 
@@ -89,12 +90,22 @@ def test_bad_options_are_refused(capsys, tmp_path):
     assert "cuda_graph" in capsys.readouterr().err
 
 
-def test_a_missing_json_folder_is_made_and_nothing_is_left_before_the_run(tmp_path):
+def test_checking_the_json_path_creates_opens_and_deletes_nothing(tmp_path):
     from fgsmkit.benchmarking import cli
 
-    path = tmp_path / "new" / "results.json"
+    path = tmp_path / "new" / "sub" / "results.json"
     assert cli._unwritable(path) is None
-    assert path.parent.is_dir() and not path.exists()
+    assert not (tmp_path / "new").exists()  # made when the results are written
+    dangling = tmp_path / "link.json"
+    dangling.symlink_to(tmp_path / "target.json")
+    assert cli._unwritable(dangling) is None
+    assert dangling.is_symlink() and not (tmp_path / "target.json").exists()
+    existing = tmp_path / "old.json"
+    existing.write_text("keep")
+    assert cli._unwritable(existing) is None and existing.read_text() == "keep"
+    # A run refused for another option leaves no folder behind either.
+    assert main(["bench", "--quick", "--repeats", "0", "--json", str(path)]) == 2
+    assert not (tmp_path / "new").exists()
 
 
 def _wrong_peer(model, x, y, w):
@@ -123,28 +134,64 @@ def test_a_disagreeing_peer_is_flagged_and_fails_the_run_and_a_failing_peer_is_s
     assert code == 1  # after the results are written
     assert "wrong" in printed and "DISAGREES" in printed and "wrong's FGSM disagrees" in err
     (result,) = json.loads(out.read_text())["workloads"]
-    assert result["agrees"] == {"hand-written": True, "wrong": False}
+    assert result["agrees"]["fgsm"] == {"hand-written": True, "wrong": False}
+    assert result["agrees"]["pgd"] == {"hand-written": True, "wrong": False}  # it returned x
     assert result["agreement_max_abs_diff"]["fgsm"]["wrong"] == pytest.approx(0.25)
-    assert result["agreement_fraction_off"]["pgd"]["wrong"] > 0.5  # information, not a failure
+    assert result["agreement_fraction_off"]["pgd"]["wrong"] > 0.5
     assert "fgsm/wrong" in result["timings"]  # timed, but in no ratio
     assert not [description for description in result["ratios"] if "wrong" in description]
     assert "RuntimeError: cannot build" in result["skipped_peers"]["no-build"]
     assert "ValueError: cannot attack" in result["skipped_peers"]["no-call"]
     assert not [key for key in result["timings"] if "no-" in key]
+    assert "no-build failed" in err and "no-call failed" in err  # a failing peer fails the run too
 
 
 def test_problems_name_disagreeing_contenders_and_training_steps_that_are_not_bit_identical():
     w = SMALL["maxout-128"]
+    fgsm, pgd = (lambda *args: report.Agreement(attack, *args) for attack in ("fgsm", "pgd"))
     result = report.WorkloadResult(
-        w, {}, {"fgsm": {"good": report.Agreement(0.0, 0.0), "bad": report.Agreement(0.5, 1.0),
-                         "other shape": report.Agreement(None, None), "nan": report.Agreement(math.nan, 0.0)},
-                "pgd": {"drifted": report.Agreement(0.06, 0.003)}},
-        {"3-forward adversarial step": True, "2-forward adversarial step": False})
-    assert result.agrees() == {"good": True, "bad": False, "other shape": False, "nan": False}
+        w, {}, {"fgsm": {"good": fgsm(0.0, 0.0, True), "bad": fgsm(0.5, 1.0, True), "other shape": fgsm(None, None),
+                         "nan": fgsm(math.nan, 0.0, False)},
+                "pgd": {"drifted": pgd(0.06, 0.003, True), "unmoved": pgd(0.3, 0.9, True),
+                        "outside": pgd(0.06, 0.003, False)}},
+        {"3-forward adversarial step": True, "2-forward adversarial step": False}, skipped={"peer": "ValueError: x"})
+    assert result.agrees() == {"fgsm": {"good": True, "bad": False, "other shape": False, "nan": False},
+                               "pgd": {"drifted": True, "unmoved": False, "outside": False}}
+    assert result.untrusted() == {"fgsm/bad", "fgsm/other shape", "fgsm/nan", "pgd/unmoved", "pgd/outside",
+                                  "train/2-forward adversarial step"}
     problems = result.problems()
-    assert len(problems) == 4 and "2-forward adversarial step" in problems[-1]
-    assert report.Agreement.of(torch.zeros(3), torch.zeros(2)) == report.Agreement(None, None)
-    assert report.Agreement.of(torch.tensor([0.0, 1e-7, 1.0]), torch.zeros(3)) == report.Agreement(1.0, 1 / 3)
+    assert len(problems) == 7 and "2-forward adversarial step" in problems[-2] and "peer failed" in problems[-1]
+
+
+def test_agreement_compares_values_the_ball_and_the_box():
+    x = torch.full((4,), 0.5)
+    assert report.Agreement.of("fgsm", torch.zeros(3), x, x, 0.1) == report.Agreement("fgsm", None, None, None)
+    close = report.Agreement.of("fgsm", torch.tensor([0.5, 0.5, 0.6, 0.4 + 1e-7]), torch.tensor([0.5, 0.5, 0.6, 0.4]),
+                                x, 0.1)
+    assert close.max_abs_diff == pytest.approx(1e-7, rel=0.5) and close.fraction_off == 0 and close.inside
+    assert close.agrees
+    assert not report.Agreement.of("pgd", x + 0.2, x + 0.2, x, 0.1).inside  # outside the eps-ball
+    assert not report.Agreement.of("pgd", x * 3, x * 3, x, 2.0).inside  # outside the box [0, 1]
+    nan = torch.tensor([math.nan, 0.5, 0.5, 0.5])
+    assert report.Agreement.of("fgsm", nan, nan, x, 0.1).max_abs_diff == 0.0  # NaN where fgsmkit has NaN too
+
+
+def test_a_wrong_hand_written_step_or_attack_fails_the_run_and_leaves_the_ratios(tmp_path, capsys, monkeypatch):
+    # A 2-forward step at half the budget trains differently; a PGD that returns x is no attack.
+    wrong_step = contenders.two_forward_adversarial_loss
+    monkeypatch.setattr(contenders, "two_forward_adversarial_loss", lambda m, x, y, eps: wrong_step(m, x, y, eps / 2))
+    monkeypatch.setattr(contenders, "hand_pgd", lambda model, x, y, eps, step_size, steps: x.clone())
+    out = tmp_path / "results.json"
+    code = main(["bench", "--quick", "--no-peers", "--workloads", "maxout-128", "--fast-repeats", "1",
+                 "--repeats", "1", "--warmup", "0", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "not bit-identical to the 2-forward adversarial step" in err and "hand-written's PGD disagrees" in err
+    (result,) = json.loads(out.read_text())["workloads"]
+    ratios = result["ratios"]
+    assert "AdversarialLoss step / 2-forward adversarial step" not in ratios
+    assert "pgd: fgsmkit / hand-written" not in ratios
+    assert "AdversarialLoss step / 3-forward adversarial step" in ratios and "fgsm: fgsmkit / hand-written" in ratios
 
 
 def test_contenders_are_interleaved_in_a_fresh_random_order_each_round():

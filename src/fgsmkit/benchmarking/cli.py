@@ -61,9 +61,6 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown or not names:
         return _refuse(f"unknown workloads {unknown or args.workloads!r}; choose among {list(WORKLOADS)}")
-    unwritable = _unwritable(args.json)
-    if unwritable:
-        return _refuse(unwritable)
     repeats, fast_repeats, warmup = args.repeats, args.fast_repeats, args.warmup
     if args.quick:
         repeats, fast_repeats, warmup = min(repeats, 2), min(fast_repeats, 2), min(warmup, 1)
@@ -73,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         backends = _backends(args.backends, device, args.quick)
     except ValueError as error:
         return _refuse(str(error))
+    unwritable = _unwritable(args.json)
+    if unwritable:
+        return _refuse(unwritable)
 
     usable: list[peers.Peer] = []
     skipped: dict[str, str] = {}
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         for name, reason in skipped.items():
             print(f"skipping {name}: not importable ({reason})")
 
-    meta = _meta(device, repeats, fast_repeats, warmup, backends)
+    meta = _meta(device, repeats, fast_repeats, warmup, backends, usable)
     results = []
     for name in names:
         workload = WORKLOADS[name]
@@ -108,7 +108,8 @@ def measure(w: Workload, device: torch.device, repeats: tuple[int, int], warmup:
     The one-pass contenders (FGSM, the floor, the training steps) and the PGD contenders (with
     the floor called once per PGD step) are timed as two round-robin groups,
     ``repeats = (one-pass rounds, PGD rounds)``. A peer that fails to build or on its first call
-    is left out and listed in the result's ``skipped``.
+    is left out and listed in the result's ``skipped`` (which fails the run at its end), unless
+    CUDA itself failed, which leaves the device unusable for the rest.
     """
     model, x, y = w.make(device)
     groups: dict[str, dict[str, Run]] = contenders.attacks(model, x, y, w)
@@ -123,6 +124,8 @@ def measure(w: Workload, device: torch.device, repeats: tuple[int, int], warmup:
         try:
             built = _peer_runs(peer, model, x, y, w, device)
         except Exception as error:  # a peer's bug must not cost the rest of the run
+            if "CUDA error" in str(error):  # a device-side assert poisons the CUDA context
+                raise
             skipped[peer.name] = peers.reason(error)
             print(f"skipping {peer.name} on {w.name}: it failed ({skipped[peer.name]})")
             continue
@@ -130,7 +133,7 @@ def measure(w: Workload, device: torch.device, repeats: tuple[int, int], warmup:
             groups[attack][peer.name], first[attack][peer.name] = run, call
         if peer.note:
             notes[peer.name] = peer.note
-    agreement = {attack: _agreement(attack, {name: output for name, (output, _) in by_name.items()})
+    agreement = {attack: _agreement(attack, {name: output for name, (output, _) in by_name.items()}, x, w.eps)
                  for attack, by_name in first.items()}
     bit_identical = contenders.adversarial_loss_matches(model, x, y, w.eps)
     for name, identical in bit_identical.items():
@@ -165,19 +168,16 @@ def _pgd_with(model: torch.nn.Module, x: Tensor, y: Tensor, w: Workload, backend
                        backend=backend)
 
 
-def _agreement(attack: str, outputs: dict[str, object]) -> dict[str, report.Agreement]:
-    """How far each contender's output is from fgsmkit's, printed; only FGSM has to agree."""
+def _agreement(attack: str, outputs: dict[str, object], x: Tensor, eps: float) -> dict[str, report.Agreement]:
+    """How far each contender's output is from fgsmkit's, printed (see :class:`report.Agreement`)."""
     reference = outputs[report.OURS]
     assert isinstance(reference, Tensor)
     agreement = {}
     for name, output in outputs.items():
         if name == report.OURS:
             continue
-        agreement[name] = found = report.Agreement.of(output, reference)
-        if attack == "pgd":
-            verdict = "(information: PGD drifts by rounding over the steps)"
-        else:
-            verdict = "agrees" if found.agrees else "<-- DISAGREES with fgsmkit: left out of the ratios"
+        agreement[name] = found = report.Agreement.of(attack, output, reference, x, eps)
+        verdict = "agrees" if found.agrees else "<-- DISAGREES with fgsmkit: left out of the ratios"
         print(f"  {attack:4s} {name:24s} {found.describe()} {verdict}")
     return agreement
 
@@ -195,16 +195,19 @@ def _backends(option: str | None, device: torch.device, quick: bool) -> list[str
 
 
 def _unwritable(path: Path) -> str | None:
-    """Why the results cannot be written to ``path`` (None: they can), found before the run."""
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
-            pass
-    except OSError as error:
-        return f"--json {path} cannot be written: {error.strerror or error}"
-    if not existed:
-        path.unlink()  # a run that fails leaves no empty file behind
+    """Why the results cannot be written to ``path`` (None: they can), found before the run
+    without creating, opening or deleting anything."""
+    if path.is_dir():
+        return f"--json {path} cannot be written: it is a folder; give a file name, e.g. {path / 'bench-results.json'}"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else f"--json {path} cannot be written: permission denied"
+    folder = path.parent
+    while not folder.exists():  # the missing folders are made when the results are written
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"--json {path} cannot be written: {folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"--json {path} cannot be written: no permission to write in {folder}"
     return None
 
 
@@ -232,7 +235,7 @@ def _load_average() -> list[float] | None:
 
 
 def _meta(device: torch.device, repeats: int, fast_repeats: int, warmup: int,
-          backends: Sequence[str]) -> dict[str, Any]:
+          backends: Sequence[str], usable: Sequence[peers.Peer]) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "command": shlex.join(sys.argv),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -240,7 +243,7 @@ def _meta(device: torch.device, repeats: int, fast_repeats: int, warmup: int,
         "platform": platform.platform(), "processor": _processor(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "device": str(device), "repeats": repeats, "fast_repeats": fast_repeats, "warmup": warmup,
-        "backends": list(backends), "peer_versions": peers.versions(),
+        "backends": list(backends), "peer_versions": peers.versions(tuple(usable)),
         "load_average_before": _load_average(),
     }
     if device.type == "cuda":

@@ -8,8 +8,9 @@ timed against that floor called once per step, in the same rounds.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,8 @@ def straightforward_adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, eps
 
 def two_forward_adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, eps: float,
                                  alpha: float = ALPHA) -> Tensor:
-    """Eq. (6) by hand in 2 forwards and 2 backwards: the clean graph is kept for the final backward."""
+    """Eq. (6) by hand in 2 forwards and 3 backward passes: the clean graph is kept
+    (``retain_graph``) and back-propagated twice, for the input gradient and in the final backward."""
     x_in = x.clone().requires_grad_(True)
     clean = mean_loss(model(x_in), y)
     (grad,) = torch.autograd.grad(clean, x_in, retain_graph=True)
@@ -131,11 +133,28 @@ def training_steps(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[
 
 def adversarial_loss_matches(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, bool]:
     """For each hand-written adversarial loss, whether one SGD step with it gives bit-identical
-    parameters to one with :class:`AdversarialLoss`."""
+    parameters to one with :class:`AdversarialLoss`.
+
+    With cuDNN's deterministic algorithms: its default convolution backward may sum in another
+    order from one call to the next, which no exactness claim survives.
+    """
     parameters = {}
     for name, loss in training_losses(eps).items():
         copied = copy.deepcopy(model)
-        training_step(copied, lambda m, loss=loss: loss(m, x, y))()
+        with _deterministic_cudnn():
+            training_step(copied, lambda m, loss=loss: loss(m, x, y))()
         parameters[name] = list(copied.parameters())
     ours = parameters.pop("AdversarialLoss step")
     return {name: all(torch.equal(a, b) for a, b in zip(ours, theirs)) for name, theirs in parameters.items()}
+
+
+@contextlib.contextmanager
+def _deterministic_cudnn() -> Iterator[None]:
+    """cuDNN's deterministic algorithms, without its autotuner, inside the block only."""
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved

@@ -281,8 +281,12 @@ def test_emulated_cuda_graph_refuses_what_it_cannot_capture_and_restores_the_str
     with pytest.raises(ValueError, match="could not capture.*not permitted when stream is capturing.*'eager'"):
         fk.pgd(_SynchronisingModel(model), x, y, backend="cuda_graph", **PGD)
     assert StreamLog.current == "default"  # the failed capture left the capture stream current
+    replacing = _ReplacesItsBuffer(model).train()
+    mean, captures = replacing.mean, emulated_cuda_graphs.captures
     with pytest.raises(ValueError, match="replaces its parameter or buffer tensors"):
-        fk.pgd(_ReplacesItsBuffer(model).train(), x, y, backend="cuda_graph", **PGD)
+        fk.pgd(replacing, x, y, backend="cuda_graph", **PGD)
+    # Refused on the eager warm-up, before a capture could bind a buffer that was never computed.
+    assert emulated_cuda_graphs.captures == captures and replacing.mean is mean
 
 
 def test_emulated_cuda_graph_cache_does_not_keep_a_model_alive_through_its_loss_fn(emulated_cuda_graphs):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 from collections import Counter
 
 import pytest
@@ -18,7 +17,7 @@ from fgsmkit.benchmarking.workloads import WORKLOADS
 
 SMALL = {name: w.shrunk(8, 3) for name, w in WORKLOADS.items()}
 TRAIN = ("clean step", "AdversarialLoss step", "3-forward adversarial step", "2-forward adversarial step")
-MEASURES_RESIDENT_PEAK = os.path.exists("/proc/self/clear_refs")
+MEASURES_RESIDENT_PEAK = timing._reset_resident_peak()  # False where /proc/self/clear_refs is not writable
 
 
 def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
@@ -176,6 +175,19 @@ def test_agreement_compares_values_the_ball_and_the_box():
     assert report.Agreement.of("fgsm", nan, nan, x, 0.1).max_abs_diff == 0.0  # NaN where fgsmkit has NaN too
 
 
+def test_an_attack_that_differs_by_design_is_timed_but_not_checked():
+    from fgsmkit.benchmarking import cli
+
+    x = torch.full((2, 3), 0.5)
+    found = cli._agreement("pgd", {"fgsmkit": x + 0.1, "different": x, "same": x + 0.1}, x, 0.1, {"different"})
+    assert not found["different"].compared and found["different"].agrees and found["same"].agrees
+    result = report.WorkloadResult(SMALL["maxout-128"], {}, {"pgd": found})
+    assert result.agrees() == {"pgd": {"different": None, "same": True}}
+    assert not result.untrusted() and not result.problems()
+    (adv_lib,) = (p for p in peers.PEERS if p.name == "adv-lib")
+    assert adv_lib.uncompared == ("pgd",)  # it returns the last iterate that fooled the model
+
+
 def test_a_wrong_hand_written_step_or_attack_fails_the_run_and_leaves_the_ratios(tmp_path, capsys, monkeypatch):
     # A 2-forward step at half the budget trains differently; a PGD that returns x is no attack.
     wrong_step = contenders.two_forward_adversarial_loss
@@ -242,7 +254,7 @@ def test_ratios_are_ratios_of_medians_and_medians_of_paired_ratios():
     assert "AdversarialLoss step / clean step" not in ratios  # not measured, not invented
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the resident peak is read from Linux /proc")
+@pytest.mark.skipif(not MEASURES_RESIDENT_PEAK, reason="the resident peak is read from Linux /proc")
 def test_peak_memory_sees_a_large_allocation():
     size = 64 * 2**20
     peak = timing.peak_memory(lambda: torch.ones(size // 4), torch.device("cpu"))

@@ -300,14 +300,16 @@ class _CapturedWalk:
         with torch.cuda.stream(side), _without_autocast_cache():
             walk()
         torch.cuda.current_stream(start.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        self.output = _captured(self.graph, walk, side)
+        # Found on the eager warm-up, before any capture: a capture only records kernels, so a
+        # tensor bound during it would hold memory that was never computed.
         if not _same_tensors(_module_tensors(model), tensors_before):
             raise ValueError(
                 "backend='cuda_graph' cannot serve a model whose forward replaces its parameter or buffer "
                 "tensors (self.buffer = ... rather than an in-place update): the captured graph would read "
                 "the replaced ones. Update them in place, or use backend='eager'"
             )
+        self.graph = torch.cuda.CUDAGraph()
+        self.output = _captured(self.graph, walk, side)
 
     def __call__(self, y: Tensor, ball: Ball, start: Tensor, step_size: Tensor) -> Tensor:
         static = self.inputs
@@ -347,7 +349,8 @@ def _captured(graph: torch.cuda.CUDAGraph, walk: Callable[[], Tensor], stream: t
     except RuntimeError as error:
         # torch.cuda.graph's exit ends the capture first: what failed inside comes as the context
         # of capture_end's own error.
-        cause = error.__context__ if isinstance(error.__context__, Exception) else error
+        ended = "during capture" in str(error) and isinstance(error.__context__, Exception)
+        cause = error.__context__ if ended else error
         if isinstance(cause, torch.cuda.OutOfMemoryError):
             raise cause from None
         raise ValueError(

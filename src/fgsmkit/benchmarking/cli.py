@@ -119,7 +119,9 @@ def measure(w: Workload, device: torch.device, repeats: tuple[int, int], warmup:
     print(f"== {w.name}: checking that the contenders agree with fgsmkit")
     first = {attack: {name: timing.first_call(run, device) for name, run in group.items()}
              for attack, group in groups.items()}
-    notes, skipped = {}, {}
+    notes: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    uncompared: dict[str, set[str]] = {attack: set() for attack in groups}
     for peer in usable:
         try:
             built = _peer_runs(peer, model, x, y, w, device)
@@ -133,7 +135,10 @@ def measure(w: Workload, device: torch.device, repeats: tuple[int, int], warmup:
             groups[attack][peer.name], first[attack][peer.name] = run, call
         if peer.note:
             notes[peer.name] = peer.note
-    agreement = {attack: _agreement(attack, {name: output for name, (output, _) in by_name.items()}, x, w.eps)
+        for attack in peer.uncompared:
+            uncompared[attack].add(peer.name)
+    agreement = {attack: _agreement(attack, {name: output for name, (output, _) in by_name.items()}, x, w.eps,
+                                    uncompared[attack])
                  for attack, by_name in first.items()}
     bit_identical = contenders.adversarial_loss_matches(model, x, y, w.eps)
     for name, identical in bit_identical.items():
@@ -168,13 +173,19 @@ def _pgd_with(model: torch.nn.Module, x: Tensor, y: Tensor, w: Workload, backend
                        backend=backend)
 
 
-def _agreement(attack: str, outputs: dict[str, object], x: Tensor, eps: float) -> dict[str, report.Agreement]:
-    """How far each contender's output is from fgsmkit's, printed (see :class:`report.Agreement`)."""
+def _agreement(attack: str, outputs: dict[str, object], x: Tensor, eps: float,
+               uncompared: set[str]) -> dict[str, report.Agreement]:
+    """How far each contender's output is from fgsmkit's, printed (see :class:`report.Agreement`);
+    the ``uncompared`` contenders compute another output by design and are not checked."""
     reference = outputs[report.OURS]
     assert isinstance(reference, Tensor)
     agreement = {}
     for name, output in outputs.items():
         if name == report.OURS:
+            continue
+        if name in uncompared:
+            agreement[name] = report.Agreement(attack, None, None, None, compared=False)
+            print(f"  {attack:4s} {name:24s} not compared: it computes another output by design (see its note)")
             continue
         agreement[name] = found = report.Agreement.of(attack, output, reference, x, eps)
         verdict = "agrees" if found.agrees else "<-- DISAGREES with fgsmkit: left out of the ratios"

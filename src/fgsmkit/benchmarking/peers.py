@@ -29,7 +29,8 @@ class Peer:
 
     ``build(model, x, y, workload)`` returns ``{"fgsm": run, "pgd": run}``; a value of None means
     the library has no such attack. ``note`` says what differs from fgsmkit's attack (a missing
-    attack, another output), for the reader of the results.
+    attack, another output), for the reader of the results; ``uncompared`` names the attacks
+    whose output differs from fgsmkit's by design, which are timed but not checked against it.
     """
 
     name: str
@@ -37,6 +38,7 @@ class Peer:
     modules: tuple[str, ...]
     build: Builder
     note: str = ""
+    uncompared: tuple[str, ...] = ()
 
 
 def _torchattacks(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
@@ -123,7 +125,8 @@ PEERS = (
     Peer("adv-lib", "adv-lib", ("adv_lib.attacks",), _adv_lib,
          note="adv-lib has no FGSM, and its pgd_linf returns for each sample the last iterate that "
               "fooled the model (else the clean input), not the final iterate: its PGD output "
-              "differs from fgsmkit's by design"),
+              "differs from fgsmkit's by design",
+         uncompared=("pgd",)),
 )
 
 

@@ -40,6 +40,8 @@ class Agreement:
     elements that differ by more than :data:`TOLERANCE`, ``inside`` whether the output lies in
     the eps-ball around ``x`` and in the box [0, 1]; all are None when the outputs cannot be
     compared (another shape, not a tensor). NaN where fgsmkit's output has NaN too counts as equal.
+    ``compared=False`` marks a contender that computes another output by design: it is timed,
+    not checked.
 
     FGSM, one sign step, must equal fgsmkit's within :data:`TOLERANCE`. Over many float32 steps
     correct PGD loops drift apart by rounding (a step that flips one sign moves a coordinate by
@@ -51,6 +53,7 @@ class Agreement:
     max_abs_diff: float | None
     fraction_off: float | None
     inside: bool | None = None
+    compared: bool = True
 
     @classmethod
     def of(cls, attack: str, output: object, reference: Tensor, x: Tensor, eps: float) -> Agreement:
@@ -63,12 +66,16 @@ class Agreement:
         return cls(attack, float(diff.max()), float((diff > TOLERANCE).double().mean()), inside)
 
     def describe(self) -> str:
+        if not self.compared:
+            return "not compared (another output by design)"
         where = "" if self.inside is None or self.inside else ", OUTSIDE the eps-ball or the box"
         return (f"max abs diff {_diff(self.max_abs_diff)}, {_percent(self.fraction_off)} of elements off by "
                 f"> {TOLERANCE:g}{where}")
 
     @property
     def agrees(self) -> bool:
+        if not self.compared:
+            return True  # nothing to check against
         if self.max_abs_diff is None or self.fraction_off is None:
             return False
         if self.attack == "fgsm":
@@ -98,15 +105,16 @@ class WorkloadResult:
         timing = self.timings.get(key)
         return None if timing is None else timing.median(clock)
 
-    def agrees(self) -> dict[str, dict[str, bool]]:
-        """``{attack: {contender: whether its output agrees with fgsmkit's}}``."""
-        return {attack: {name: a.agrees for name, a in by_name.items()} for attack, by_name in self.agreement.items()}
+    def agrees(self) -> dict[str, dict[str, bool | None]]:
+        """``{attack: {contender: whether its output agrees with fgsmkit's}}`` (None: not compared)."""
+        return {attack: {name: a.agrees if a.compared else None for name, a in by_name.items()}
+                for attack, by_name in self.agreement.items()}
 
     def untrusted(self) -> set[str]:
         """The timing keys left out of the ratios: disagreeing attacks, and training steps that do
         not train like AdversarialLoss."""
         keys = {f"{attack}/{name}" for attack, by_name in self.agrees().items()
-                for name, agrees in by_name.items() if not agrees}
+                for name, agrees in by_name.items() if agrees is False}
         return keys | {f"train/{name}" for name, identical in self.bit_identical.items() if not identical}
 
     def problems(self) -> list[str]:
@@ -266,7 +274,7 @@ def table(result: WorkloadResult) -> str:
         lines.append(f"AdversarialLoss parameters after one SGD step bit-identical to the {name}: {verdict}.")
     for attack, by_name in result.agrees().items():
         for name, agrees in by_name.items():
-            if not agrees:
+            if agrees is False:
                 lines.append(f"**{name}'s {attack.upper()} DISAGREES with fgsmkit's: left out of the ratios.**")
     for name, note in result.notes.items():
         lines.append(f"- {name}: {note}")

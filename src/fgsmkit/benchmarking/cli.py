@@ -1,11 +1,12 @@
 """``fgsmkit bench``: time fgsmkit against hand-written PyTorch, the cost floor and the peers.
 
-For each workload it checks that every contender's FGSM agrees with fgsmkit's (within
-``report.TOLERANCE``; a contender that does not is left out of the ratios), shows how far their
-PGD outputs drift apart, and checks that the hand-written adversarial training steps train to
-bit-identical parameters to AdversarialLoss; then it times every contender round-robin, reports
-medians, ratios and peak memory as a table, and writes them to a JSON file. A failed check makes
-the exit status 1, after the results are written.
+For each workload it checks every contender against fgsmkit (see :class:`report.Agreement`:
+FGSM within ``report.TOLERANCE``; PGD inside the eps-ball and the box and off on at most
+``report.PGD_SHARE`` of the elements) and that the hand-written adversarial training steps
+train to bit-identical parameters to AdversarialLoss; a contender that fails is left out of the
+ratios. Then it times every contender round-robin, reports medians, ratios and peak memory as a
+table, and writes them to a JSON file. A failed check, or a peer that fails to run, makes the
+exit status 1, after the results are written.
 """
 
 from __future__ import annotations

@@ -249,6 +249,16 @@ def runs_in_low_precision(model: object, x: Tensor) -> bool:
         for m in model.modules() for t in itertools.chain(m._parameters.values(), m._buffers.values()))
 
 
+def rescaled_dims(model: object, x: Tensor, logits: Tensor) -> tuple[int, ...] | None:
+    """The dims of the logit gradient at ``logits = model(x)`` that share one power-of-two scale on
+    the way back through ``model``; None where no float16 or bfloat16 is involved (no rescaling)."""
+    if logits.dtype not in LOW_PRECISION and not runs_in_low_precision(model, x):
+        return None
+    # Per sample only where samples do not interact: through batch statistics a per-sample scale
+    # would change the direction of the whole batch's gradient.
+    return (0, 1) if uses_batch_statistics(model) else (1,)
+
+
 def uses_batch_statistics(model: object) -> bool:
     """Whether ``model`` normalises with statistics of the batch (BatchNorm in train mode, or
     without running statistics), so that each sample's output depends on the others."""
@@ -285,9 +295,14 @@ class Objective:
         self.targeted = targeted
         self.checked = False
         # The dims of the logit gradient that share one power-of-two scale (None: no rescaling);
-        # decided on first use.
+        # decided on first use, unless the caller has (see decide_rescaling).
         self.rescaled_over: tuple[int, ...] | None = None
         self.rescaling_decided = False
+
+    def decide_rescaling(self, dims: tuple[int, ...] | None) -> None:
+        """Fix :attr:`rescaled_over` to ``dims``, from :func:`rescaled_dims` (a caller that has
+        already asked it saves a second walk over the model)."""
+        self.rescaled_over, self.rescaling_decided = dims, True
 
     def _logits(self, x: Tensor) -> Tensor:
         logits = logits_of(self.model, x)
@@ -341,11 +356,7 @@ class Objective:
             return torch.zeros_like(x)
         logit_grad = self.logit_gradient(logits)
         if not self.rescaling_decided:
-            self.rescaling_decided = True
-            if logits.dtype in LOW_PRECISION or runs_in_low_precision(self.model, x):
-                # Per sample only where samples do not interact: through batch statistics a
-                # per-sample scale would change the direction of the whole batch's gradient.
-                self.rescaled_over = (0, 1) if uses_batch_statistics(self.model) else (1,)
+            self.decide_rescaling(rescaled_dims(self.model, x, logits))
         if self.rescaled_over is not None:
             # A confident sample's gradient (1e-8, say) would flush to zero on its way back
             # through a float16 model: rescale each sample's by a power of two (exact, and it

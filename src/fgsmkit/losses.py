@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from . import _validation
 from .constraints import make_ball, sample_rows
-from .gradient import (LOW_PRECISION, LossFn, Objective, autograd_usable, check_first_gradient, cross_entropy,
-                       local_model, logits_of, model_state_kept, runs_in_low_precision)
+from .gradient import (LossFn, Objective, autograd_usable, check_first_gradient, cross_entropy, local_model,
+                       logits_of, model_state_kept, rescaled_dims)
 
 
 def _mean(loss: Tensor, batch: int) -> Tensor:
@@ -273,7 +273,8 @@ class AdversarialLoss(nn.Module):
             # The model cut the graph (no_grad or detach inside it): no input gradient, and the
             # clean term keeps its own graph, which may still reach a learnable loss_fn.
             return torch.zeros_like(x_in), None
-        if params is not None and logits.dtype not in LOW_PRECISION and not runs_in_low_precision(clean_model, x_in):
+        rescaled_over = rescaled_dims(clean_model, x_in, logits)
+        if params is not None and rescaled_over is None:
             scaled = self.alpha * clean if self.alpha > 0 else clean
             grads = torch.autograd.grad(scaled, [x_in, *params], allow_unused=True)
             return (torch.zeros_like(x_in) if grads[0] is None else grads[0]), grads[1:]
@@ -285,6 +286,7 @@ class AdversarialLoss(nn.Module):
         # comes from a pass of its own (statistics such as BatchNorm's kept). The same pass serves
         # the graphs whose clean gradients cannot be handed over (params=None).
         objective = Objective(clean_model, y, self.loss_fn, targeted=False)
+        objective.decide_rescaling(rescaled_over)
         with model_state_kept(clean_model, eval_mode=False):
             x_again = x_in.detach().requires_grad_(True)
             direction = objective.input_gradient(x_again, logits_of(clean_model, x_again))

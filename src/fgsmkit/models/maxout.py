@@ -109,10 +109,9 @@ class MaxoutMLP(Classifier):
                 raise ValueError(f"max_norm must be a finite number > 0, or None; got {max_norm!r}")
             max_norm = norm_value
         try:  # any sequence of integers: a tuple, a list, a NumPy or torch array
-            hidden = [operator.index(units) for units in hidden]
+            hidden = [check_positive_int(operator.index(units), "hidden widths") for units in hidden]
         except TypeError:
             raise TypeError(f"hidden must be a sequence of int layer widths, e.g. hidden=(240,); got {hidden!r}") from None
-        hidden = [check_positive_int(units, "hidden widths") for units in hidden]
         pieces = check_positive_int(pieces, "pieces")
         self.in_features = check_positive_int(in_features, "in_features")
         self.num_classes = check_class_count(num_classes)
@@ -137,4 +136,3 @@ class MaxoutMLP(Classifier):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 max_norm_(module.weight, self.max_norm)
-

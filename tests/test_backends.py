@@ -261,6 +261,31 @@ def test_emulated_cuda_graph_follows_weights_layouts_and_precision_settings(emul
     assert graphs.captures == 4
 
 
+class _HalfScaled(torch.nn.Module):
+    """A float16 parameter (low precision, so the logit gradient is rescaled) behind the small
+    model, with or without batch statistics written by hand (samples that interact)."""
+
+    def __init__(self, batch_statistics: bool) -> None:
+        super().__init__()
+        self.inner, self.batch_statistics = small_model(), batch_statistics
+        self.scale = torch.nn.Parameter(torch.ones((), dtype=torch.float16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch_statistics:
+            x = (x - x.mean(dim=0)) * 4.0
+        return self.inner(x) * self.scale.float()
+
+
+@pytest.mark.parametrize("batch_statistics", [False, True])
+def test_emulated_cuda_graph_keeps_the_first_steps_rescaling(emulated_cuda_graphs, batch_statistics):
+    # The eager first step decides per-sample or whole-batch scales (a host sync); the graph
+    # must capture that decision rather than check again, and keep graphs of each apart.
+    model, (x, y) = _HalfScaled(batch_statistics), batch()
+    graphed = fk.pgd(model, x, y, backend="cuda_graph", **PGD)
+    assert torch.equal(graphed, fk.pgd(model, x, y, **PGD))
+    assert emulated_cuda_graphs.captures == 1
+
+
 class _ReplacesItsBuffer(torch.nn.Module):
     """Keeps a running mean by replacing its buffer, as `self.mean = 0.9 * self.mean + ...`."""
 

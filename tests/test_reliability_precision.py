@@ -355,34 +355,83 @@ def test_adversarial_loss_with_a_grad_scaler_keeps_the_clean_gradient_of_float16
         assert abs(along - 1) < 0.05, along
 
 
-class _BatchNormWithHalfScale(nn.Module):
-    """BatchNorm in train mode (samples interact) and one float16 parameter equal to 1, so that
-    low precision is involved while every product stays exact in float32."""
+class _BatchStatistics(nn.Module):
+    """Batch normalisation written by hand, as many research models do: no ``_BatchNorm`` to
+    recognise, and every sample's output depends on the whole batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(features)), nn.Parameter(torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=0, keepdim=True)
+        return centred / torch.sqrt(centred.pow(2).mean(dim=0, keepdim=True) + 1e-5) * self.weight + self.bias
+
+
+class _BatchNormWithHalfScale(nn.Module):
+    """Batch statistics in train mode (samples interact) and one float16 parameter equal to 1, so
+    that low precision is involved while every product stays exact in float32."""
+
+    def __init__(self, norm: type[nn.Module] = nn.BatchNorm1d) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3))
+        self.body = nn.Sequential(nn.Linear(10, 16), norm(16), nn.Tanh(), nn.Linear(16, 3))
         self.scale = nn.Parameter(torch.ones((), dtype=torch.float16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) * self.scale.float()
 
 
-def test_rescaling_keeps_the_batch_gradient_when_samples_interact():
-    # Per-sample scales change the direction of a batch whose samples share BatchNorm statistics.
-    model = _BatchNormWithHalfScale().train()
+def _mixed_confidence_batch() -> torch.Tensor:
     torch.manual_seed(1)
     x = torch.rand(32, 10)
     x[:16] *= 8.0  # half the batch confident, half not: very different per-sample scales
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    exact = _BatchNormWithHalfScale().double().train()
+    return x
+
+
+def _float64_gradient(norm: type[nn.Module], model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    exact = _BatchNormWithHalfScale(norm).double().train()
     exact.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
     x64 = x.double().requires_grad_(True)
     F.cross_entropy(exact(x64), y, reduction="sum").backward()
-    x_adv = fk.fgsm(model, x, y, eps=0.01, clip=None)
-    assert torch.equal((x_adv.double() - x.double()).sign(), x64.grad.sign())
+    return x64.grad
+
+
+@pytest.mark.parametrize("norm", [nn.BatchNorm1d, _BatchStatistics])
+def test_rescaling_keeps_the_batch_gradient_when_samples_interact(norm):
+    # Per-sample scales change the direction of a batch whose samples share statistics, whether
+    # or not the model shows it (hand-written batch statistics are not a BatchNorm).
+    model = _BatchNormWithHalfScale(norm).train()
+    x = _mixed_confidence_batch()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    expected = _float64_gradient(norm, model, x, y).sign()
+    for x_adv in (fk.fgsm(model, x, y, eps=0.01, clip=None),
+                  fk.iterative_fgsm(model, x, y, eps=0.01, step_size=0.01, steps=1, clip=None)):
+        assert torch.equal((x_adv.double() - x.double()).sign(), expected)
+
+
+def test_rescaling_keeps_the_batch_gradient_of_a_function_whose_samples_interact():
+    # Behind a function the modules cannot be seen at all (the docs' lambda x: model(x)["logits"]).
+    model = _BatchNormWithHalfScale().train()
+    x = _mixed_confidence_batch().half()  # float16 inputs: the float32 gradient is cast back to them
+    with torch.no_grad():
+        y = model(x.float()).argmax(1)
+    expected = _float64_gradient(nn.BatchNorm1d, model, x, y).sign()
+    x_adv = fk.fgsm(lambda z: model(z.float()), x, y, eps=0.01, clip=None)
+    assert torch.equal((x_adv.double() - x.double()).sign(), expected)
+
+
+def test_adversarial_loss_keeps_the_batch_gradient_when_samples_interact():
+    model = _BatchNormWithHalfScale(_BatchStatistics).train()
+    x = _mixed_confidence_batch()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    x_expected = x + 0.01 * _float64_gradient(_BatchStatistics, model, x, y).sign().float()
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.01, clip=None)
+    criterion(model, x, y)
+    with torch.no_grad():
+        assert torch.equal(criterion.adversarial_logits, model(x_expected))
 
 
 def test_float16_weights_kept_as_buffers_count_as_low_precision():

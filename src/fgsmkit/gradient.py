@@ -249,14 +249,33 @@ def runs_in_low_precision(model: object, x: Tensor) -> bool:
         for m in model.modules() for t in itertools.chain(m._parameters.values(), m._buffers.values()))
 
 
+PER_SAMPLE = (1,)
+WHOLE_BATCH = (0, 1)
+
+
 def rescaled_dims(model: object, x: Tensor, logits: Tensor) -> tuple[int, ...] | None:
     """The dims of the logit gradient at ``logits = model(x)`` that share one power-of-two scale on
-    the way back through ``model``; None where no float16 or bfloat16 is involved (no rescaling)."""
+    the way back through ``model``; None where no float16 or bfloat16 is involved (no rescaling).
+
+    :data:`PER_SAMPLE` unless the model visibly normalises with batch statistics; the first
+    gradient then checks that the samples do not interact (:meth:`Objective.input_gradient`).
+    """
     if logits.dtype not in LOW_PRECISION and not runs_in_low_precision(model, x):
         return None
     # Per sample only where samples do not interact: through batch statistics a per-sample scale
     # would change the direction of the whole batch's gradient.
-    return (0, 1) if uses_batch_statistics(model) else (1,)
+    return WHOLE_BATCH if uses_batch_statistics(model) else PER_SAMPLE
+
+
+def power_of_two_scaled(logit_grad: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``logit_grad`` divided by the power of two at or below its largest magnitude over ``dims``.
+
+    Exact, and it changes neither sign nor direction. Divided by the power rather than
+    multiplied by its inverse: below 2^-127 (a margin near 90) the inverse overflows float32.
+    """
+    peak = logit_grad.abs().amax(dim=dims, keepdim=True)
+    unit = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
+    return logit_grad / unit
 
 
 def uses_batch_statistics(model: object) -> bool:
@@ -295,9 +314,11 @@ class Objective:
         self.targeted = targeted
         self.checked = False
         # The dims of the logit gradient that share one power-of-two scale (None: no rescaling);
-        # decided on first use, unless the caller has (see decide_rescaling).
+        # decided on first use, unless the caller has (see decide_rescaling). Per-sample scales
+        # hold once the first gradient has shown that the samples do not interact.
         self.rescaled_over: tuple[int, ...] | None = None
         self.rescaling_decided = False
+        self.samples_checked = False
 
     def decide_rescaling(self, dims: tuple[int, ...] | None) -> None:
         """Fix :attr:`rescaled_over` to ``dims``, from :func:`rescaled_dims` (a caller that has
@@ -348,9 +369,10 @@ class Objective:
         """The gradient of the summed loss at ``logits = model(x)`` with respect to ``x``.
 
         The logits' gradient is taken first and pushed back through the model. Where float16 or
-        bfloat16 is involved, each sample's gradient is scaled by a power of two (the whole
-        batch's by one power where the model uses batch statistics), which changes neither its
-        sign nor its direction.
+        bfloat16 is involved, each sample's gradient is scaled by a power of two, which changes
+        neither its sign nor its direction; where the samples interact (batch statistics, seen
+        in the model or found by the first gradient's two half-batch passes) the whole batch's
+        is scaled by one power.
         """
         if not logits.requires_grad:
             return torch.zeros_like(x)
@@ -359,15 +381,51 @@ class Objective:
             self.decide_rescaling(rescaled_dims(self.model, x, logits))
         if self.rescaled_over is not None:
             # A confident sample's gradient (1e-8, say) would flush to zero on its way back
-            # through a float16 model: rescale each sample's by a power of two (exact, and it
-            # leaves that sample's direction unchanged). Divide by the power rather than multiply
-            # by its inverse: below 2^-127 (a margin near 90) the inverse overflows float32.
-            peak = logit_grad.abs().amax(dim=self.rescaled_over, keepdim=True)
-            unit = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
-            logit_grad = logit_grad / unit
+            # through a float16 model: rescale each sample's by a power of two.
+            scaled = power_of_two_scaled(logit_grad, self.rescaled_over)
+            if self.rescaled_over == PER_SAMPLE and not self.samples_checked and x.shape[0] > 1:
+                self.samples_checked = True
+                grad = self._gradient_if_independent(x, logits, scaled)
+                if grad is not None:
+                    return self._laid_out_like(grad, x)
+                # The samples interact: one scale for the whole batch, through a pass of its own
+                # (the check has used up the first graph).
+                self.rescaled_over = WHOLE_BATCH
+                x = x.detach().requires_grad_(True)
+                logits = logits_of(self.model, x)
+                scaled = power_of_two_scaled(self.logit_gradient(logits), WHOLE_BATCH)
+            logit_grad = scaled
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=logit_grad.to(logits.dtype), allow_unused=True)
         if grad is None:
             return torch.zeros_like(x)
+        return self._laid_out_like(grad, x)
+
+    def _gradient_if_independent(self, x: Tensor, logits: Tensor, scaled: Tensor) -> Tensor | None:
+        """The input gradient with per-sample scales, or None where the samples interact.
+
+        The even and the odd samples' (``scaled``) logit gradients are back-propagated apart, the
+        odd ones through a forward of their own (a compiled graph may be back-propagated only
+        once, so no graph is kept for a second pass); either half reaching the other half's
+        inputs (or giving NaN there) means the samples interact: batch statistics written by
+        hand, a BatchNorm behind a function. Per-sample scales would then change the batch's
+        direction. One more forward and backward, on the first gradient of a call only.
+        """
+        even = torch.arange(x.shape[0], device=scaled.device) % 2 == 0
+        x_odd = x.detach().requires_grad_(True)
+        logits_odd = logits_of(self.model, x_odd)
+        scaled_odd = power_of_two_scaled(self.logit_gradient(logits_odd), PER_SAMPLE)
+        halves = []
+        for rows, leaf, out, out_grad in ((even, x, logits, scaled), (~even, x_odd, logits_odd, scaled_odd)):
+            part = torch.where(rows[:, None], out_grad, 0.0).to(out.dtype)
+            (grad,) = torch.autograd.grad(out, leaf, grad_outputs=part, allow_unused=True)
+            halves.append(torch.zeros_like(x) if grad is None else grad)
+        from_even, from_odd = (sample_rows(half) for half in halves)
+        if bool(torch.stack([from_even[~even].ne(0).any(), from_odd[even].ne(0).any()]).any()):
+            return None
+        return torch.where(even.reshape((-1,) + (1,) * (x.ndim - 1)), halves[0], halves[1])
+
+    @staticmethod
+    def _laid_out_like(grad: Tensor, x: Tensor) -> Tensor:
         if any(a != b for a, b, size in zip(grad.stride(), x.stride(), x.shape) if size > 1):
             # Laid out as the model's backward left it (a flatten makes it contiguous); the step
             # built on it must come out laid out like x (channels-last stays channels-last).

@@ -138,7 +138,8 @@ class AdversarialLoss(nn.Module):
     ``loss_fn``) when the returned loss is back-propagated. ``.grad`` is not touched before that.
     The loss can be back-propagated once: a second backward or ``create_graph=True`` raises.
     With float16/bfloat16 logits (half-precision models, autocast) the input gradient takes a
-    forward and backward pass of its own, rescaled per sample so that it cannot underflow.
+    forward and backward pass of its own, rescaled per sample so that it cannot underflow (one
+    more pass checks that the samples do not interact, unless a train-mode BatchNorm shows it).
 
     It works under ``DistributedDataParallel`` (pass the wrapped model; only the adversarial pass
     goes through the wrapper, and the one backward all-reduces the combined gradient), with

@@ -177,7 +177,7 @@ def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tenso
     box = ball.box
     tensors = [*model.parameters(), *model.buffers()]
     return (
-        type(ball), steps, objective.targeted, _weakly(objective.loss_fn),
+        type(ball), steps, objective.targeted, _weakly(objective.loss_fn), objective.rescaled_over,
         _signature(ball.x), _signature(x_adv), _signature(objective.y), _signature(ball.eps), _signature(step_size),
         None if box is None else (_signature(box.low), _signature(box.high)),
         tuple((m.training, *map(tuple, _hook_dicts(m))) for m in model.modules()),
@@ -285,6 +285,9 @@ class _CapturedWalk:
         # The graph must read the labels that each call refreshes, not a copy of them.
         assert graph_objective.y is static["y"]
         graph_objective.checked = True  # the eager first step has run the checks
+        # ... and decided how the logit gradient is rescaled (the samples check syncs with the host).
+        graph_objective.decide_rescaling(objective.rescaled_over)
+        graph_objective.samples_checked = True
 
         def walk() -> Tensor:
             graph_box = None if static["low"] is None else Box(static["low"], static["high"])

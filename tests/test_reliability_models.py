@@ -272,3 +272,16 @@ def test_a_compiled_training_step_and_a_compiled_attack_call():
     criterion(model, x, y).backward()
     for got, expected in zip(compiled_grads, (p.grad for p in model.parameters())):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_an_uninitialized_lazy_buffer_is_refused_with_the_fix():
+    # Its running statistics cannot be saved before the first forward gives them a shape: the
+    # attack failed inside torch ("Attempted to use an uninitialized parameter in clone").
+    model = nn.Sequential(nn.Linear(10, 8), nn.LazyBatchNorm1d(), nn.Linear(8, 3))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 10, generator=g), torch.randint(0, 3, (8,), generator=g)
+    with pytest.raises(ValueError, match=r"uninitialized lazy buffer \(LazyBatchNorm1d.running_mean\).*model\(x\)"):
+        fk.fgsm(model, x, y, eps=0.1)
+    with torch.no_grad():
+        model(x)
+    assert fk.fgsm(model, x, y, eps=0.1).shape == x.shape

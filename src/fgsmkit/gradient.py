@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.parallel import DistributedDataParallel
+from torch.nn.parameter import is_lazy
 
 from . import _validation
 from .constraints import sample_rows
@@ -204,6 +205,13 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
     # Where each buffer is registered, and one copy of each tensor (several modules may share one).
     # Saved in eval mode too: code inside the block may switch the model to train mode.
     places = [(module, name, b) for module, _ in modes for name, b in module._buffers.items() if b is not None]
+    for module, name, buffer in places:
+        if is_lazy(buffer):
+            raise ValueError(
+                f"model has an uninitialized lazy buffer ({type(module).__name__}.{name}), whose value cannot be "
+                "saved and restored around the attack; run the model once first (lazy modules take their "
+                "shapes from the first batch), e.g. with torch.no_grad(): model(x)"
+            )
     saved: dict[int, tuple[Tensor, Tensor]] = {}
     for _, _, buffer in places:
         if id(buffer) not in saved:

@@ -489,6 +489,51 @@ def test_models_writing_into_their_input_get_an_error_naming_the_fix():
     torch.testing.assert_close(x_adv, fk.fgsm(model.net[1], x, y, eps=0.1), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("attack", [
+    lambda model, x: fk.pgd(model, x, eps=0.1, step_size=0.05, steps=2, clip=None),  # labels: a first forward
+    lambda model, x: fk.pgd(model, x, eps=0.1, step_size=0.05, steps=2, restarts=2, clip=None),
+    lambda model, x: fk.iterative_fgsm(model, x, eps=0.1, step_size=0.05, steps=2, clip=None),
+])
+def test_a_model_writing_into_its_input_leaves_x_alone_when_labels_come_from_it(attack):
+    # The predictions were taken under no_grad on x's own storage, where autograd lets an in-place
+    # ReLU write: x lost its negative entries before the error was raised.
+    x = batch()[0] * 2 - 1
+    before = x.clone()
+    with pytest.raises(ValueError, match="writes into its input in place"):
+        attack(InPlaceFirst(), x)
+    assert torch.equal(x, before)
+
+
+class WritesUnderNoGrad(nn.Module):
+    """Clamps its input in place inside no_grad, where autograd cannot refuse it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = linear_net()
+
+    def forward(self, x):
+        with torch.no_grad():
+            x.clamp_(0.0, 0.5)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("attack", [
+    lambda model, x, y: fk.fgsm(model, x, y, eps=0.1),
+    lambda model, x, y: fk.iterative_fgsm(model, x, y, eps=0.1, step_size=0.05, steps=2),
+    lambda model, x, y: fk.pgd(model, x, y, eps=0.1, step_size=0.05, steps=2, random_start=False),
+])
+def test_a_model_writing_into_x_under_no_grad_is_an_error_not_a_result_outside_the_ball(attack):
+    # x, the ball's centre, was moved by the model: the result lay 0.3 from the caller's x.
+    x, y = batch()
+    with pytest.raises(ValueError, match=r"model wrote into its input in place.*model\(x\.clone\(\)\)"):
+        attack(WritesUnderNoGrad(), x, y)
+    model = WritesUnderNoGrad()
+    with torch.inference_mode():  # inference tensors keep no write count; the model gets copies of them
+        x_inference = x.clone()
+        assert_valid_attack(attack(model, x_inference, y), x_inference, eps=0.1)
+        assert torch.equal(x_inference, x)
+
+
 # --- loss functions and argument types -------------------------------------------------------------
 
 @pytest.mark.parametrize("bad_loss", [lambda logits, y: 3.0, lambda logits, y: logits.argmax(1),

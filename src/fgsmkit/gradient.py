@@ -346,7 +346,8 @@ class Objective:
     def label_with_predictions(self, x: Tensor) -> None:
         """Take the model's predictions on the clean ``x`` as labels (``y=None``)."""
         with torch.no_grad():
-            logits = self._logits(x)
+            # A copy: under no_grad autograd cannot refuse a model that writes into its input.
+            logits = self._logits(x.clone())
             check_logits_finite(logits)
             self.y = autograd_usable(predicted_labels(logits))
 

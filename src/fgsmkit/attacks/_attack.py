@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from .. import _validation
-from ..constraints import make_ball
+from ..constraints import Ball, make_ball
 from ..gradient import LossFn, Objective, local_model, model_state_kept
 from . import _backends
-from ._walk import keep_stronger
+from ._walk import Walk, keep_stronger
 
 
 def projected_gradient_ascent(
@@ -76,17 +76,39 @@ def projected_gradient_ascent(
     ball = make_ball(norm, x, eps_t, box)
     model = local_model(model)
     objective = Objective(model, y, loss_fn, targeted)
+    version = _version(x)
     with model_state_kept(model, eval_mode):
-        if y is None and random_start:
-            # Labels come from the clean input, never from a random starting point.
-            objective.label_with_predictions(x)
-        if step_size is None:
-            return _backends.fast_gradient_step_for(backend)(ball, objective.ascent_direction(x))
-        start = ball.random_point(generator) if random_start else x
-        best = walk(objective, ball, start, step_t, steps)
-        if restarts > 1:
-            best_loss, best_fooled = objective.per_sample_losses(best)
-            for _ in range(restarts - 1):
-                candidate = walk(objective, ball, ball.random_point(generator), step_t, steps)
-                best, best_loss, best_fooled = keep_stronger(objective, best, best_loss, best_fooled, candidate)
+        best = _run(objective, ball, walk, step_t, steps, step_size is None, random_start, restarts, generator,
+                    backend)
+    if _version(x) != version:
+        raise ValueError(
+            "model wrote into its input in place (under torch.no_grad(), where autograd cannot refuse it), "
+            "so x, the centre of the eps-ball, has changed; make that operation out of place, or pass "
+            "lambda x: model(x.clone())"
+        )
+    return best
+
+
+def _version(x: Tensor) -> int | None:
+    """How often ``x`` (and the caller's tensor, whose storage it shares) was written in place; None
+    for an inference tensor, which keeps no count and which the model only ever sees copied."""
+    return None if x.is_inference() else x._version
+
+
+def _run(objective: Objective, ball: Ball, walk: Walk, step_t: Tensor, steps: int, fast_gradient: bool,
+         random_start: bool, restarts: int, generator: torch.Generator | None, backend: str) -> Tensor:
+    """The attack itself, its arguments checked and the model's state kept by the caller."""
+    x = ball.x
+    if objective.y is None and random_start:
+        # Labels come from the clean input, never from a random starting point.
+        objective.label_with_predictions(x)
+    if fast_gradient:
+        return _backends.fast_gradient_step_for(backend)(ball, objective.ascent_direction(x))
+    start = ball.random_point(generator) if random_start else x
+    best = walk(objective, ball, start, step_t, steps)
+    if restarts > 1:
+        best_loss, best_fooled = objective.per_sample_losses(best)
+        for _ in range(restarts - 1):
+            candidate = walk(objective, ball, ball.random_point(generator), step_t, steps)
+            best, best_loss, best_fooled = keep_stronger(objective, best, best_loss, best_fooled, candidate)
     return best

@@ -181,3 +181,29 @@ def test_the_reach_check_is_per_sample_and_counts_the_l2_step() -> None:
         with pytest.raises(ValueError, match=r"eps \+ step_size takes x"):
             fk.pgd(lambda t: torch.cat([t, -t], 1).float() * 1e-4, one, torch.tensor([1]), eps=eps,
                    step_size=49152.0, steps=3, norm=2, clip=None, random_start=False)
+
+
+@pytest.mark.filterwarnings("ignore:the input gradient is zero")
+def test_the_reach_check_also_runs_where_the_box_cannot_catch_an_overflow() -> None:
+    # A box with infinite bounds catches nothing, and the L2 step overflows before it is clipped
+    # (its projection then multiplies inf by 0): both returned inf or NaN without a word.
+    class Signs(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, -t], 1).float() * 1e-4
+
+    model = Signs()
+    x, y = torch.full((2, 1), 1000.0, dtype=torch.float16), torch.tensor([0, 1])
+    for clip in ((-math.inf, math.inf), (-1e10, 1e10), (torch.tensor(-math.inf), torch.tensor(math.inf))):
+        with pytest.raises(ValueError, match=r"eps=65000.0 takes x .largest \|x\| = 1000. past the largest"):
+            fk.fgsm(model, x, y, eps=65000.0, clip=clip)
+    big = torch.tensor([[50000.0]], dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"eps=60000.0 takes x .largest \|x\| = 49984. past .*; pass a smaller budget$"):
+        fk.fgsm(model, big, torch.tensor([1]), eps=60000.0, norm=2, clip=(0.0, 65504.0))
+    with pytest.raises(ValueError, match=r"eps \+ step_size takes x"):
+        fk.pgd(model, big, torch.tensor([1]), eps=1.0, step_size=60000.0, steps=1, norm=2, clip=(0.0, 65504.0),
+               random_start=False)
+    with pytest.raises(ValueError, match=r"eps=60000.0 takes x"):
+        fk.AdversarialLoss(eps=60000.0, norm=2, clip=(0.0, 65504.0))(model, big, torch.tensor([1]))
+    # A finite box catches the L-inf step: no error; 1000 + 65000 rounds to inf and is clipped.
+    x_adv = fk.fgsm(model, x, y, eps=65000.0, clip=(-65504.0, 65504.0))
+    assert torch.equal(x_adv, torch.tensor([[-64000.0], [65504.0]], dtype=torch.float16))

@@ -286,15 +286,38 @@ def check_eps(eps: object, x: Tensor, norm: float) -> Tensor:
     return _check_budget(eps, "eps", x, positive=False, norm=norm)
 
 
-def check_reach(x: Tensor, reach: Tensor, budgets: str, roundings: int = 0) -> None:
+def check_overflow(x: Tensor, box: Box | None, norm: float, eps: Tensor, eps_name: str,
+                   step_size: Tensor | None = None) -> None:
+    """Refuse budgets that take a sample of ``x`` past the largest number of its dtype, where the
+    box cannot catch it: no box, a box with an infinite bound, or the L2 step, which overflows to
+    inf before it is clipped (and its projection then gives NaN).
+
+    ``step_size`` is the walk's (None for the fast gradient method): the L2 walk steps before it
+    projects, so its points may reach ``eps + step_size`` from ``x``.
+    """
+    if box is not None and norm != 2 and _finite_box(box):
+        return
+    if step_size is not None and norm == 2:
+        check_reach(x, eps.double() + step_size.double(), "eps + step_size", roundings=2, boxed=box is not None)
+    else:
+        check_reach(x, eps, eps_name, boxed=box is not None)
+
+
+def _finite_box(box: Box) -> bool:
+    if box.numbers is not None:  # already rounded to x's dtype, where 1e10 is inf in float16
+        return all(math.isfinite(bound) for bound in box.numbers)
+    return bool(torch.isfinite(box.low).all() & torch.isfinite(box.high).all())
+
+
+def check_reach(x: Tensor, reach: Tensor, budgets: str, roundings: int = 0, boxed: bool = False) -> None:
     """Refuse budgets that take a sample of ``x`` past the largest number of its dtype.
 
-    For attacks without a box (with one, the result is clipped back): ``reach`` is how far a
-    coordinate may move (eps, or for the L2 walk eps + step_size before the projection), a
-    scalar or one per sample, and ``budgets`` names it in the message. The result would hold
-    inf (and the L2 projection of an overflowed step NaN). ``roundings`` counts the roundings in
-    x's dtype on the way (the L2 walk's projection and step), each of which may add a unit in
-    the last place; with none, a sum within half a unit of the largest number rounds back to it.
+    ``reach`` is how far a coordinate may move (eps, or for the L2 walk eps + step_size before
+    the projection), a scalar or one per sample, and ``budgets`` names it in the message. The
+    result would hold inf (and the L2 projection of an overflowed step NaN). ``roundings``
+    counts the roundings in x's dtype on the way (the L2 walk's projection and step), each of
+    which may add a unit in the last place; with none, a sum within half a unit of the largest
+    number rounds back to it. ``boxed``: a box was given, so the message does not suggest one.
     """
     if not x.numel():
         return
@@ -306,7 +329,7 @@ def check_reach(x: Tensor, reach: Tensor, budgets: str, roundings: int = 0) -> N
     if worst > limit:
         raise ValueError(
             f"{budgets} takes x (largest |x| = {largest:.6g}) past the largest {x.dtype} ({finfo.max:.6g}), "
-            "and the result would hold inf; pass a smaller budget, or a clip box"
+            "and the result would hold inf; pass a smaller budget" + ("" if boxed else ", or a clip box")
         )
 
 

@@ -247,8 +247,7 @@ class AdversarialLoss(nn.Module):
             self.checked = True
             check_first_gradient(direction)
         eps_t = _validation.check_eps(self.eps, x, self.norm)
-        if box is None:
-            _validation.check_reach(x, eps_t, _validation.named("eps", self.eps))
+        _validation.check_overflow(x, box, self.norm, eps_t, _validation.named("eps", self.eps))
         ball = make_ball(self.norm, x, eps_t, box)
         x_adv = ball.fast_gradient_step(direction)
 

@@ -43,12 +43,8 @@ def projected_gradient_ascent(
     norm = _validation.check_norm(norm)
     eps_t = _validation.check_eps(eps, x, norm)
     step_t = eps_t if step_size is None else _validation.check_step_size(step_size, x, norm)
-    if box is None:
-        # The L2 walk steps before it projects, so its points may reach eps + step_size from x.
-        if step_size is not None and norm == 2:
-            _validation.check_reach(x, eps_t.double() + step_t.double(), "eps + step_size", roundings=2)
-        else:
-            _validation.check_reach(x, eps_t, _validation.named("eps", eps))
+    _validation.check_overflow(x, box, norm, eps_t, _validation.named("eps", eps),
+                               None if step_size is None else step_t)
     steps = _validation.check_positive_int(steps, "steps")
     restarts = _validation.check_restarts(restarts)
     loss_fn = _validation.check_loss_fn(loss_fn)

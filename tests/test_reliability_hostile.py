@@ -389,6 +389,30 @@ def test_non_differentiable_models_are_reported_not_faked(name, model_type):
         assert torch.equal(x_adv, x)
 
 
+DETACHED_LOSSES = {
+    "detached": lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="none").detach(),
+    "constant": lambda logits, y: torch.zeros(logits.shape[0]),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(DETACHED_LOSSES))
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_a_loss_fn_cut_off_from_the_logits_is_reported_as_a_zero_gradient(name, loss):
+    # PyTorch's "element 0 of tensors does not require grad" came out instead, naming nothing.
+    x, y = batch()
+    with pytest.warns(RuntimeWarning, match="input gradient is zero for 4 of 4 samples"):
+        x_adv = ATTACKS[name](linear_net(), x, y, loss_fn=DETACHED_LOSSES[loss])
+    if not name.startswith("pgd"):
+        assert torch.equal(x_adv, x)
+
+
+@pytest.mark.parametrize("loss", sorted(DETACHED_LOSSES))
+def test_adversarial_loss_with_a_loss_fn_cut_off_from_the_logits_says_what_it_cannot_train(loss):
+    x, y = batch()
+    with pytest.raises(ValueError, match=r"loss_fn returned a loss that does not depend on the logits"):
+        fk.AdversarialLoss(loss_fn=DETACHED_LOSSES[loss])(linear_net(), x, y)
+
+
 @pytest.mark.parametrize("model_type", [Detaching, NoGradInside, Quantising])
 def test_non_differentiable_models_are_reported_by_adversarial_loss(model_type):
     x, y = batch()

@@ -371,6 +371,8 @@ class Objective:
             return cross_entropy_gradient(logits, self.y)  # type: ignore[arg-type]
         wide = logits.detach().to(torch.promote_types(logits.dtype, torch.float32)).requires_grad_(True)
         loss = summed_loss(self.loss_fn(wide, self.y), logits.shape[0])  # type: ignore[arg-type]
+        if not loss.requires_grad:  # detached, or made of constants: reported as a zero gradient
+            return torch.zeros_like(wide)
         (grad,) = torch.autograd.grad(loss, wide, allow_unused=True)
         return torch.zeros_like(wide) if grad is None else grad
 

@@ -231,6 +231,11 @@ class AdversarialLoss(nn.Module):
             logits = _validation.check_logits(logits_of(clean_model, x_in), x.shape[0])
             _validation.check_label_range(label_range, logits.shape[1])
             clean = _mean(self.loss_fn(logits, y), x.shape[0])
+            if training and logits.requires_grad and not clean.requires_grad:
+                raise ValueError(
+                    "loss_fn returned a loss that does not depend on the logits (detached, or made of "
+                    "constants), so no parameter would be trained; return it without .detach() or .item()"
+                )
             self.clean_logits, self.adversarial_logits = logits.detach(), None
             if alpha == 1.0:
                 return clean if training else clean.detach()

@@ -379,11 +379,18 @@ def test_training_with_it_lowers_the_adversarial_error_of_a_linear_model() -> No
         (dict(eps=-0.25), r"eps must be a finite float >= 0"),
         (dict(eps=math.inf), r"eps must be a finite float >= 0"),
         (dict(norm=1), r"norm must be 2 or float\('inf'\)"),
+        (dict(clip=(1.0, 0.0)), r"clip must satisfy low <= high"),  # found at construction, not on a call
     ],
 )
 def test_bad_settings_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         fk.AdversarialLoss(**kwargs)
+
+
+def test_settings_take_numbers_in_any_form_the_attacks_take() -> None:
+    x, y = data()
+    expected = fk.AdversarialLoss(alpha=0.5, eps=0.25)(small_mlp(), x, y)
+    assert torch.equal(fk.AdversarialLoss(alpha=torch.tensor(0.5), eps=torch.tensor(0.25))(small_mlp(), x, y), expected)
 
 
 def test_bad_call_arguments_are_rejected() -> None:
@@ -441,3 +448,12 @@ def test_closed_form_rejects_bad_labels_and_shapes() -> None:
         fk.adversarial_logistic_loss(w, 0.0, torch.rand(2, 5), torch.tensor([1.0, -1.0]), eps=0.1)
     with pytest.raises(ValueError, match=r"eps must be a finite float >= 0"):
         fk.adversarial_logistic_loss(w, 0.0, x, torch.tensor([1.0, -1.0]), eps=-1.0)
+    # One bias for all samples: a (batch, 1) one broadcast to a (batch, batch) "loss".
+    for b in (torch.full((2, 1), 0.3), torch.zeros(2)):
+        with pytest.raises(ValueError, match=r"b must be a number or a tensor with one element"):
+            fk.adversarial_logistic_loss(w, b, x, torch.tensor([1.0, -1.0]), eps=0.1)
+    with pytest.raises(TypeError, match=r"w, x and b must share one floating-point dtype; got float64, float32"):
+        fk.adversarial_logistic_loss(w.double(), 0.0, x, torch.tensor([1.0, -1.0]), eps=0.1)
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor"):
+        fk.adversarial_logistic_loss(w, 0.0, x.tolist(), torch.tensor([1.0, -1.0]), eps=0.1)
+    assert fk.adversarial_logistic_loss(w, torch.tensor([0.3]), x, torch.tensor([1.0, -1.0]), eps=0.1).shape == (2,)

@@ -67,6 +67,13 @@ def all_attacks(**overrides):
         (dict(y=None, targeted=True), ValueError, r"targeted=True needs y, the target classes"),
         (dict(model=lambda x: MODEL(x), eval_mode=True), ValueError,
          r"eval_mode=True needs the model to be an nn.Module.*call module.eval\(\) before"),
+        # A flag read from a config file as a string ran as True ("False" is truthy).
+        (dict(targeted="False"), TypeError, r"targeted must be True or False; got 'False'"),
+        (dict(eval_mode=1), TypeError, r"eval_mode must be True or False; got 1"),
+        (dict(clip=(torch.tensor(False), 1.0)), TypeError, r"clip\[0\] must hold real numbers; got dtype torch.bool"),
+        (dict(clip=(0.0, torch.tensor(1 + 0j))), TypeError, r"clip\[1\] must hold real numbers; got dtype torch.complex"),
+        (dict(clip=(torch.zeros((), device="meta"), 1.0)), ValueError, r"clip\[0\] is on the meta device"),
+        (dict(eps=torch.full((4,), 0.1, device="meta")), ValueError, r"eps is on the meta device"),
     ],
 )
 def test_every_attack_rejects(overrides: dict, error: type, message: str) -> None:
@@ -99,6 +106,7 @@ def test_iterative_attacks_reject(overrides: dict, message: str) -> None:
         (dict(restarts=2, loss_fn=lambda logits, y: nn.functional.cross_entropy(logits, y)), ValueError,
          r"restarts > 1 needs a loss_fn that returns one loss per sample"),
         (dict(generator=0), TypeError, r"generator must be a torch.Generator"),
+        (dict(random_start="False"), TypeError, r"random_start must be True or False; got 'False'"),
     ],
 )
 def test_pgd_rejects(overrides: dict, error: type, message: str) -> None:
@@ -207,3 +215,10 @@ def test_the_reach_check_also_runs_where_the_box_cannot_catch_an_overflow() -> N
     # A finite box catches the L-inf step: no error; 1000 + 65000 rounds to inf and is clipped.
     x_adv = fk.fgsm(model, x, y, eps=65000.0, clip=(-65504.0, 65504.0))
     assert torch.equal(x_adv, torch.tensor([[-64000.0], [65504.0]], dtype=torch.float16))
+
+
+def test_numpy_flags_and_norms_are_taken_as_their_python_values() -> None:
+    np = pytest.importorskip("numpy")
+    expected = fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, norm=2, random_start=False)
+    got = fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, norm=np.float32(2), random_start=np.bool_(False))
+    assert torch.equal(got, expected)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Union
 
 import torch
+from numpy import bool_ as np_bool
 from torch import Tensor, nn
 
 from .constraints import Box, sample_rows
@@ -190,6 +191,14 @@ def check_loss(loss: object, batch: int) -> Tensor:
     return loss
 
 
+def check_real_values(value: Tensor, name: str) -> None:
+    """A tensor of real numbers that can be read: not bool or complex, not on the meta device."""
+    if value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must hold real numbers; got dtype {value.dtype}")
+    if value.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no values; pass it on x's device")
+
+
 def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: float) -> Tensor:
     """A float or a per-sample tensor, returned as a tensor that broadcasts against x."""
     relation = "> 0" if positive else ">= 0"
@@ -200,8 +209,7 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: 
                 f"{name} must be a float or a tensor of shape ({x.shape[0]},) (one per sample); "
                 f"got shape {tuple(value.shape)}"
             )
-        if value.dtype == torch.bool or value.is_complex():
-            raise TypeError(f"{name} must hold real numbers; got dtype {value.dtype}")
+        check_real_values(value, name)
         if not value.is_floating_point():
             value = value.double()
         values = value.detach().to(device=x.device)
@@ -337,6 +345,13 @@ def check_step_size(step_size: object, x: Tensor, norm: float) -> Tensor:
     return _check_budget(step_size, "step_size", x, positive=True, norm=norm)
 
 
+def check_flag(value: object, name: str) -> bool:
+    """True or False (NumPy's too): a string from a config file ("False") would otherwise count as True."""
+    if not isinstance(value, (bool, np_bool)):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
 def check_positive_int(value: object, name: str) -> int:
     """A count or size: an int (NumPy's too) of at least 1, returned as a Python int."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -347,22 +362,27 @@ def check_positive_int(value: object, name: str) -> int:
 def check_norm(norm: object) -> float:
     if isinstance(norm, str) and norm.lower() in ("inf", "linf"):
         norm = math.inf
-    if not isinstance(norm, (int, float)) or float(norm) not in SUPPORTED_NORMS:
+    if not is_number(norm) or float(norm) not in SUPPORTED_NORMS:  # type: ignore[arg-type]
         raise ValueError(f"norm must be 2 or float('inf'); got {norm!r}")
     return float(norm)
+
+
+def check_clip_pair(clip: object) -> None:
+    """What can be checked of ``clip`` before ``x`` is known: a pair, and number bounds in order."""
+    if not isinstance(clip, (tuple, list)) or len(clip) != 2:
+        raise TypeError(f"clip must be a pair (low, high) or None; got {clip!r}")
+    if is_number(clip[0]) and is_number(clip[1]) and float(clip[0]) > float(clip[1]):  # type: ignore[arg-type]
+        raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
 
 
 def _clip_box(clip: object, x: Tensor) -> Box | None:
     """``clip`` as a :class:`Box`, its bounds checked (not yet against ``x``)."""
     if clip is None:
         return None
-    if not isinstance(clip, (tuple, list)) or len(clip) != 2:
-        raise TypeError(f"clip must be a pair (low, high) or None; got {clip!r}")
+    check_clip_pair(clip)
     names = ("clip[0]", "clip[1]")
-    if not isinstance(clip[0], Tensor) and not isinstance(clip[1], Tensor):
+    if not isinstance(clip[0], Tensor) and not isinstance(clip[1], Tensor):  # type: ignore[index]
         (low, low_value), (high, high_value) = (_number_bound(v, name, x) for v, name in zip(clip, names))
-        if float(clip[0]) > float(clip[1]):
-            raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
         return Box(low, high, (low_value, high_value))
     low, high = (_bound_tensor(value, name, x) for value, name in zip(clip, names))
     if bool((low > high).any()):
@@ -382,6 +402,7 @@ def _number_bound(value: object, name: str, x: Tensor) -> tuple[Tensor, float]:
 def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
     if not isinstance(value, Tensor):
         return _number_bound(value, name, x)[0]  # a 0-d tensor broadcasts against anything
+    check_real_values(value, name)
     bound = value.detach().to(device=x.device, dtype=x.dtype)
     if bool(torch.isnan(bound).any()):
         raise ValueError(f"{name} must not be NaN")

@@ -185,18 +185,21 @@ class AdversarialLoss(nn.Module):
     def __init__(self, alpha: float = 0.5, eps: float = 0.25, *, loss_fn: LossFn | None = None,
                  norm: float = math.inf, clip: tuple | None = (0.0, 1.0)) -> None:
         super().__init__()
-        if not _validation.is_number(alpha) or not 0.0 <= alpha <= 1.0:
+        alpha_value = _validation.finite_number(alpha)
+        if alpha_value is None or not 0.0 <= alpha_value <= 1.0:
             raise ValueError(f"alpha must be a float in [0, 1]; got {alpha!r}")
         eps_value = _validation.finite_number(eps)
         if eps_value is None or eps_value < 0:
             raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
-        self.alpha = float(alpha)
+        self.alpha = alpha_value
         self.eps = eps_value
         # The default averages like a plain training loop's F.cross_entropy (the same value up to
         # rounding; the gradient differs where PyTorch's cancels, see gradient.cross_entropy).
         self.loss_fn = _validation.check_loss_fn(loss_fn) or functools.partial(cross_entropy, reduction="mean")
         self.checks_labels = loss_fn is None
         self.norm = _validation.check_norm(norm)
+        if clip is not None:  # what can be checked before x is known (its shape, dtype, device)
+            _validation.check_clip_pair(clip)
         self.clip = clip
         self.clean_logits: Tensor | None = None
         self.adversarial_logits: Tensor | None = None
@@ -298,7 +301,7 @@ class AdversarialLoss(nn.Module):
         return direction, None
 
 
-def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor, eps: float) -> Tensor:
+def adversarial_logistic_loss(w: Tensor, b: float | Tensor, x: Tensor, y: Tensor, eps: float) -> Tensor:
     r"""Logistic loss on the worst-case L-inf perturbation, in closed form (section 5).
 
     For labels :math:`y \in \{-1, +1\}` the FGSM example of logistic regression is
@@ -317,8 +320,8 @@ def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor
     ----------
     w : Tensor
         Weights, shape ``(d,)``.
-    b : Tensor or float
-        Bias.
+    b : float or Tensor
+        Bias: a number or a one-element tensor (one bias for all samples).
     x : Tensor
         Inputs, shape ``(batch, d)`` or ``(batch, ...)`` with ``d`` elements per sample.
     y : Tensor
@@ -338,6 +341,19 @@ def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor
     >>> fk.adversarial_logistic_loss(w, 0.0, x, y, eps=0.1)
     tensor([1.1711])
     """
+    for name, value in (("w", w), ("x", x), ("y", y)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+    if isinstance(b, Tensor) and b.numel() != 1 or not isinstance(b, Tensor) and not _validation.is_number(b):
+        raise ValueError(
+            f"b must be a number or a tensor with one element (one bias for all samples); got {b!r:.80}"
+        )
+    dtypes = [w.dtype, x.dtype, *([b.dtype] if isinstance(b, Tensor) else [])]
+    if len(set(dtypes)) != 1 or not w.is_floating_point():
+        raise TypeError(
+            "w, x and b must share one floating-point dtype; got "
+            + ", ".join(str(d).removeprefix("torch.") for d in dtypes) + ". Convert them, e.g. x.to(w.dtype)"
+        )
     if w.ndim != 1:
         raise ValueError(f"w must be a 1-D weight vector; got shape {tuple(w.shape)}")
     if x.ndim < 1 or math.prod(x.shape[1:]) != w.shape[0]:
@@ -347,5 +363,5 @@ def adversarial_logistic_loss(w: Tensor, b: Tensor | float, x: Tensor, y: Tensor
     eps_value = _validation.finite_number(eps)
     if eps_value is None or eps_value < 0:
         raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
-    margin = sample_rows(x) @ w + b
+    margin = sample_rows(x) @ w + (b.reshape(()) if isinstance(b, Tensor) else b)
     return F.softplus(eps_value * w.abs().sum() - y.to(margin.dtype) * margin)

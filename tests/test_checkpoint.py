@@ -50,3 +50,23 @@ def test_state_that_is_not_plain_data_is_refused_before_anything_is_replaced(tmp
         fk.save_checkpoint({"epoch": 2, **bad}, path)
     assert fk.load_checkpoint(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # no temporary file left behind
+
+
+def test_a_file_load_checkpoint_cannot_read_is_named_with_what_is_wrong(tmp_path) -> None:
+    # torch's own errors named no file: a bare EOFError, KeyError: 101, or advice to retry with
+    # weights_only=False for a file that was simply damaged.
+    for name, content in (("empty.pt", b""), ("text.pt", b"epoch 3\n"), ("noise.pt", bytes(range(256)) * 8)):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{name} cannot be read as a checkpoint: it is damaged, or not a torch.save"):
+            fk.load_checkpoint(tmp_path / name)
+    good = tmp_path / "good.pt"
+    fk.save_checkpoint({"epoch": 1, "w": torch.ones(1000)}, good)
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"truncated.pt cannot be read as a checkpoint"):
+        fk.load_checkpoint(tmp_path / "truncated.pt")
+    objects = tmp_path / "objects.pt"
+    torch.save({"args": argparse.Namespace(lr=0.1)}, objects)  # written by other code
+    with pytest.raises(ValueError, match=r"objects.pt holds objects other than plain data.*weights_only=False"):
+        fk.load_checkpoint(objects)
+    with pytest.raises(FileNotFoundError):
+        fk.load_checkpoint(tmp_path / "missing.pt")

@@ -85,6 +85,11 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     dict
         The state that was saved.
 
+    Raises
+    ------
+    ValueError
+        If the file is damaged, not a checkpoint, or holds objects other than plain data.
+
     Examples
     --------
     >>> import tempfile, os, torch, fgsmkit as fk
@@ -94,4 +99,20 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     >>> model.load_state_dict(fk.load_checkpoint(path)["model"])
     <All keys matched successfully>
     """
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+        raise  # about the path, not the content: the system's message names it
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error):  # a real checkpoint, from code that saved objects
+            raise ValueError(
+                f"{path} holds objects other than plain data, which load_checkpoint does not run; load it "
+                "with torch.load(path, weights_only=False) only if you trust where it came from"
+            ) from error
+        raise ValueError(f"{path} cannot be read as a checkpoint: it is damaged, or not a torch.save file") from error
+    except Exception as error:  # truncated, empty or foreign files fail in many ways inside torch
+        raise ValueError(
+            f"{path} cannot be read as a checkpoint: it is damaged, or not a torch.save file "
+            f"({type(error).__name__}: {error})"
+        ) from error

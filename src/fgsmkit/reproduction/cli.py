@@ -20,6 +20,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import experiments, figures, report
-from .data import Splits, load_splits
+from .data import DataUnavailable, Splits, load_splits
 from .settings import PRESETS, Settings
 
 DEFAULT_OUT = os.path.join("fgsmkit-runs", "reproduce")
@@ -106,14 +107,27 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     settings = settings_for(args)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():  # found now, not after the first model has trained
+    # Found now, not after the first model has trained.
+    if out.exists() and not out.is_dir():
         print(f"error: --out {out} is a file; give a folder for the report, figures and checkpoints",
               file=sys.stderr)
+        return 2
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        print(f"error: --out {out} cannot be used for the report, figures and checkpoints ({error}); "
+              "give a folder that can be created and written", file=sys.stderr)
         return 2
     log = _printer()
     if settings.name != "full":
         log(f"{settings.name.upper()} RUN: small data and few epochs; the numbers are not a reproduction")
-    splits = load_splits(settings, args.data, args.download, log)
+    try:
+        splits = load_splits(settings, args.data, args.download, log)
+    except DataUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     meta = {"command": command_line(args), "seed": args.seed[0], "data": splits.describe(), "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_time": "", "settings": settings.as_dict()}

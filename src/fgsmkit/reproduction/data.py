@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,8 +29,22 @@ class Splits:
         return (f"{self.source}: {len(self.train_y)} training, {len(self.val_y)} validation, "
                 f"{len(self.test_y)} test images")
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """A SHA-256 of the six tensors (shapes, dtypes and values): what a checkpoint was trained
+        on, whatever words describe it (0.2 s for full MNIST)."""
+        hashed = hashlib.sha256()
+        for t in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y):
+            hashed.update(f"{tuple(t.shape)} {t.dtype};".encode())
+            hashed.update(t.detach().cpu().contiguous().numpy())  # read in place, not copied
+        return hashed.hexdigest()
+
 
 Pair = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+class DataUnavailable(RuntimeError):
+    """The data asked for (``data="full"``) cannot be had."""
 
 
 def find_full_mnist(download: bool) -> tuple[Pair | None, str]:
@@ -82,8 +98,8 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
         (train_x, train_y), (test_x, test_y) = full
         source = _describe_found(len(train_y), len(test_y))
     elif data == "full":
-        raise RuntimeError(f"full MNIST is not available ({reason}); "
-                           "pass --download, set $FGSMKIT_DATA, or use --data sample")
+        raise DataUnavailable(f"full MNIST is not available ({reason}); "
+                              "pass --download, set $FGSMKIT_DATA, or use --data sample")
     else:
         (train_x, train_y), (test_x, test_y) = embedded_sample()
         source = ("the embedded MNIST sample (8,000 train / 2,000 test; full MNIST was not found"

@@ -166,6 +166,16 @@ FROM_LARGE = "the paper's number is for its 1600x5 network"
 FROM_ORIGINAL = "the paper's number is for its 240x5 network"
 
 
+def _borrowed(note: str, units: int, pieces: int) -> str:
+    """``note`` (FROM_LARGE or FROM_ORIGINAL) where this row's network is not the one the paper's
+    number is for (a quick run's 480x5 beside the paper's 1600x5, say), else nothing."""
+    return "" if f"{units}x{pieces} network" in note else note
+
+
+def _notes(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
+
+
 def adversarial_training(lab: Lab) -> list[Row]:
     """4. Adversarial training of maxout, eq. (6), alpha .5, early stopping (section 6); Figure 3."""
     s = lab.settings
@@ -179,7 +189,7 @@ def large_networks(lab: Lab) -> list[Row]:
     """4 and 5 with the larger maxout network (run last: it is the most expensive to train)."""
     s = lab.settings
     return (_adversarial_training(lab, s.large_hidden[0], "maxout-large", 1.14, 0.782, large=True)
-            + _transfer(lab, s.large_hidden[0], "maxout-large", large=True))
+            + _transfer(lab, s.large_hidden[0], "maxout-large"))
 
 
 
@@ -190,15 +200,17 @@ def _adversarial_training(lab: Lab, size: int, base: str, paper_plain: float, pa
     robust = attacked(lab.model(base + "-adversarial"), d.test_x, d.test_y, s.eps)
     kept = f"kept epoch {lab.trained[base + '-adversarial'].best_epoch}"
     name = f"4. adversarial training, maxout {size}x{s.pieces}"
-    borrowed = "" if large else FROM_LARGE
+    from_large = _borrowed(FROM_LARGE, size, s.pieces)
+    own = _borrowed(FROM_LARGE if large else FROM_ORIGINAL, size, s.pieces)  # the clean errors' network
     return [
         row(name, "clean test error, plain training", paper_plain, pct(plain.clean_error),
-            f"kept epoch {lab.trained[base].best_epoch}"),
-        row(name, "clean test error, adversarial training", paper_adv, pct(robust.clean_error), kept),
-        row(name, "FGSM error, plain training", 89.4, pct(plain.adversarial_error), FROM_ORIGINAL if large else ""),
-        row(name, "FGSM error, adversarial training", 17.9, pct(robust.adversarial_error), borrowed),
+            _notes(f"kept epoch {lab.trained[base].best_epoch}", own)),
+        row(name, "clean test error, adversarial training", paper_adv, pct(robust.clean_error), _notes(kept, own)),
+        row(name, "FGSM error, plain training", 89.4, pct(plain.adversarial_error),
+            _borrowed(FROM_ORIGINAL, size, s.pieces)),
+        row(name, "FGSM error, adversarial training", 17.9, pct(robust.adversarial_error), from_large),
         row(name, "confidence on FGSM mistakes, adversarial training", 81.4,
-            pct(robust.confidence_on_adversarial_mistakes), borrowed),
+            pct(robust.confidence_on_adversarial_mistakes), from_large),
     ]
 
 
@@ -210,16 +222,16 @@ def _first_layer(model: nn.Module, pieces: int, units: int = 10) -> Tensor:
 
 def transfer(lab: Lab) -> list[Row]:
     """5. Examples made on the plain maxout fool the adversarially trained one, and back (section 6)."""
-    return _transfer(lab, lab.settings.hidden[0], "maxout", large=False)
+    return _transfer(lab, lab.settings.hidden[0], "maxout")
 
 
-def _transfer(lab: Lab, size: int, base: str, *, large: bool) -> list[Row]:
+def _transfer(lab: Lab, size: int, base: str) -> list[Row]:
     s, d = lab.settings, lab.splits
     plain, robust = lab.model(base), lab.model(base + "-adversarial")
     from_plain = attacked(plain, d.test_x, d.test_y, s.eps).examples
     from_robust = attacked(robust, d.test_x, d.test_y, s.eps).examples
     name = f"5. transfer, maxout {size}x{s.pieces}"
-    borrowed = "" if large else FROM_LARGE
+    borrowed = _borrowed(FROM_LARGE, size, s.pieces)
     return [
         row(name, "plain model's examples, adversarially trained model's error", 19.6,
             pct(evaluation.error_rate(robust, from_plain, d.test_y, eval_mode=True)), borrowed),

@@ -167,7 +167,7 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
     """
     path = Path(checkpoint_dir) / f"{name}.pt"
     fingerprint = json.dumps({"recipe": asdict(recipe), "settings": settings.training_fields(), "seed": seed,
-                              "data": splits.describe()}, sort_keys=True)
+                              "data": splits.digest}, sort_keys=True)
     torch.manual_seed(derived_seed(seed, name, "init"))
     model = build()
     lr = settings.lr if recipe.lr is None else recipe.lr
@@ -235,7 +235,11 @@ def _resume(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.opt
                              "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0}
     if not path.exists():
         return fresh
-    saved = fk.load_checkpoint(path)
+    try:
+        saved = fk.load_checkpoint(path)
+    except ValueError as error:  # damaged: training again costs less than stopping the whole run
+        log(f"[{name}] {error}; training from scratch")
+        return fresh
     if saved.get("fingerprint") != fingerprint:
         log(f"[{name}] {path} was written with other settings; training from scratch")
         return fresh

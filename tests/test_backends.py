@@ -276,14 +276,19 @@ class _HalfScaled(torch.nn.Module):
         return self.inner(x) * self.scale.float()
 
 
-@pytest.mark.parametrize("batch_statistics", [False, True])
-def test_emulated_cuda_graph_keeps_the_first_steps_rescaling(emulated_cuda_graphs, batch_statistics):
-    # The eager first step decides per-sample or whole-batch scales (a host sync); the graph
-    # must capture that decision rather than check again, and keep graphs of each apart.
-    model, (x, y) = _HalfScaled(batch_statistics), batch()
-    graphed = fk.pgd(model, x, y, backend="cuda_graph", **PGD)
-    assert torch.equal(graphed, fk.pgd(model, x, y, **PGD))
-    assert emulated_cuda_graphs.captures == 1
+def test_emulated_cuda_graph_keeps_the_first_steps_rescaling(emulated_cuda_graphs, monkeypatch):
+    # The eager first step decides per-sample or whole-batch scales (a check with a host sync):
+    # the graph takes that decision instead of checking again, and keeps graphs of each apart.
+    checks = []
+    check = fk.gradient.Objective._gradient_if_independent
+    monkeypatch.setattr(fk.gradient.Objective, "_gradient_if_independent",
+                        lambda self, *args: checks.append(1) or check(self, *args))
+    model, (x, y) = _HalfScaled(batch_statistics=False), batch()
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+    assert len(checks) == 2  # once per call: the graph's warm-up and capture did not check again
+    model.batch_statistics = True  # the samples interact now: one scale for the batch, another graph
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+    assert emulated_cuda_graphs.captures == 2
 
 
 class _ReplacesItsBuffer(torch.nn.Module):

@@ -70,3 +70,17 @@ def test_a_file_load_checkpoint_cannot_read_is_named_with_what_is_wrong(tmp_path
         fk.load_checkpoint(objects)
     with pytest.raises(FileNotFoundError):
         fk.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_good_checkpoint_is_not_called_damaged_when_torch_refuses_for_another_reason(tmp_path, monkeypatch) -> None:
+    # Loaded to a CUDA device on a machine without one, it was reported as damaged (and the
+    # reproduction would have retrained over it).
+    path = tmp_path / "good.pt"
+    fk.save_checkpoint({"w": torch.ones(3)}, path)
+
+    def refuses(*args, **kwargs):
+        raise RuntimeError("Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False.")
+
+    monkeypatch.setattr(torch, "load", refuses)
+    with pytest.raises(RuntimeError, match="Attempting to deserialize object on a CUDA device"):
+        fk.load_checkpoint(path, map_location="cuda")

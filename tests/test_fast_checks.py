@@ -225,3 +225,50 @@ def test_label_range_read_early_is_checked_against_the_model_classes(eval_mode):
         with pytest.raises(ValueError, match="but the model has 3 classes"):
             fk.AdversarialLoss(eps=0.1)(model, x, y)
     fk.fgsm(model, x, torch.tensor([0, 1, 2, 0, 1, 2]), eps=0.1, eval_mode=eval_mode)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("step_size", [None, 0.5, 30000.0])
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (-65504.0, 60000.0), (-1e5, 1e5)])
+def test_the_overflow_check_skips_reading_x_only_where_the_box_settles_it(dtype, step_size, bounds, monkeypatch):
+    # A finite number box bounds |x|: the L2 check needs no pass over x when the larger bound plus
+    # the reach is far from the largest number, and decides as the per-sample check does otherwise.
+    low, high = (torch.tensor(bound).to(dtype).item() for bound in bounds)  # inf where dtype cannot hold it
+    span = (max(low, -6e4), min(high, 6e4))
+    x = (torch.rand(4, 6) * (span[1] - span[0]) + span[0]).to(dtype).clamp(low, high)
+    box = _validation.check_inputs(x, bounds)
+    eps = _validation.check_eps(1.0, x, 2.0)
+    step = None if step_size is None else _validation.check_step_size(step_size, x, 2.0)
+    read: list[bool] = []
+    exact = _validation.check_reach
+
+    def spy(*args, **kwargs):
+        read.append(True)
+        return exact(*args, **kwargs)
+
+    monkeypatch.setattr(_validation, "check_reach", spy)
+
+    def decision(check_box) -> bool:
+        try:
+            _validation.check_overflow(x, check_box, 2.0, eps, "eps=1.0", step)
+            return True
+        except ValueError:
+            return False
+
+    fast = decision(box)
+    if not box.finite:
+        return  # infinite in this dtype (1e5 in float16): always read
+    roundings = 0 if step_size is None else 2
+    settled = max(map(abs, box.numbers)) + 1.0 + (step_size or 0.0) <= _validation._largest_reach(dtype, roundings)
+    assert read == ([] if settled else [True])
+    read.clear()
+    assert fast == decision(None)  # the same answer as the per-sample check without a box
+
+
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_an_empty_batch_with_per_sample_budgets_passes_the_overflow_check(norm):
+    # The box's shortcut took the largest of no budgets (found by the fuzz tests).
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    x, y = torch.rand(0, 3), torch.zeros(0, dtype=torch.long)
+    assert fk.fgsm(model, x, y, eps=torch.empty(0), norm=norm).shape == (0, 3)
+    assert fk.pgd(model, x, y, eps=torch.empty(0), step_size=0.1, norm=norm).shape == (0, 3)

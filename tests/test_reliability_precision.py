@@ -422,6 +422,59 @@ def test_rescaling_keeps_the_batch_gradient_of_a_function_whose_samples_interact
     assert torch.equal((x_adv.double() - x.double()).sign(), expected)
 
 
+class _Recorded(nn.Module):
+    """Records its forwards and the backwards through its output, behind a float16 scale."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.events = inner, []
+        self.scale = nn.Parameter(torch.ones((), dtype=torch.float16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.events.append("forward")
+        out = self.inner(x) * self.scale.float()
+        if out.requires_grad:
+            out.register_hook(lambda grad: self.events.append("backward"))
+        return out
+
+
+def test_the_samples_check_holds_one_graph_at_a_time():
+    # Both halves' forwards ran before either backward: twice the activations alive at once.
+    model = _Recorded(mlp())
+    x, y = batch(8)
+    fk.fgsm(model, x, y, eps=0.1, clip=None)
+    assert model.events == ["forward", "backward", "forward", "backward"]
+
+
+class _SquareRootFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(10, 3)
+        self.scale = nn.Parameter(torch.ones((), dtype=torch.float16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.sqrt()).half().float() * self.scale.float()  # the gradient passes float16
+
+
+def test_an_infinite_derivative_is_not_taken_for_samples_that_interact():
+    # sqrt at 0 has an infinite derivative: the other half's zero logit gradient gives 0 * inf =
+    # NaN there, which was read as an interaction, and a confident sample (margin about 70) lost
+    # its per-sample scale: its gradient flushed to zero in float16 and it was not moved.
+    torch.manual_seed(0)
+    model = _SquareRootFirst()
+    with torch.no_grad():
+        model.linear.weight.mul_(3.0)
+    x = torch.rand(8, 10)
+    x[:, 0] = 0.0  # a black pixel in every sample
+    x[:4] *= 3000.0  # half the batch very confident
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NaN- or zero-gradient warning
+        x_adv = fk.fgsm(model, x, y, eps=0.1, clip=None)
+    assert bool((x_adv != x).any(dim=1).all())  # every sample moved
+
+
 def test_adversarial_loss_keeps_the_batch_gradient_when_samples_interact():
     model = _BatchNormWithHalfScale(_BatchStatistics).train()
     x = _mixed_confidence_batch()

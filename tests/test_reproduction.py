@@ -299,3 +299,12 @@ def test_the_spread_refuses_seeds_whose_reports_list_different_rows(tmp_path: Pa
         report.write_spread(tmp_path, meta, {0: [one, two], 1: [one]})  # zip alone would drop "other"
     with pytest.raises(ValueError, match="list different rows"):
         report.write_spread(tmp_path, meta, {0: [one], 1: [two]})
+
+
+def test_a_row_says_when_its_network_is_not_the_one_the_paper_number_is_for() -> None:
+    # A substring test took "40x5 network" for "240x5 network" and "600x5" for "1600x5".
+    assert experiments._borrowed(experiments.FROM_ORIGINAL, 40, 5) == experiments.FROM_ORIGINAL
+    assert experiments._borrowed(experiments.FROM_LARGE, 600, 5) == experiments.FROM_LARGE
+    assert experiments._borrowed(experiments.FROM_LARGE, 1600, 3) == experiments.FROM_LARGE
+    assert experiments._borrowed(experiments.FROM_LARGE, 1600, 5) == ""
+    assert experiments._borrowed(experiments.FROM_ORIGINAL, 240, 5) == ""

@@ -303,18 +303,25 @@ def check_overflow(x: Tensor, box: Box | None, norm: float, eps: Tensor, eps_nam
     ``step_size`` is the walk's (None for the fast gradient method): the L2 walk steps before it
     projects, so its points may reach ``eps + step_size`` from ``x``.
     """
-    if box is not None and norm != 2 and _finite_box(box):
+    if not x.numel() or box is not None and box.finite and norm != 2:
         return
     if step_size is not None and norm == 2:
-        check_reach(x, eps.double() + step_size.double(), "eps + step_size", roundings=2, boxed=box is not None)
+        reach, budgets, roundings = eps.double() + step_size.double(), "eps + step_size", 2
     else:
-        check_reach(x, eps, eps_name, boxed=box is not None)
+        reach, budgets, roundings = eps, eps_name, 0
+    if box is not None and box.finite and box.numbers is not None:
+        # x lies in the box, so its largest |x| is at most the larger |bound|: with room to spare
+        # (float32 in [0, 1], say) that settles it without reading x.
+        if max(map(abs, box.numbers)) + float(reach.max()) <= _largest_reach(x.dtype, roundings):
+            return
+    check_reach(x, reach, budgets, roundings, boxed=box is not None)
 
 
-def _finite_box(box: Box) -> bool:
-    if box.numbers is not None:  # already rounded to x's dtype, where 1e10 is inf in float16
-        return all(math.isfinite(bound) for bound in box.numbers)
-    return bool(torch.isfinite(box.low).all() & torch.isfinite(box.high).all())
+def _largest_reach(dtype: torch.dtype, roundings: int) -> float:
+    """The largest ``|x| + reach`` whose sum, rounded ``roundings`` times in ``dtype``, stays finite;
+    with none, a sum within half a unit of the largest number rounds back to it."""
+    finfo = torch.finfo(dtype)
+    return finfo.max / (1 + finfo.eps) ** roundings if roundings else finfo.max * (1 + finfo.eps / 4)
 
 
 def check_reach(x: Tensor, reach: Tensor, budgets: str, roundings: int = 0, boxed: bool = False) -> None:
@@ -324,17 +331,16 @@ def check_reach(x: Tensor, reach: Tensor, budgets: str, roundings: int = 0, boxe
     the projection), a scalar or one per sample, and ``budgets`` names it in the message. The
     result would hold inf (and the L2 projection of an overflowed step NaN). ``roundings``
     counts the roundings in x's dtype on the way (the L2 walk's projection and step), each of
-    which may add a unit in the last place; with none, a sum within half a unit of the largest
-    number rounds back to it. ``boxed``: a box was given, so the message does not suggest one.
+    which may add a unit in the last place. ``boxed``: a box was given, so the message does not
+    suggest one.
     """
     if not x.numel():
         return
     largest_x = torch.linalg.vector_norm(sample_rows(x.detach()), ord=math.inf, dim=1).double()
     worst, largest = torch.stack([(largest_x + reach.detach().double().reshape(-1)).amax(),
                                   largest_x.amax()]).tolist()
-    finfo = torch.finfo(x.dtype)
-    limit = finfo.max / (1 + finfo.eps) ** roundings if roundings else finfo.max * (1 + finfo.eps / 4)
-    if worst > limit:
+    if worst > _largest_reach(x.dtype, roundings):
+        finfo = torch.finfo(x.dtype)
         raise ValueError(
             f"{budgets} takes x (largest |x| = {largest:.6g}) past the largest {x.dtype} ({finfo.max:.6g}), "
             "and the result would hold inf; pass a smaller budget" + ("" if boxed else ", or a clip box")
@@ -383,11 +389,12 @@ def _clip_box(clip: object, x: Tensor) -> Box | None:
     names = ("clip[0]", "clip[1]")
     if not isinstance(clip[0], Tensor) and not isinstance(clip[1], Tensor):  # type: ignore[index]
         (low, low_value), (high, high_value) = (_number_bound(v, name, x) for v, name in zip(clip, names))
-        return Box(low, high, (low_value, high_value))
+        return Box(low, high, (low_value, high_value), math.isfinite(low_value) and math.isfinite(high_value))
     low, high = (_bound_tensor(value, name, x) for value, name in zip(clip, names))
-    if bool((low > high).any()):
+    reversed_, finite = torch.stack([(low > high).any(), torch.isfinite(low).all() & torch.isfinite(high).all()]).tolist()
+    if reversed_:
         raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
-    return Box(low, high)
+    return Box(low, high, finite=finite)
 
 
 def _number_bound(value: object, name: str, x: Tensor) -> tuple[Tensor, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -102,17 +103,27 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     path = Path(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
-        raise  # about the path, not the content: the system's message names it
     except pickle.UnpicklingError as error:
         if "Unsupported global" in str(error):  # a real checkpoint, from code that saved objects
             raise ValueError(
                 f"{path} holds objects other than plain data, which load_checkpoint does not run; load it "
                 "with torch.load(path, weights_only=False) only if you trust where it came from"
             ) from error
-        raise ValueError(f"{path} cannot be read as a checkpoint: it is damaged, or not a torch.save file") from error
-    except Exception as error:  # truncated, empty or foreign files fail in many ways inside torch
-        raise ValueError(
-            f"{path} cannot be read as a checkpoint: it is damaged, or not a torch.save file "
-            f"({type(error).__name__}: {error})"
-        ) from error
+        raise _damaged(path, error) from error
+    except (EOFError, IndexError, KeyError, UnicodeDecodeError) as error:  # empty, text, foreign bytes
+        raise _damaged(path, error) from error
+    except OSError as error:
+        if error.errno != errno.EINVAL:  # missing, a folder, permissions: about the path, not the content
+            raise
+        raise _damaged(path, error) from error  # a seek past the end of a truncated archive
+    except RuntimeError as error:  # also raised for good files (a CUDA map_location without CUDA)
+        if not any(sign in str(error) for sign in ("PytorchStreamReader", "legacy .tar format")):
+            raise
+        raise _damaged(path, error) from error
+
+
+def _damaged(path: Path, error: BaseException) -> ValueError:
+    return ValueError(
+        f"{path} cannot be read as a checkpoint: it is damaged, or not a torch.save file "
+        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no details'})"
+    )

@@ -18,12 +18,13 @@ class Box:
     """The valid input range ``[low, high]`` (for instance pixels in ``[0, 1]``).
 
     ``numbers`` holds the same bounds as Python floats (already rounded to the inputs' dtype)
-    when the user gave numbers.
+    when the user gave numbers; ``finite`` says whether every bound is finite in that dtype.
     """
 
     low: Tensor
     high: Tensor
     numbers: tuple[float, float] | None = None
+    finite: bool = True
 
     def clip(self, x: Tensor) -> Tensor:
         if self.numbers is not None:

@@ -415,23 +415,26 @@ class Objective:
         """The input gradient with per-sample scales, or None where the samples interact.
 
         The even and the odd samples' (``scaled``) logit gradients are back-propagated apart, the
-        odd ones through a forward of their own (a compiled graph may be back-propagated only
-        once, so no graph is kept for a second pass); either half reaching the other half's
-        inputs (or giving NaN there) means the samples interact: batch statistics written by
-        hand, a BatchNorm behind a function. Per-sample scales would then change the batch's
-        direction. One more forward and backward, on the first gradient of a call only.
+        odd ones through a forward of their own, run once the first graph is used up (a compiled
+        graph may be back-propagated only once, and one graph at a time holds no more memory than
+        a plain step). A finite nonzero entry in the other half's inputs means the samples
+        interact: batch statistics written by hand, a BatchNorm behind a function. Per-sample
+        scales would then change the batch's direction. NaN there is no evidence (``0 * inf``
+        where the model's derivative is infinite, as ``sqrt`` at 0). One more forward and
+        backward, on the first gradient of a call only.
         """
         even = torch.arange(x.shape[0], device=scaled.device) % 2 == 0
-        x_odd = x.detach().requires_grad_(True)
-        logits_odd = logits_of(self.model, x_odd)
-        scaled_odd = power_of_two_scaled(self.logit_gradient(logits_odd), PER_SAMPLE)
         halves = []
-        for rows, leaf, out, out_grad in ((even, x, logits, scaled), (~even, x_odd, logits_odd, scaled_odd)):
-            part = torch.where(rows[:, None], out_grad, 0.0).to(out.dtype)
-            (grad,) = torch.autograd.grad(out, leaf, grad_outputs=part, allow_unused=True)
+        for rows in (even, ~even):
+            if halves:  # the odd half: a forward of its own, its logit gradient from it
+                x = x.detach().requires_grad_(True)
+                logits = logits_of(self.model, x)
+                scaled = power_of_two_scaled(self.logit_gradient(logits), PER_SAMPLE)
+            part = torch.where(rows[:, None], scaled, 0.0).to(logits.dtype)
+            (grad,) = torch.autograd.grad(logits, x, grad_outputs=part, allow_unused=True)
             halves.append(torch.zeros_like(x) if grad is None else grad)
-        from_even, from_odd = (sample_rows(half) for half in halves)
-        if bool(torch.stack([from_even[~even].ne(0).any(), from_odd[even].ne(0).any()]).any()):
+        leaked = [sample_rows(half)[~rows] for half, rows in zip(halves, (even, ~even))]
+        if bool(torch.stack([(part.isfinite() & part.ne(0)).any() for part in leaked]).any()):
             return None
         return torch.where(even.reshape((-1,) + (1,) * (x.ndim - 1)), halves[0], halves[1])
 

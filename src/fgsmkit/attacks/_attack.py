@@ -82,8 +82,8 @@ def projected_gradient_ascent(
     if _version(x) != version:
         raise ValueError(
             "model wrote into its input in place (under torch.no_grad(), where autograd cannot refuse it), "
-            "so x, the centre of the eps-ball, has changed; make that operation out of place, or pass "
-            "lambda x: model(x.clone())"
+            "and its input was the caller's x, the centre of the eps-ball (x may hold other values now); "
+            "make that operation out of place, or pass lambda x: model(x.clone())"
         )
     return best
 

@@ -169,7 +169,7 @@ FROM_ORIGINAL = "the paper's number is for its 240x5 network"
 def _borrowed(note: str, units: int, pieces: int) -> str:
     """``note`` (FROM_LARGE or FROM_ORIGINAL) where this row's network is not the one the paper's
     number is for (a quick run's 480x5 beside the paper's 1600x5, say), else nothing."""
-    return "" if f"{units}x{pieces} network" in note else note
+    return "" if note.endswith(f" its {units}x{pieces} network") else note
 
 
 def _notes(*parts: str) -> str:

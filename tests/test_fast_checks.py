@@ -271,4 +271,4 @@ def test_an_empty_batch_with_per_sample_budgets_passes_the_overflow_check(norm):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
     x, y = torch.rand(0, 3), torch.zeros(0, dtype=torch.long)
     assert fk.fgsm(model, x, y, eps=torch.empty(0), norm=norm).shape == (0, 3)
-    assert fk.pgd(model, x, y, eps=torch.empty(0), step_size=0.1, norm=norm).shape == (0, 3)
+    assert fk.pgd(model, x, y, eps=torch.empty(0), step_size=0.1, steps=2, norm=norm).shape == (0, 3)

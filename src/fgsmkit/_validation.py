@@ -391,7 +391,8 @@ def _clip_box(clip: object, x: Tensor) -> Box | None:
         (low, low_value), (high, high_value) = (_number_bound(v, name, x) for v, name in zip(clip, names))
         return Box(low, high, (low_value, high_value), math.isfinite(low_value) and math.isfinite(high_value))
     low, high = (_bound_tensor(value, name, x) for value, name in zip(clip, names))
-    reversed_, finite = torch.stack([(low > high).any(), torch.isfinite(low).all() & torch.isfinite(high).all()]).tolist()
+    finite = torch.isfinite(low).all() & torch.isfinite(high).all()
+    reversed_, finite = torch.stack([(low > high).any(), finite]).tolist()  # one host sync
     if reversed_:
         raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
     return Box(low, high, finite=finite)

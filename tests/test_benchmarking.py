@@ -75,9 +75,9 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
 
 def test_bad_options_are_refused(capsys, tmp_path):
     assert main(["bench", "--quick", "--workloads", "no-such-model"]) == 2
-    assert "unknown workloads" in capsys.readouterr().err
+    assert "--workloads 'no-such-model': unknown workloads ['no-such-model']" in capsys.readouterr().err
     assert main(["bench", "--quick", "--workloads", ","]) == 2  # nothing to run is not a success
-    assert "unknown workloads" in capsys.readouterr().err
+    assert "--workloads ',': no workload named" in capsys.readouterr().err
     # A JSON file that cannot be written is refused before the run, not after it.
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
@@ -348,3 +348,24 @@ def test_on_cuda_the_table_drops_cpu_time_and_shows_the_memory_reserved_by_the_f
     assert "CPU" not in cuda and "reserved by first call MiB" in cuda and "| 1.0 | 3.0 |" in cuda
     assert "CPU" in report.table(report.WorkloadResult(w, timings))
     assert timing.first_call(lambda: 7, torch.device("cpu")) == (7, None)
+
+
+def test_a_json_write_that_fails_after_the_run_is_one_line_and_status_2(tmp_path, capsys, monkeypatch):
+    # Paths that pass the check before the run can still fail at the end (/proc as root, a full
+    # disk): the traceback lost the line saying so, and status 1 is for failed checks.
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_json", full_disk)
+    path = tmp_path / "results.json"
+    assert main(["bench", "--quick", "--no-peers", "--workloads", "maxout-128", "--json", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "fgsm: fgsmkit / hand-written" in out  # the tables were printed
+    assert err.strip().splitlines()[-1] == (f"error: --json {path} could not be written ([Errno 28] No space left "
+                                            "on device); the tables above hold the results")
+
+
+def test_percentages_print_without_an_exponent():
+    from fgsmkit.benchmarking.report import _percent
+
+    assert [_percent(v) for v in (1.0, 0.125, 0.0017, 0.0, None)] == ["100%", "12.5%", "0.17%", "0%", "-"]

@@ -54,14 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark: 0 if every check passed, 1 if one failed (after writing the results),
-    2 for a bad option (before running anything)."""
+    2 for a bad option (before running anything, or for a --json file that could not be written
+    at the end)."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return _refuse("--device cuda but no CUDA device is available")
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown or not names:
-        return _refuse(f"unknown workloads {unknown or args.workloads!r}; choose among {list(WORKLOADS)}")
+        found = f"unknown workloads {unknown}" if unknown else "no workload named"
+        return _refuse(f"--workloads {args.workloads!r}: {found}; choose among {list(WORKLOADS)}")
     repeats, fast_repeats, warmup = args.repeats, args.fast_repeats, args.warmup
     if args.quick:
         repeats, fast_repeats, warmup = min(repeats, 2), min(fast_repeats, 2), min(warmup, 1)
@@ -94,11 +96,14 @@ def run(args: argparse.Namespace) -> int:
             skipped.setdefault(peer, f"failed on {name}: {reason}")
         results.append(result)
     meta["load_average_after"] = _load_average()
-    report.write_json(args.json, meta, results, skipped)
-    print(f"wrote {args.json}")
     problems = [problem for result in results for problem in result.problems()]
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
+    try:
+        report.write_json(args.json, meta, results, skipped)
+    except OSError as error:  # past the check before the run: /proc as root, a full disk
+        return _refuse(f"--json {args.json} could not be written ({error}); the tables above hold the results")
+    print(f"wrote {args.json}")
     return 1 if problems else 0
 
 

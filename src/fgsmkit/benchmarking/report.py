@@ -222,7 +222,7 @@ def _diff(value: float | None) -> str:
 
 
 def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2g}%"
+    return "-" if value is None else f"{100 * value:.3g}%"  # 100%, 12.5%, 0.17%: no exponent
 
 
 def _agreement_cells(result: WorkloadResult, attack: str, contender: str) -> str:

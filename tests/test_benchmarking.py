@@ -369,3 +369,14 @@ def test_percentages_print_without_an_exponent():
     from fgsmkit.benchmarking.report import _percent
 
     assert [_percent(v) for v in (1.0, 0.125, 0.0017, 0.0, None)] == ["100%", "12.5%", "0.17%", "0%", "-"]
+
+
+def test_the_backends_recorded_are_the_backends_timed():
+    # --backends compile still timed the eager fgsmkit row (the ratios' reference), while the
+    # JSON's meta.backends said ["compile"] only.
+    from fgsmkit.benchmarking import cli
+
+    cpu = torch.device("cpu")
+    assert cli._backends("compile", cpu, quick=False) == ["eager", "compile"]
+    assert cli._backends("compile,eager,compile", cpu, quick=False) == ["eager", "compile"]
+    assert cli._backends(None, cpu, quick=True) == ["eager"]

@@ -205,6 +205,7 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
     # Where each buffer is registered, and one copy of each tensor (several modules may share one).
     # Saved in eval mode too: code inside the block may switch the model to train mode.
     places = [(module, name, b) for module, _ in modes for name, b in module._buffers.items() if b is not None]
+    saved: dict[int, tuple[Tensor, Tensor]] = {}
     for module, name, buffer in places:
         if is_lazy(buffer):
             raise ValueError(
@@ -212,8 +213,6 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
                 "saved and restored around the attack; run the model once first (lazy modules take their "
                 "shapes from the first batch), e.g. with torch.no_grad(): model(x)"
             )
-    saved: dict[int, tuple[Tensor, Tensor]] = {}
-    for _, _, buffer in places:
         if id(buffer) not in saved:
             saved[id(buffer)] = buffer, buffer.clone()
     if eval_mode:
@@ -402,8 +401,7 @@ class Objective:
                 # The samples interact: one scale for the whole batch, through a pass of its own
                 # (the check has used up the first graph).
                 self.rescaled_over = WHOLE_BATCH
-                x = x.detach().requires_grad_(True)
-                logits = logits_of(self.model, x)
+                x, logits = self.forward_again(x)
                 scaled = power_of_two_scaled(self.logit_gradient(logits), WHOLE_BATCH)
             logit_grad = scaled
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=logit_grad.to(logits.dtype), allow_unused=True)
@@ -427,8 +425,7 @@ class Objective:
         halves = []
         for rows in (even, ~even):
             if halves:  # the odd half: a forward of its own, its logit gradient from it
-                x = x.detach().requires_grad_(True)
-                logits = logits_of(self.model, x)
+                x, logits = self.forward_again(x)
                 scaled = power_of_two_scaled(self.logit_gradient(logits), PER_SAMPLE)
             part = torch.where(rows[:, None], scaled, 0.0).to(logits.dtype)
             (grad,) = torch.autograd.grad(logits, x, grad_outputs=part, allow_unused=True)
@@ -437,6 +434,12 @@ class Objective:
         if bool(torch.stack([(part.isfinite() & part.ne(0)).any() for part in leaked]).any()):
             return None
         return torch.where(even.reshape((-1,) + (1,) * (x.ndim - 1)), halves[0], halves[1])
+
+    def forward_again(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """A new leaf with ``x``'s values and the model's logits at it: a graph of its own, for a
+        gradient that the graph at hand cannot give (a compiled graph is back-propagated once)."""
+        leaf = x.detach().requires_grad_(True)
+        return leaf, logits_of(self.model, leaf)
 
     @staticmethod
     def _laid_out_like(grad: Tensor, x: Tensor) -> Tensor:

@@ -296,8 +296,7 @@ class AdversarialLoss(nn.Module):
         objective = Objective(clean_model, y, self.loss_fn, targeted=False)
         objective.decide_rescaling(rescaled_over)
         with model_state_kept(clean_model, eval_mode=False):
-            x_again = x_in.detach().requires_grad_(True)
-            direction = objective.input_gradient(x_again, logits_of(clean_model, x_again))
+            direction = objective.input_gradient(*objective.forward_again(x_in))
         return direction, None
 
 

@@ -509,3 +509,57 @@ def test_torch_before_2_4_is_asked_about_autocast_without_a_device(monkeypatch):
     x, y = batch(8)
     assert fk.fgsm(mlp(), x, y, eps=0.1).shape == x.shape
     fk.AdversarialLoss(alpha=0.5, eps=0.1)(mlp(), x, y).backward()
+
+
+def scaled_norm(t: torch.Tensor) -> torch.Tensor:
+    """Each sample's L2 norm in float64, divided by its largest entry first so that it cannot underflow."""
+    rows = t.double().flatten(1)
+    peak = rows.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    return (rows / peak).norm(dim=1) * peak[:, 0]
+
+
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.float32, 1e-20), (torch.float32, 1e-17),
+                                              (torch.float64, 1e-160)])
+def test_the_l2_projection_holds_for_perturbations_whose_squares_underflow(dtype, scale):
+    """Inputs in tiny units: the squares of a step of 1e-22 underflow in float32, and the projection
+    must still see how far outside the ball a point is."""
+    torch.manual_seed(0)
+    model = nn.Linear(16, 3).to(dtype)
+    x = (torch.rand(4, 16, dtype=torch.float64) * scale).to(dtype)
+    eps = scale / 100
+    with torch.no_grad():
+        y = model(x).argmin(dim=1)  # the least likely class: its gradient cannot saturate to zero
+    x_adv = fk.pgd(model, x, y, eps=eps, step_size=eps, steps=5, norm=2, random_start=False, clip=None)
+    assert (scaled_norm(x_adv - x) <= eps * (1 + 1e-5)).all()
+    assert (scaled_norm(x_adv - x) >= eps * (1 - 1e-5)).all()  # steps of eps, projected back to the sphere
+
+
+def test_the_l2_projection_of_a_point_far_outside_a_tiny_ball_lands_on_its_sphere():
+    from fgsmkit.constraints import L2Ball
+
+    ball = L2Ball(torch.zeros(1, 4), torch.tensor(1e-25), None)
+    projected = ball.project(torch.full((1, 4), 1e-24))
+    torch.testing.assert_close(scaled_norm(projected), torch.tensor([1e-25], dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_the_linf_random_start_does_not_depend_on_the_default_dtype():
+    model, (x, y) = mlp(), batch()
+    runs = []
+    for default in (torch.float32, torch.float64):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(default)
+        try:
+            runs.append(fk.pgd(model, x, y, eps=0.1, step_size=0.01, steps=2,
+                               generator=torch.Generator().manual_seed(0)))
+        finally:
+            torch.set_default_dtype(previous)
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_the_linf_random_start_of_float64_inputs_has_float64_resolution():
+    model, (x, y) = mlp(torch.float64), batch(dtype=torch.float64)
+    start = fk.pgd(model, x, y, eps=0.5, step_size=1e-30, steps=1, clip=None,
+                   generator=torch.Generator().manual_seed(0))
+    # float32 noise scaled by 0.5 has at most 24 significant bits: 2**30 * noise would be whole.
+    noise = (start - x) / 0.5 * 2**30
+    assert not torch.equal(noise, noise.round())

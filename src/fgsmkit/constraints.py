@@ -45,10 +45,29 @@ def sample_rows(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
+def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """One value per sample, shaped to broadcast against ``like``."""
+    return values.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def divided_by_peak(t: Tensor) -> tuple[Tensor, Tensor]:
+    """``t`` in working precision with each sample divided by its largest ``|entry|``, and those peaks.
+
+    The squares of a sample of 1e-23 underflow in float32, those of 1e20 overflow, and its norm
+    would come out short, zero or infinite; divided by its peak it has squares near 1. A sample of
+    zeros (or one with inf or NaN, whose norm is not a number anyway) is divided by 1.
+    """
+    w = _working(t)
+    peak = _per_sample(sample_rows(w.abs()).amax(dim=1), w)
+    peak = torch.where((peak > 0) & peak.isfinite(), peak, torch.ones_like(peak))
+    return w / peak, peak
+
+
 def per_sample_l2_norm(t: Tensor) -> Tensor:
-    """L2 norm of each sample, in working precision, shaped to broadcast against ``t``."""
-    norms = sample_rows(_working(t)).norm(dim=1)
-    return norms.reshape((-1,) + (1,) * (t.ndim - 1))
+    """L2 norm of each sample, in working precision, shaped to broadcast against ``t``; exact
+    where the squares of ``t`` would underflow or overflow."""
+    unit, peak = divided_by_peak(t)
+    return _per_sample(sample_rows(unit).norm(dim=1), t) * peak
 
 
 class Ball:
@@ -135,19 +154,19 @@ class LinfBall(Ball):
         return moved if self.box is None else self.box.clip(moved)
 
     def random_point(self, generator: torch.Generator | None) -> Tensor:
-        noise = torch.rand(self.x.shape, generator=generator, device=self.x.device)
+        # Drawn in the working dtype, not the default one: the same seed gives the same start
+        # whatever torch.set_default_dtype says, and float64 inputs get float64 noise.
+        noise = torch.rand(self.x.shape, generator=generator, device=self.x.device,
+                           dtype=torch.promote_types(self.x.dtype, torch.float32))
         noise = (2 * noise - 1).to(self.x.dtype)
         return self.project(self.x + self.eps * noise)
 
 
 class L2Ball(Ball):
     def step(self, direction: Tensor, size: Tensor) -> Tensor:
-        # Each sample is divided by its largest entry first: the squares of a confident sample's
-        # tiny gradient (1e-26, say) underflow, and its norm would come out short or zero.
-        unit = torch.nan_to_num(_working(direction), nan=0.0)
-        peak = sample_rows(unit.abs()).amax(dim=1).reshape((-1,) + (1,) * (unit.ndim - 1))
-        unit = unit / torch.where(peak > 0, peak, torch.ones_like(peak))
-        norm = per_sample_l2_norm(unit)
+        # A confident sample's gradient is tiny (1e-26, say): its norm is taken divided by its peak.
+        unit, _ = divided_by_peak(torch.nan_to_num(_working(direction), nan=0.0))
+        norm = _per_sample(sample_rows(unit).norm(dim=1), unit)
         scale = torch.where(norm > 0, _working(size) / norm, torch.zeros_like(norm))
         return (unit * scale).to(direction.dtype)
 

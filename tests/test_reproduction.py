@@ -225,6 +225,24 @@ def test_a_damaged_checkpoint_is_named_and_retrained_not_a_traceback(tmp_path: P
     assert fk.load_checkpoint(path)["done"]
 
 
+def test_a_checkpoint_of_a_model_laid_out_otherwise_is_retrained_from_scratch(tmp_path: Path) -> None:
+    """Parameter names from another version of a model (say, before they stopped depending on
+    dropout): retrained, not half loaded by load_state_dict and then a traceback."""
+    settings = PRESETS["smoke"]
+    splits = load_splits(settings, "sample", log=lambda line: None)
+
+    def run(build) -> list[str]:
+        said: list[str] = []
+        train("softmax", build, splits, Recipe("plain", 1), settings, 0, tmp_path, log=said.append)
+        return said
+
+    run(lambda: fk.models.SoftmaxRegression(784, 10))
+    renamed = torch.nn.Sequential(fk.models.SoftmaxRegression(784, 10))  # names prefixed with "0."
+    said = run(lambda: renamed)
+    assert any("other parameter names or shapes; training from scratch" in line for line in said)
+    assert any("already trained" in line for line in run(lambda: torch.nn.Sequential(fk.models.SoftmaxRegression(784, 10))))
+
+
 def test_a_killed_run_resumes_to_the_uninterrupted_result(smoke_run: tuple[Path, dict], tmp_path: Path) -> None:
     _, uninterrupted = smoke_run
     out = tmp_path / "killed"

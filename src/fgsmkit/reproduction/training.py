@@ -243,8 +243,17 @@ def _resume(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.opt
     if saved.get("fingerprint") != fingerprint:
         log(f"[{name}] {path} was written with other settings; training from scratch")
         return fresh
+    if _layout(saved["model"]) != _layout(model.state_dict()):
+        # Another version of the model (load_state_dict would copy what matches, then raise).
+        log(f"[{name}] {path} holds a model with other parameter names or shapes; training from scratch")
+        return fresh
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if not saved["done"]:
         log(f"[{name}] resuming from {path} after epoch {saved['epoch']}")
     return {key: saved[key] for key in fresh}
+
+
+def _layout(state: dict[str, Any]) -> dict[str, tuple[int, ...] | None]:
+    """The names of a state dict's entries and the shapes of its tensors."""
+    return {key: tuple(value.shape) if isinstance(value, torch.Tensor) else None for key, value in state.items()}

@@ -457,3 +457,13 @@ def test_closed_form_rejects_bad_labels_and_shapes() -> None:
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor"):
         fk.adversarial_logistic_loss(w, 0.0, x.tolist(), torch.tensor([1.0, -1.0]), eps=0.1)
     assert fk.adversarial_logistic_loss(w, torch.tensor([0.3]), x, torch.tensor([1.0, -1.0]), eps=0.1).shape == (2,)
+
+
+def test_closed_form_refuses_bool_labels_and_meta_tensors() -> None:
+    w, x = torch.ones(4), torch.rand(2, 4)
+    with pytest.raises(TypeError, match="y must hold real numbers"):
+        fk.adversarial_logistic_loss(w, 0.0, x, torch.tensor([True, True]), eps=0.1)
+    with pytest.raises(ValueError, match="w is on the meta device"):
+        fk.adversarial_logistic_loss(w.to("meta"), 0.0, x, torch.tensor([1.0, -1.0]), eps=0.1)
+    with pytest.raises(ValueError, match="y is on the meta device"):
+        fk.adversarial_logistic_loss(w, 0.0, x, torch.tensor([1.0, -1.0], device="meta"), eps=0.1)

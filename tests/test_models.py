@@ -212,3 +212,97 @@ def test_models_reject_the_wrong_number_of_features() -> None:
 def test_models_reject_sizes_below_one(make) -> None:
     with pytest.raises(ValueError, match=r"(num_classes|in_features) must be an int >= 1"):
         make()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("scale", [1.0, 255.0])
+def test_rbf_log_probability_is_exactly_zero_at_a_centre(dtype, scale) -> None:
+    """A detector is certain at its own centre, whatever the units of the input and the dtype."""
+    torch.manual_seed(0)
+    net = RBFNetwork(784, 10)
+    with torch.no_grad():
+        net.centers.mul_(scale)
+    net = net.to(dtype)
+    logits = net(net.centers.detach().clone())
+    assert torch.equal(logits.diagonal(), torch.zeros(10, dtype=dtype))
+    assert (logits <= 0).all()
+
+
+def test_rbf_log_probabilities_near_the_centres_are_accurate_in_float32() -> None:
+    """Sharp detectors (precision e^3) near their centres: a float64 reference within float32 rounding."""
+    torch.manual_seed(0)
+    net = RBFNetwork(784, 10)
+    with torch.no_grad():
+        net.log_precision.fill_(3.0)
+    x = net.centers.detach() + 1e-3 * torch.randn(10, 784)
+    expected = net.double()(x.double()).diagonal()
+    got = net.float()(x).diagonal().double()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
+
+
+def test_rbf_gradient_near_a_centre_points_back_to_it() -> None:
+    torch.manual_seed(0)
+    net = RBFNetwork(784, 10).to(torch.bfloat16)
+    x = (net.centers.detach()[:1] + 1e-2).requires_grad_(True)
+    net(x)[0, 0].backward()
+    assert (x.grad < 0).all()  # log p falls as x moves away from the centre, in every coordinate
+
+
+def test_maxout_parameter_names_do_not_depend_on_dropout() -> None:
+    """A network trained with dropout loads into one built without it (dropout is a training setting)."""
+    torch.manual_seed(0)
+    trained = MaxoutMLP(hidden=(32, 16), pieces=3, dropout=0.5, input_dropout=0.2)
+    plain = MaxoutMLP(hidden=(32, 16), pieces=3)
+    assert list(trained.state_dict()) == list(plain.state_dict())
+    plain.load_state_dict(trained.state_dict())
+    x = torch.rand(5, 784)
+    assert torch.equal(plain(x), trained.eval()(x))
+
+
+def test_maxout_dropout_is_active_in_training_only() -> None:
+    torch.manual_seed(0)
+    net, x = MaxoutMLP(hidden=(32,), pieces=2, dropout=0.5, input_dropout=0.2), torch.rand(4, 784)
+    assert not torch.equal(net.train()(x), net(x))
+    assert torch.equal(net.eval()(x), net(x))
+    assert "dropout=0.5, input_dropout=0.2" in repr(net)
+
+
+@pytest.mark.parametrize("bad", [None, "0.2", [0.5], True, float("nan")])
+def test_maxout_dropout_arguments_are_checked_by_name(bad) -> None:
+    for name in ("dropout", "input_dropout"):
+        with pytest.raises(ValueError, match=f"{name} must be a number in \\[0, 1\\)"):
+            MaxoutMLP(**{name: bad})
+
+
+@pytest.mark.parametrize("bad", [(True,), (240, False), (torch.tensor(True),), (np.bool_(True),)])
+def test_maxout_hidden_widths_refuse_bools(bad) -> None:
+    with pytest.raises(TypeError, match="hidden must be a sequence of int layer widths"):
+        MaxoutMLP(hidden=bad)
+
+
+@pytest.mark.parametrize("bad", [True, 0, -1.0, None, float("nan"), float("inf")])
+def test_max_norm_refuses_what_is_not_a_positive_number(bad) -> None:
+    weight = torch.ones(3, 4)
+    with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
+        fk.models.max_norm_(weight, bad)
+    assert torch.equal(weight, torch.ones(3, 4))
+
+
+@pytest.mark.parametrize(("log_probs", "error", "message"), [
+    (torch.tensor([[-1, -2]]), TypeError, "log_probs must hold floating-point log-probabilities; got dtype torch.int64"),
+    ([[-1.0, -2.0]], TypeError, "log_probs must be a torch.Tensor"),
+])
+def test_rbf_detector_loss_refuses_log_probs_that_are_not_a_float_tensor(log_probs, error, message) -> None:
+    with pytest.raises(error, match=message):
+        RBFNetwork.loss(log_probs, torch.tensor([0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rbf_detector_loss_trains_a_wrong_detector_that_is_nearly_certain_in_low_precision(dtype) -> None:
+    """log p = -3e-5 for the wrong class is within float16's smallest normal of 0: the loss is
+    computed in float32, where it still has a gradient (1/(1-p) - 1 = p/(1-p), about 3e4)."""
+    log_probs = torch.tensor([[-2.0, -3e-5]], dtype=dtype, requires_grad=True)
+    loss = RBFNetwork.loss(log_probs, torch.tensor([0]))
+    assert loss.dtype == torch.float32
+    loss.sum().backward()
+    assert log_probs.grad[0, 1] > 1e4

@@ -343,6 +343,9 @@ def adversarial_logistic_loss(w: Tensor, b: float | Tensor, x: Tensor, y: Tensor
     for name, value in (("w", w), ("x", x), ("y", y)):
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+        _validation.check_real_values(value, name)
+    if isinstance(b, Tensor):
+        _validation.check_real_values(b, "b")
     if isinstance(b, Tensor) and b.numel() != 1 or not isinstance(b, Tensor) and not _validation.is_number(b):
         raise ValueError(
             f"b must be a number or a tensor with one element (one bias for all samples); got {b!r:.80}"

@@ -6,10 +6,19 @@ import operator
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_positive_int, finite_number
 from ._base import Classifier, check_class_count
+
+
+def check_max_norm(max_norm: object) -> float:
+    """``max_norm`` as a float: a finite number > 0 (a 0-d tensor too)."""
+    value = finite_number(max_norm)
+    if value is None or value <= 0:
+        raise ValueError(f"max_norm must be a finite number > 0, or None; got {max_norm!r}")
+    return value
 
 
 def max_norm_(weight: Tensor, max_norm: float) -> None:
@@ -17,6 +26,13 @@ def max_norm_(weight: Tensor, max_norm: float) -> None:
 
     This is the maxout paper's max column norm constraint (its weights are stored transposed),
     applied after each optimizer step.
+
+    Parameters
+    ----------
+    weight : Tensor
+        A weight matrix with one row per unit, such as ``nn.Linear.weight``; changed in place.
+    max_norm : float
+        The largest L2 norm a row may keep (> 0).
 
     Examples
     --------
@@ -26,6 +42,7 @@ def max_norm_(weight: Tensor, max_norm: float) -> None:
     >>> weight.norm(dim=1)
     tensor([1.9365, 1.9365, 1.9365])
     """
+    max_norm = check_max_norm(max_norm)
     with torch.no_grad():
         weight.copy_(torch.renorm(weight, p=2, dim=0, maxnorm=max_norm))
 
@@ -101,33 +118,33 @@ class MaxoutMLP(Classifier):
                  num_classes: int = 10, dropout: float = 0.0, input_dropout: float = 0.0,
                  max_norm: float | None = None) -> None:
         super().__init__()
-        if not 0.0 <= dropout < 1.0 or not 0.0 <= input_dropout < 1.0:
-            raise ValueError(f"dropout and input_dropout must lie in [0, 1); got {dropout}, {input_dropout}")
-        if max_norm is not None:
-            norm_value = finite_number(max_norm)
-            if norm_value is None or norm_value <= 0:
-                raise ValueError(f"max_norm must be a finite number > 0, or None; got {max_norm!r}")
-            max_norm = norm_value
-        try:  # any sequence of integers: a tuple, a list, a NumPy or torch array
-            hidden = [check_positive_int(operator.index(units), "hidden widths") for units in hidden]
-        except TypeError:
-            raise TypeError(f"hidden must be a sequence of int layer widths, e.g. hidden=(240,); got {hidden!r}") from None
+        self.dropout = _check_dropout(dropout, "dropout")
+        self.input_dropout = _check_dropout(input_dropout, "input_dropout")
+        self.max_norm = None if max_norm is None else check_max_norm(max_norm)
+        hidden = _layer_widths(hidden)
         pieces = check_positive_int(pieces, "pieces")
         self.in_features = check_positive_int(in_features, "in_features")
         self.num_classes = check_class_count(num_classes)
-        self.max_norm = max_norm
-        layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
-        width = in_features
-        for units in hidden:
-            layers.append(Maxout(width, units, pieces))
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = units
-        layers.append(nn.Linear(width, num_classes))
+        # Only layers with parameters are numbered, so that the parameter names do not depend on
+        # dropout (a training setting): a network trained with it loads into one built without.
+        widths = [self.in_features, *hidden]
+        layers: list[nn.Module] = [Maxout(a, b, pieces) for a, b in zip(widths, widths[1:])]
+        layers.append(nn.Linear(widths[-1], num_classes))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layers(self.flat(x))
+        """The logits, shape ``(batch, num_classes)``, of inputs ``(batch, ...)`` with
+        ``in_features`` elements each; dropout is applied in training mode only."""
+        h = self._dropped(self.flat(x), self.input_dropout)
+        for maxout in self.layers[:-1]:
+            h = self._dropped(maxout(h), self.dropout)
+        return self.layers[-1](h)
+
+    def _dropped(self, h: Tensor, p: float) -> Tensor:
+        return F.dropout(h, p, self.training) if p else h
+
+    def extra_repr(self) -> str:
+        return f"dropout={self.dropout}, input_dropout={self.input_dropout}, max_norm={self.max_norm}"
 
     def apply_max_norm(self) -> None:
         """Enforce ``max_norm`` on every layer's weights; call it after each optimizer step."""
@@ -136,3 +153,25 @@ class MaxoutMLP(Classifier):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 max_norm_(module.weight, self.max_norm)
+
+
+def _check_dropout(p: object, name: str) -> float:
+    value = finite_number(p)
+    if value is None or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1) (a probability of dropping); got {p!r}")
+    return value
+
+
+def _layer_widths(hidden: object) -> list[int]:
+    """Any sequence of integers (a tuple, a list, a NumPy or torch array) as a list of widths >= 1."""
+    try:
+        widths = [_integer(units) for units in hidden]  # type: ignore[attr-defined]
+    except TypeError:
+        raise TypeError(f"hidden must be a sequence of int layer widths, e.g. hidden=(240,); got {hidden!r}") from None
+    return [check_positive_int(units, "hidden widths") for units in widths]
+
+
+def _integer(units: object) -> int:
+    if isinstance(units, bool) or isinstance(units, Tensor) and units.dtype == torch.bool:
+        raise TypeError("a bool is not a layer width")
+    return operator.index(units)

@@ -38,7 +38,7 @@ def rbf_detector_loss(log_probs: Tensor, y: Tensor) -> Tensor:
     Returns
     -------
     Tensor
-        Per-sample losses, shape ``(batch,)``.
+        Per-sample losses, shape ``(batch,)``, in at least float32.
 
     Examples
     --------
@@ -48,6 +48,10 @@ def rbf_detector_loss(log_probs: Tensor, y: Tensor) -> Tensor:
     >>> math.isclose(loss.item(), -math.log(0.9) - math.log(1 - 0.2), rel_tol=1e-6)
     True
     """
+    if not isinstance(log_probs, Tensor):
+        raise TypeError(f"log_probs must be a torch.Tensor; got {type(log_probs).__name__}")
+    if not log_probs.is_floating_point():
+        raise TypeError(f"log_probs must hold floating-point log-probabilities; got dtype {log_probs.dtype}")
     if not isinstance(y, Tensor):
         raise TypeError(f"y must be a torch.Tensor of class indices; got {type(y).__name__}")
     if log_probs.ndim != 2 or y.shape != log_probs.shape[:1]:
@@ -59,6 +63,9 @@ def rbf_detector_loss(log_probs: Tensor, y: Tensor) -> Tensor:
     # of an attack that uses this loss (the attack has checked its labels once).
     check_index_dtype(y)
     target = torch.nn.functional.one_hot(y.long(), log_probs.shape[1]).to(torch.bool)  # any integer dtype
+    # In at least float32: float16's log p of a wrong but nearly certain detector (-3e-5) lies
+    # within its smallest normal number of 0, where log1mexp's clamp would leave no gradient.
+    log_probs = log_probs.to(torch.promote_types(log_probs.dtype, torch.float32))
     return -torch.where(target, log_probs, log1mexp(log_probs)).sum(dim=1)
 
 
@@ -99,12 +106,14 @@ class RBFNetwork(Classifier):
         self.log_precision = nn.Parameter(torch.full((num_classes, in_features), -math.log(in_features)))
 
     def forward(self, x: Tensor) -> Tensor:
+        """The detectors' log-probabilities, shape ``(batch, num_classes)``, of inputs
+        ``(batch, ...)`` with ``in_features`` elements each."""
         x = self.flat(x)
-        precision = self.log_precision.exp()
-        # sum_i prec_ci (x_i - mu_ci)^2, expanded into matrix products.
-        distance = (x * x) @ precision.T - 2 * x @ (precision * self.centers).T
-        distance = distance + (precision * self.centers * self.centers).sum(dim=1)
-        return -distance.clamp_min(0)
+        # sum_i prec_ci (x_i - mu_ci)^2 from the differences themselves: expanded into matrix
+        # products, its large terms cancel near a centre, where a detector's confidence is read
+        # (log p of -4 instead of 0 at the centre, for inputs in [0, 255]).
+        difference = x.unsqueeze(1) - self.centers
+        return -(difference.square() * self.log_precision.exp()).sum(dim=-1)
 
     def probabilities(self, logits: Tensor) -> Tensor:
         return logits.exp()

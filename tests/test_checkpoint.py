@@ -55,10 +55,14 @@ def test_state_that_is_not_plain_data_is_refused_before_anything_is_replaced(tmp
 def test_a_file_load_checkpoint_cannot_read_is_named_with_what_is_wrong(tmp_path) -> None:
     # torch's own errors named no file: a bare EOFError, KeyError: 101, or advice to retry with
     # weights_only=False for a file that was simply damaged.
-    for name, content in (("empty.pt", b""), ("text.pt", b"epoch 3\n"), ("noise.pt", bytes(range(256)) * 8)):
+    noise = torch.randint(0, 256, (1000,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for name, content in (("empty.pt", b""), ("text.pt", b"epoch 3\n"), ("noise.pt", bytes(range(256)) * 8),
+                          ("random.pt", noise.numpy().tobytes())):
         (tmp_path / name).write_bytes(content)
-        with pytest.raises(ValueError, match=rf"{name} cannot be read as a checkpoint: it is damaged, or not a torch.save"):
+        with pytest.raises(ValueError, match=rf"{name} cannot be read as a checkpoint: it is damaged, or not a torch.save") as caught:
             fk.load_checkpoint(tmp_path / name)
+        # Not torch's advice to retry with weights_only=False, which a damaged file does not need.
+        assert "weights_only" not in str(caught.value)
     good = tmp_path / "good.pt"
     fk.save_checkpoint({"epoch": 1, "w": torch.ones(1000)}, good)
     (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:-100])

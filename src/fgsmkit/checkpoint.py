@@ -125,5 +125,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 def _damaged(path: Path, error: BaseException) -> ValueError:
     return ValueError(
         f"{path} cannot be read as a checkpoint: it is damaged, or not a torch.save file "
-        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no details'})"
+        f"({type(error).__name__}: {_cause(error)})"
     )
+
+
+def _cause(error: BaseException) -> str:
+    """The first line of what went wrong; for the weights-only unpickler, its own reason, after
+    the advice to retry with weights_only=False that torch puts first (wrong for a damaged file)."""
+    message = str(error)
+    _, found, reason = message.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (reason if found else message).splitlines() if line.strip()]
+    return lines[0] if lines else "no details"

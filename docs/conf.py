@@ -57,6 +57,17 @@ import fgsmkit as fk
 torch.manual_seed(0)
 """
 
+
+
+def _skip_repr_hooks(app, what, name, obj, skip, options):
+    # extra_repr is nn.Module's hook for print(model), not part of the API.
+    return True if name == "extra_repr" else skip
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_repr_hooks)
+
+
 html_theme = "furo"
 html_title = f"fgsmkit {release}"
 html_static_path: list[str] = []

@@ -209,6 +209,23 @@ class AdversarialLoss(nn.Module):
         return f"alpha={self.alpha}, eps={self.eps}, norm={self.norm}, clip={self.clip}"
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
+        """The adversarial objective on one batch, a scalar to call ``.backward()`` on.
+
+        Parameters
+        ----------
+        model : nn.Module
+            The model being trained (a ``DistributedDataParallel`` wrapper too), returning logits.
+        x : Tensor
+            The clean inputs, shape ``(batch, ...)``, within ``clip``.
+        y : Tensor
+            Their labels, class indices of shape ``(batch,)`` (or what ``loss_fn`` takes).
+
+        Returns
+        -------
+        Tensor
+            ``alpha * J(x, y) + (1 - alpha) * J(x_adv, y)``, with a graph to the model's parameters
+            when gradients are enabled; detached inside ``no_grad`` or ``inference_mode``.
+        """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module (its parameters are trained); got {type(model).__name__}")
         box = _validation.check_inputs(x, self.clip)

@@ -49,6 +49,7 @@ class Classifier(nn.Module):
     in_features: int
 
     def flat(self, x: Tensor) -> Tensor:
+        """``x`` as ``(batch, in_features)``; a clear error for any other number of features."""
         if x.ndim < 1 or math.prod(x.shape[1:]) != self.in_features:
             raise ValueError(
                 f"{type(self).__name__} expects {self.in_features} features per sample; "

@@ -12,6 +12,13 @@ from ._base import Classifier, check_class_count
 class SoftmaxRegression(Classifier):
     """Multinomial logistic regression: one affine map to ``num_classes`` logits.
 
+    Parameters
+    ----------
+    in_features : int
+        Features per sample; image-shaped input is flattened.
+    num_classes : int
+        Number of classes (>= 2).
+
     Examples
     --------
     >>> import torch, fgsmkit as fk
@@ -27,6 +34,7 @@ class SoftmaxRegression(Classifier):
         self.linear = nn.Linear(in_features, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The logits, shape ``(batch, num_classes)``."""
         return self.linear(self.flat(x))
 
 
@@ -34,8 +42,13 @@ class LogisticRegression(Classifier):
     """Binary logistic regression with one logit, ``p(y=1|x) = sigmoid(w.x + b)``.
 
     The forward returns logits of shape ``(batch, 1)``; the attacks read a single column as a
-    binary problem with labels 0 and 1. :meth:`predict_proba` returns ``(batch, 2)``, the
-    columns being ``p(y=0|x)`` and ``p(y=1|x)``.
+    binary problem with labels 0 and 1. :meth:`~fgsmkit.models.Classifier.predict_proba` returns
+    ``(batch, 2)``, the columns being ``p(y=0|x)`` and ``p(y=1|x)``.
+
+    Parameters
+    ----------
+    in_features : int
+        Features per sample; image-shaped input is flattened.
 
     Examples
     --------
@@ -51,6 +64,7 @@ class LogisticRegression(Classifier):
         self.linear = nn.Linear(in_features, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The logit of class 1, shape ``(batch, 1)``."""
         return self.linear(self.flat(x))
 
     def probabilities(self, logits: Tensor) -> Tensor:

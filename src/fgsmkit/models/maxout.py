@@ -76,6 +76,7 @@ class Maxout(nn.Module):
         self.linear = nn.Linear(in_features, out_features * pieces)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The units' outputs, shape ``(..., out_features)``, of inputs ``(..., in_features)``."""
         return self.linear(x).unflatten(-1, (self.out_features, self.pieces)).amax(dim=-1)
 
     def extra_repr(self) -> str:

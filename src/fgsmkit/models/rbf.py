@@ -76,7 +76,7 @@ class RBFNetwork(Classifier):
     Each class has a learned centre :math:`\mu_c` and a negative-definite diagonal
     :math:`\beta_c = -\mathrm{diag}(e^{\rho_c})`, so a detector is confident only near its
     centre. The forward returns the detectors' log-probabilities, usable as logits by the
-    attacks; train with :meth:`loss` (:func:`rbf_detector_loss`). :meth:`predict_proba` returns
+    attacks; train with :meth:`loss` (:func:`rbf_detector_loss`). :meth:`~fgsmkit.models.Classifier.predict_proba` returns
     the detectors' own probabilities, not renormalised: far from every centre all are near 0.
 
     Parameters

@@ -357,3 +357,21 @@ def test_an_attack_that_switches_to_train_mode_leaves_the_statistics_as_found() 
     evaluate_attack(net, attack_in_train_mode, torch.rand(16, 4), torch.randint(0, 3, (16,)), batch_size=8)
     assert not any(m.training for m in net.modules())
     assert all(torch.equal(a, b) for a, b in zip(before, net.buffers()))
+
+
+def _writes_into_its_input() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.ReLU(inplace=True), nn.Linear(5, 4))
+
+
+def test_a_model_that_writes_into_its_input_leaves_x_as_it_was() -> None:
+    net = _writes_into_its_input()
+    out_of_place = nn.Sequential(nn.ReLU(), net[1])
+    x, y = torch.randn(20, 5), torch.randint(0, 4, (20,))
+    x_before = x.clone()
+    for metric in (lambda m, **kw: error_rate(m, x, y, **kw), lambda m, **kw: mean_confidence(m, x, **kw),
+                   lambda m, **kw: confidence_on_mistakes(m, x, y, **kw),
+                   lambda m, **kw: agreement_on_mistakes(m, out_of_place, x, y, **kw),
+                   lambda m, **kw: evaluate_attack(m, lambda model, xb, yb: xb, x, y, **kw)):
+        assert metric(net, batch_size=8) == metric(out_of_place, batch_size=8)
+        assert torch.equal(x, x_before)

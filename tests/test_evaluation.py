@@ -375,3 +375,15 @@ def test_a_model_that_writes_into_its_input_leaves_x_as_it_was() -> None:
                    lambda m, **kw: evaluate_attack(m, lambda model, xb, yb: xb, x, y, **kw)):
         assert metric(net, batch_size=8) == metric(out_of_place, batch_size=8)
         assert torch.equal(x, x_before)
+
+
+def test_an_attack_that_writes_into_its_input_leaves_x_as_it_was() -> None:
+    x, y = torch.rand(20, 5), torch.randint(0, 4, (20,))
+    x_before = x.clone()
+
+    def shift_in_place(model, xb, yb):
+        return xb.add_(0.5)
+
+    report = evaluate_attack(nn.Linear(5, 4), shift_in_place, x, y, batch_size=8, keep_examples=True)
+    assert torch.equal(x, x_before)
+    assert torch.equal(report.examples, x_before + 0.5)

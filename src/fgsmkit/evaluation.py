@@ -293,7 +293,8 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
         clean, _ = _predictions(model, x, y, batch_size, eval_mode=False)
         wrong, confident, kept = [], [], []
         for x_batch, y_batch in zip(x.split(batch_size), y.split(batch_size)):
-            x_adv = attack(model, x_batch, y_batch)
+            # A copy: an attack may write into its input, a view of the caller's x.
+            x_adv = attack(model, x_batch.clone(), y_batch)
             if not isinstance(x_adv, Tensor) or x_adv.shape != x_batch.shape:
                 raise ValueError(
                     f"attack must return a tensor shaped like its input {tuple(x_batch.shape)}; got "

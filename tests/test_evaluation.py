@@ -387,3 +387,18 @@ def test_an_attack_that_writes_into_its_input_leaves_x_as_it_was() -> None:
     report = evaluate_attack(nn.Linear(5, 4), shift_in_place, x, y, batch_size=8, keep_examples=True)
     assert torch.equal(x, x_before)
     assert torch.equal(report.examples, x_before + 0.5)
+
+
+@pytest.mark.parametrize("outputs_b, classes_b", [(5, 5), (1, 2)])
+def test_agreement_refuses_models_over_different_classes(outputs_b: int, classes_b: int) -> None:
+    torch.manual_seed(0)
+    x, y = torch.rand(10, 6), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match=f"model_a has 3 classes but model_b has {classes_b}"):
+        agreement_on_mistakes(nn.Linear(6, 3), nn.Linear(6, outputs_b), x, y)
+
+
+def test_agreement_counts_a_single_logit_as_two_classes() -> None:
+    z = torch.tensor([[2.0], [-1.0], [0.5]])
+    two_columns = lambda v: torch.cat([torch.zeros_like(v), v], dim=1)  # noqa: E731  (the same classifier)
+    result = agreement_on_mistakes(identity, two_columns, z, torch.tensor([1, 1, 0]))
+    assert result["a_mistakes"] == 2 and result["agreement_on_a_mistakes"] == 1.0

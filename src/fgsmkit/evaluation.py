@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -104,7 +105,7 @@ def error_rate(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000, ev
     >>> error_rate(logits_are_inputs, x, torch.tensor([0, 1, 1]))
     0.3333333333333333
     """
-    predicted, _ = _predictions(model, x, _labels(y), batch_size, eval_mode)
+    predicted = _predictions(model, x, _labels(y), batch_size, eval_mode).labels
     return _mean((predicted != y).double())
 
 
@@ -122,7 +123,7 @@ def confidence_on_mistakes(model: Model, x: Tensor, y: Tensor, *, batch_size: in
     >>> round(confidence_on_mistakes(lambda x: x, x, torch.tensor([0, 1, 1])), 6)  # softmax(log 3, 0)[0]
     0.75
     """
-    predicted, confidence = _predictions(model, x, _labels(y), batch_size, eval_mode)
+    predicted, confidence, _ = _predictions(model, x, _labels(y), batch_size, eval_mode)
     return _mean(confidence[predicted != y])
 
 
@@ -139,8 +140,7 @@ def mean_confidence(model: Model, x: Tensor, *, batch_size: int = 1000, eval_mod
     >>> round(mean_confidence(lambda x: x, x), 6)  # (0.75 + 0.5) / 2
     0.625
     """
-    _, confidence = _predictions(model, x, None, batch_size, eval_mode)
-    return _mean(confidence)
+    return _mean(_predictions(model, x, None, batch_size, eval_mode).confidence)
 
 
 def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000,
@@ -152,7 +152,7 @@ def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, 
     Parameters
     ----------
     model_a, model_b : callable
-        Two classifiers over the same classes.
+        Two classifiers over the same classes (a single logit column counts as two classes).
     x, y, batch_size, eval_mode
         As in :func:`error_rate`.
 
@@ -177,8 +177,14 @@ def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, 
     >>> agreement_on_mistakes(a, b, x, torch.tensor([0, 0, 0]))["agreement_on_a_mistakes"]
     0.3333333333333333
     """
-    predicted_a, _ = _predictions(model_a, x, _labels(y), batch_size, eval_mode)
-    predicted_b, _ = _predictions(model_b, x, y, batch_size, eval_mode)
+    a = _predictions(model_a, x, _labels(y), batch_size, eval_mode)
+    b = _predictions(model_b, x, y, batch_size, eval_mode)
+    if a.classes != b.classes:
+        raise ValueError(
+            f"model_a has {a.classes} classes but model_b has {b.classes}; agreement compares the classes "
+            "the two predict, so pass two classifiers over the same classes"
+        )
+    predicted_a, predicted_b = a.labels, b.labels
     a_wrong = predicted_a != y
     both_wrong = a_wrong & (predicted_b != y)
     same = (predicted_a == predicted_b).double()
@@ -290,7 +296,7 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
         raise TypeError(f"attack must be callable as attack(model, x, y) -> x_adv; got {type(attack).__name__}")
     batch_size = _check_batch(model, x, _labels(y), batch_size)
     with model_state_kept(model, eval_mode):
-        clean, _ = _predictions(model, x, y, batch_size, eval_mode=False)
+        clean = _predictions(model, x, y, batch_size, eval_mode=False).labels
         wrong, confident, kept = [], [], []
         for x_batch, y_batch in zip(x.split(batch_size), y.split(batch_size)):
             # A copy: an attack may write into its input, a view of the caller's x.
@@ -356,8 +362,14 @@ def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: object) 
     return _validation.check_positive_int(batch_size, "batch_size")
 
 
+class _Predictions(NamedTuple):
+    labels: Tensor  # the predicted class of each sample
+    confidence: Tensor  # its probability
+    classes: int  # how many classes the model tells apart (two for a single logit column)
+
+
 def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: object,
-                 eval_mode: bool) -> tuple[Tensor, Tensor]:
+                 eval_mode: bool) -> _Predictions:
     """Predicted classes and their probabilities for all of ``x``; ``y`` is checked against them."""
     batch_size = _check_batch(model, x, y, batch_size)
     confidences, predictions = [], []
@@ -369,7 +381,7 @@ def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: object,
             predicted, confidence = _predicted_class(model, logits)
             confidences.append(confidence)
             predictions.append(predicted)
-    return torch.cat(predictions), torch.cat(confidences)
+    return _Predictions(torch.cat(predictions), torch.cat(confidences), max(logits.shape[1], 2))
 
 
 def _labels(y: object) -> Tensor:

@@ -402,3 +402,21 @@ def test_agreement_counts_a_single_logit_as_two_classes() -> None:
     two_columns = lambda v: torch.cat([torch.zeros_like(v), v], dim=1)  # noqa: E731  (the same classifier)
     result = agreement_on_mistakes(identity, two_columns, z, torch.tensor([1, 1, 0]))
     assert result["a_mistakes"] == 2 and result["agreement_on_a_mistakes"] == 1.0
+
+
+@pytest.mark.parametrize("flag", ["False", 0, None])
+def test_flags_must_be_true_or_false(flag: object) -> None:
+    net = nn.Linear(3, 3)
+    x, y = torch.rand(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    keep_all = lambda model, xb, yb: xb  # noqa: E731
+    for metric in (lambda **kw: error_rate(net, x, y, **kw), lambda **kw: mean_confidence(net, x, **kw),
+                   lambda **kw: confidence_on_mistakes(net, x, y, **kw),
+                   lambda **kw: agreement_on_mistakes(net, net, x, y, **kw),
+                   lambda **kw: rubbish_rate(net, 10, 3, **kw),
+                   lambda **kw: evaluate_attack(net, keep_all, x, y, **kw)):
+        with pytest.raises(TypeError, match=f"eval_mode must be True or False; got {flag!r}"):
+            metric(eval_mode=flag)
+    with pytest.raises(TypeError, match=f"keep_examples must be True or False; got {flag!r}"):
+        evaluate_attack(net, keep_all, x, y, keep_examples=flag)
+    np = pytest.importorskip("numpy")
+    assert evaluate_attack(net, keep_all, x, y, eval_mode=np.True_, keep_examples=np.True_).examples is not None

@@ -241,6 +241,7 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
     """
     n = _validation.check_positive_int(n, "n")
     batch_size = _validation.check_positive_int(batch_size, "batch_size")
+    eval_mode = _validation.check_flag(eval_mode, "eval_mode")
     shape = _sample_shape(sample_shape)
     if not _validation.is_number(threshold) or not 0 <= threshold < 1:
         raise ValueError(f"threshold must be a probability in [0, 1); got {threshold!r}")
@@ -295,6 +296,8 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
     if not callable(attack):
         raise TypeError(f"attack must be callable as attack(model, x, y) -> x_adv; got {type(attack).__name__}")
     batch_size = _check_batch(model, x, _labels(y), batch_size)
+    eval_mode = _validation.check_flag(eval_mode, "eval_mode")
+    keep_examples = _validation.check_flag(keep_examples, "keep_examples")
     with model_state_kept(model, eval_mode):
         clean = _predictions(model, x, y, batch_size, eval_mode=False).labels
         wrong, confident, kept = [], [], []
@@ -372,6 +375,7 @@ def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: object,
                  eval_mode: bool) -> _Predictions:
     """Predicted classes and their probabilities for all of ``x``; ``y`` is checked against them."""
     batch_size = _check_batch(model, x, y, batch_size)
+    eval_mode = _validation.check_flag(eval_mode, "eval_mode")
     confidences, predictions = [], []
     with model_state_kept(model, eval_mode), torch.no_grad():
         for batch in x.split(batch_size):

@@ -310,7 +310,7 @@ def test_non_finite_logits_are_refused_by_every_metric() -> None:
     for metric in (lambda: error_rate(broken, x, y), lambda: mean_confidence(broken, x),
                    lambda: agreement_on_mistakes(broken, identity, x, y),
                    lambda: rubbish_rate(broken, 10, 3),
-                   lambda: evaluate_attack(identity, lambda model, xb, yb: xb * math.inf, x, y)):
+                   lambda: evaluate_attack(torch.log, lambda model, xb, yb: xb - 2, x + 0.5, y)):
         with pytest.raises(ValueError, match="NaN or inf logits"):
             metric()
 
@@ -420,3 +420,20 @@ def test_flags_must_be_true_or_false(flag: object) -> None:
         evaluate_attack(net, keep_all, x, y, keep_examples=flag)
     np = pytest.importorskip("numpy")
     assert evaluate_attack(net, keep_all, x, y, eval_mode=np.True_, keep_examples=np.True_).examples is not None
+
+
+@pytest.mark.parametrize(
+    "attack, error, message",
+    [
+        (lambda model, xb, yb: xb.double(), TypeError, r"attack must return .* dtype torch.float32; got torch.float64"),
+        (lambda model, xb, yb: (xb * 10).long(), TypeError, r"attack must return .* dtype torch.float32; got torch.int64"),
+        (lambda model, xb, yb: xb * math.nan, ValueError, "attack returned NaN or inf"),
+        (lambda model, xb, yb: xb / 0, ValueError, "attack returned NaN or inf"),
+        (lambda model, xb, yb: xb.to("meta"), ValueError, "attack must return a tensor on cpu, x's device; got meta"),
+    ],
+)
+def test_what_the_attack_returns_is_checked_and_blamed_on_it(attack, error, message) -> None:
+    x, y = torch.rand(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    dtype_agnostic = lambda t: t[:, :4].float()  # noqa: E731  (would take any dtype)
+    with pytest.raises(error, match=message):
+        evaluate_attack(dtype_agnostic, attack, x, y, keep_examples=True)

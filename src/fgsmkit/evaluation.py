@@ -303,13 +303,7 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
         wrong, confident, kept = [], [], []
         for x_batch, y_batch in zip(x.split(batch_size), y.split(batch_size)):
             # A copy: an attack may write into its input, a view of the caller's x.
-            x_adv = attack(model, x_batch.clone(), y_batch)
-            if not isinstance(x_adv, Tensor) or x_adv.shape != x_batch.shape:
-                raise ValueError(
-                    f"attack must return a tensor shaped like its input {tuple(x_batch.shape)}; got "
-                    f"{tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__}"
-                )
-            x_adv = x_adv.detach()
+            x_adv = _checked_attack_output(attack(model, x_batch.clone(), y_batch), x_batch)
             with torch.no_grad():
                 predicted, confidence = _predicted_class(model, _logits(model, x_adv))
             wrong.append(predicted != y_batch)
@@ -324,6 +318,27 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
         confidence_on_adversarial_mistakes=_mean(confidence[mistakes]),
         examples=torch.cat(kept) if keep_examples else None,
     )
+
+
+def _checked_attack_output(x_adv: object, x: Tensor) -> Tensor:
+    """What the attack returned for the batch ``x``, checked to be adversarial examples like ``x``."""
+    if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
+        raise ValueError(
+            f"attack must return a tensor shaped like its input {tuple(x.shape)}; got "
+            f"{tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__}"
+        )
+    if x_adv.dtype != x.dtype:
+        raise TypeError(f"attack must return a tensor of x's dtype {x.dtype}; got {x_adv.dtype}. "
+                        "Convert its result, e.g. x_adv.to(x.dtype)")
+    if x_adv.device != x.device:
+        raise ValueError(f"attack must return a tensor on {x.device}, x's device; got {x_adv.device}. "
+                         "Move its result, e.g. x_adv.to(x.device)")
+    x_adv = x_adv.detach()
+    # Checked here, or the model's NaN logits would be blamed on the model.
+    if not bool(torch.isfinite(x_adv).all()):
+        raise ValueError("attack returned NaN or inf in its adversarial examples; check the attack's "
+                         "step (its eps and step size, or a division by zero)")
+    return x_adv
 
 
 def _probabilities(model: Model, logits: Tensor) -> Tensor:

@@ -437,3 +437,38 @@ def test_what_the_attack_returns_is_checked_and_blamed_on_it(attack, error, mess
     dtype_agnostic = lambda t: t[:, :4].float()  # noqa: E731  (would take any dtype)
     with pytest.raises(error, match=message):
         evaluate_attack(dtype_agnostic, attack, x, y, keep_examples=True)
+
+
+class SignByMode(nn.Module):
+    """Logits are the input in eval mode and its negation in train mode."""
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return -t if self.training else t
+
+
+@pytest.mark.parametrize("training, eval_mode", [(True, True), (False, False), (True, False)])
+def test_adversarial_examples_are_scored_in_the_mode_of_the_clean_ones(training: bool, eval_mode: bool) -> None:
+    x, y = torch.eye(4)[torch.arange(12) % 4], torch.arange(12) % 4
+
+    def unchanged_but_switches(model, xb, yb):
+        model.train(not model.training)  # and leaves it so
+        return xb.clone()
+
+    report = evaluate_attack(SignByMode().train(training), unchanged_but_switches, x, y, eval_mode=eval_mode,
+                             batch_size=5)
+    assert report.adversarial_error == report.clean_error
+
+
+def test_adversarial_examples_are_scored_with_the_statistics_found() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).eval()
+    x, y = torch.rand(16, 4), torch.randint(0, 3, (16,))
+
+    def unchanged_but_updates_statistics(model, xb, yb):
+        model.train()
+        model(xb * 100 + 50)  # new running statistics
+        model.eval()
+        return xb.clone()
+
+    report = evaluate_attack(net, unchanged_but_updates_statistics, x, y, batch_size=8)
+    assert report.adversarial_error == report.clean_error

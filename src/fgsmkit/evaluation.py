@@ -275,6 +275,8 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
         Samples per attack call and per forward pass.
     eval_mode : bool
         Run the model in eval mode, during the attack too (its mode is restored afterwards).
+        Whatever the attack does to the model's mode or buffers is undone before its examples
+        are scored, so that they are scored in the mode, and with the statistics, of the clean ones.
     keep_examples : bool
         Return the adversarial examples in :attr:`AttackReport.examples` (for transfer or
         agreement measurements); otherwise each batch's are dropped once measured.
@@ -302,8 +304,11 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
         clean = _predictions(model, x, y, batch_size, eval_mode=False).labels
         wrong, confident, kept = [], [], []
         for x_batch, y_batch in zip(x.split(batch_size), y.split(batch_size)):
-            # A copy: an attack may write into its input, a view of the caller's x.
-            x_adv = _checked_attack_output(attack(model, x_batch.clone(), y_batch), x_batch)
+            # The attack may switch the model's mode or update its statistics: undone before
+            # the scoring pass, which sees the model as the clean pass did.
+            with model_state_kept(model, eval_mode=False):
+                # A copy: an attack may write into its input, a view of the caller's x.
+                x_adv = _checked_attack_output(attack(model, x_batch.clone(), y_batch), x_batch)
             with torch.no_grad():
                 predicted, confidence = _predicted_class(model, _logits(model, x_adv))
             wrong.append(predicted != y_batch)

@@ -472,3 +472,43 @@ def test_adversarial_examples_are_scored_with_the_statistics_found() -> None:
 
     report = evaluate_attack(net, unchanged_but_updates_statistics, x, y, batch_size=8)
     assert report.adversarial_error == report.clean_error
+
+
+class FixedWeights(nn.Module):
+    """A model without parameters: its weights are a buffer."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
+        super().__init__()
+        self.register_buffer("w", torch.ones(5, 4, dtype=dtype, device=device))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return t @ self.w
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: rubbish_rate(nn.Linear(5, 4), 10, 5, device="meta"), ValueError,
+         r"device='meta' but model has parameters on cpu; pass device=None .* or device='cpu'"),
+        (lambda: rubbish_rate(FixedWeights(), 10, 5, device="meta"), ValueError,
+         r"device='meta' but model has buffers on cpu"),
+        (lambda: rubbish_rate(nn.Linear(5, 4), 10, 5, dtype=torch.float64), ValueError,
+         r"dtype=torch.float64 but model has parameters of dtype torch.float32; pass dtype=None"),
+        (lambda: rubbish_rate(FixedWeights(torch.float64), 10, 5, dtype=torch.float32), ValueError,
+         r"dtype=torch.float32 but model has buffers of dtype torch.float64"),
+        (lambda: rubbish_rate(nn.Linear(5, 4, device="meta"), 10, 5), ValueError,
+         r"model has parameters on the meta device, which hold no values"),
+        (lambda: rubbish_rate(FixedWeights(device="meta"), 10, 5), ValueError,
+         r"model has buffers on the meta device"),
+        (lambda: rubbish_rate(identity, 10, 5, device="meta"), ValueError,
+         r"device='meta' holds no values; pass a device that does, e.g. device='cpu'"),
+    ],
+)
+def test_rubbish_rate_names_device_dtype_and_model(call, error, message) -> None:
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_rubbish_noise_follows_the_buffers_of_a_model_without_parameters() -> None:
+    rate, _ = rubbish_rate(FixedWeights(torch.float64), 10, 5)
+    assert 0.0 <= rate <= 1.0

@@ -45,21 +45,28 @@ def finite_number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def model_tensor(model: object) -> tuple[str, Tensor] | None:
+    """The tensor that tells where ``model`` lives, and whether it is one of its "parameters" or
+    "buffers": the first parameter, or for a parameter-free model (fixed weights) the first
+    buffer; None for a function, or a module with neither."""
+    if isinstance(model, nn.Module):
+        for kind, tensors in (("parameters", model.parameters()), ("buffers", model.buffers())):
+            tensor = next(tensors, None)
+            if tensor is not None:
+                return kind, tensor
+    return None
+
+
 def check_model(model: object, x: Tensor) -> None:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function); got {type(model).__name__}")
-    if isinstance(model, nn.Module):
-        # The first parameter, or for a parameter-free model (fixed weights) the first buffer.
-        for kind, tensors in (("parameters", model.parameters()), ("buffers", model.buffers())):
-            tensor = next(tensors, None)
-            if tensor is None:
-                continue
-            if tensor.device != x.device:
-                raise ValueError(
-                    f"model has {kind} on {tensor.device} but x is on {x.device}; "
-                    f"move one of them, e.g. x.to({str(tensor.device)!r})"
-                )
-            break
+    found = model_tensor(model)
+    if found is not None and found[1].device != x.device:
+        kind, tensor = found
+        raise ValueError(
+            f"model has {kind} on {tensor.device} but x is on {x.device}; "
+            f"move one of them, e.g. x.to({str(tensor.device)!r})"
+        )
 
 
 def check_inputs(x: object, clip: object = None) -> Box | None:

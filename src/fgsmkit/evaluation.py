@@ -221,7 +221,8 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
         As in :func:`error_rate`.
     device, dtype : optional
         Where and in what precision to draw the noise; by default those of the model's first
-        parameter (CPU and float32 for a model without parameters).
+        parameter, or first buffer for a model without parameters (CPU and float32 for one with
+        neither). Given for such a model, they must agree with its own.
 
     Returns
     -------
@@ -245,8 +246,8 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
     shape = _sample_shape(sample_shape)
     if not _validation.is_number(threshold) or not 0 <= threshold < 1:
         raise ValueError(f"threshold must be a probability in [0, 1); got {threshold!r}")
-    device, dtype = _noise_device(model, device, dtype)
-    probe = torch.empty(0, device=device, dtype=dtype)
+    probe = _noise_like(model, device, dtype)
+    device, dtype = probe.device, probe.dtype
     _validation.check_model(model, probe)
     generator = _validation.check_generator(generator, probe)
     confidences = []
@@ -426,16 +427,34 @@ def _sample_shape(sample_shape: object) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _noise_device(model: Model, device: torch.device | str | None,
-                  dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
-    first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-    if device is None:
-        device = first.device if first is not None else torch.device("cpu")
+def _noise_like(model: Model, device: torch.device | str | None, dtype: torch.dtype | None) -> Tensor:
+    """An empty tensor on the device and of the dtype of the noise: those asked for, by default
+    those of the model's weights (:func:`~fgsmkit._validation.model_tensor`), checked against them."""
+    found = _validation.model_tensor(model)
+    kind, weights = found if found is not None else ("", torch.empty(0))
     if dtype is None:
-        dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point dtype for Gaussian noise; got {dtype}")
-    return torch.device(device), dtype
+        dtype = weights.dtype if weights.is_floating_point() else torch.float32
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype for Gaussian noise; got {dtype!r}")
+    probe = torch.empty(0, device=weights.device if device is None else device, dtype=dtype)
+    if found is not None and probe.device != weights.device:
+        raise ValueError(
+            f"device={str(probe.device)!r} but model has {kind} on {weights.device}; pass device=None "
+            f"to draw the noise on the model's device, or device={str(weights.device)!r}"
+        )
+    if found is not None and weights.is_floating_point() and probe.dtype != weights.dtype:
+        raise ValueError(
+            f"dtype={probe.dtype} but model has {kind} of dtype {weights.dtype}; pass dtype=None to draw "
+            f"the noise in the model's dtype, or convert the model, e.g. model.to({probe.dtype})"
+        )
+    if probe.device.type == "meta":
+        if found is not None:
+            raise ValueError(
+                f"model has {kind} on the meta device, which hold no values; load its weights first, "
+                "e.g. model.to_empty(device='cpu') and model.load_state_dict(...)"
+            )
+        raise ValueError("device='meta' holds no values; pass a device that does, e.g. device='cpu'")
+    return probe
 
 
 def _mean(values: Tensor) -> float:

@@ -512,3 +512,14 @@ def test_rubbish_rate_names_device_dtype_and_model(call, error, message) -> None
 def test_rubbish_noise_follows_the_buffers_of_a_model_without_parameters() -> None:
     rate, _ = rubbish_rate(FixedWeights(torch.float64), 10, 5)
     assert 0.0 <= rate <= 1.0
+
+
+def test_numpy_ints_are_accepted_in_sample_shape() -> None:
+    np = pytest.importorskip("numpy")
+    shapes = []
+    recorder = lambda v: (shapes.append(tuple(v.shape[1:])), v.flatten(1)[:, :2])[1]  # noqa: E731
+    for sample_shape in (np.int64(6), (np.int64(2), np.int32(3)), tuple(np.array([6]))):
+        rubbish_rate(recorder, 4, sample_shape)
+    assert shapes == [(6,), (2, 3), (6,)]
+    with pytest.raises(ValueError, match="sample_shape must be"):
+        rubbish_rate(recorder, 4, (np.True_, 3))

@@ -29,6 +29,7 @@ True
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -418,13 +419,14 @@ def _labels(y: object) -> Tensor:
 
 
 def _sample_shape(sample_shape: object) -> tuple[int, ...]:
-    shape = (sample_shape,) if isinstance(sample_shape, int) else sample_shape
+    """``sample_shape`` as a tuple of Python ints; NumPy's ints are accepted, as they are for ``n``."""
+    shape = (sample_shape,) if isinstance(sample_shape, numbers.Integral) else sample_shape
     if (not isinstance(shape, (tuple, list, torch.Size)) or not shape
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+            or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in shape)):
         raise ValueError(
             f"sample_shape must be a positive int or a sequence of them, e.g. (1, 28, 28); got {sample_shape!r}"
         )
-    return tuple(shape)
+    return tuple(int(d) for d in shape)
 
 
 def _noise_like(model: Model, device: torch.device | str | None, dtype: torch.dtype | None) -> Tensor:

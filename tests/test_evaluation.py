@@ -523,3 +523,22 @@ def test_numpy_ints_are_accepted_in_sample_shape() -> None:
     assert shapes == [(6,), (2, 3), (6,)]
     with pytest.raises(ValueError, match="sample_shape must be"):
         rubbish_rate(recorder, 4, (np.True_, 3))
+
+
+def test_rubbish_noise_does_not_depend_on_batch_size() -> None:
+    def noise_for(batch_size: int) -> torch.Tensor:
+        seen = []
+
+        def record(v: torch.Tensor) -> torch.Tensor:
+            assert v.shape[0] <= batch_size
+            seen.append(v.clone())
+            return v[:, :3] * 4
+
+        rubbish_rate(record, 2300, 3, generator=torch.Generator().manual_seed(1), batch_size=batch_size)
+        assert [len(v) for v in seen[:-1]] == [batch_size] * (len(seen) - 1)  # all full but the last
+        return torch.cat(seen)
+
+    expected = noise_for(1000)
+    assert expected.shape == (2300, 3)
+    for batch_size in (1, 7, 999, 1001, 2300, 5000):
+        assert torch.equal(noise_for(batch_size), expected), batch_size

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -43,6 +43,11 @@ from .models import Classifier
 
 Model = Callable[[Tensor], Tensor]
 Attack = Callable[[Model, Tensor, Tensor], Tensor]
+
+# rubbish_rate draws its noise in blocks of this many inputs, whatever the batch size, so that
+# the draws do not depend on it. The default batch size: the draws are those made at it
+# before (the reproduction's rubbish numbers with them).
+_NOISE_BLOCK = 1000
 
 
 @dataclass(frozen=True)
@@ -217,7 +222,8 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
     threshold : float
         Probability in [0, 1) above which an input counts as confidently classified.
     generator : torch.Generator, optional
-        Source of the noise, for reproducible draws (the draws also depend on ``batch_size``).
+        Source of the noise, for reproducible draws. The noise is drawn in blocks of
+        1000 inputs, so the draws (and the result) do not depend on ``batch_size``.
     batch_size, eval_mode
         As in :func:`error_rate`.
     device, dtype : optional
@@ -248,13 +254,11 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
     if not _validation.is_number(threshold) or not 0 <= threshold < 1:
         raise ValueError(f"threshold must be a probability in [0, 1); got {threshold!r}")
     probe = _noise_like(model, device, dtype)
-    device, dtype = probe.device, probe.dtype
     _validation.check_model(model, probe)
     generator = _validation.check_generator(generator, probe)
     confidences = []
     with model_state_kept(model, eval_mode), torch.no_grad():
-        for start in range(0, n, batch_size):
-            noise = torch.randn((min(batch_size, n - start), *shape), generator=generator, device=device, dtype=dtype)
+        for noise in _noise_batches(n, shape, batch_size, generator, probe):
             confidences.append(_probabilities(model, _logits(model, noise)).amax(dim=1))
     confidence = torch.cat(confidences)
     rubbish = confidence > threshold
@@ -457,6 +461,23 @@ def _noise_like(model: Model, device: torch.device | str | None, dtype: torch.dt
             )
         raise ValueError("device='meta' holds no values; pass a device that does, e.g. device='cpu'")
     return probe
+
+
+def _noise_batches(n: int, shape: tuple[int, ...], batch_size: int, generator: torch.Generator | None,
+                   like: Tensor) -> Iterator[Tensor]:
+    """``n`` draws from N(0, I) on the device and in the dtype of ``like``, in batches of
+    ``batch_size``, drawn in blocks of ``_NOISE_BLOCK``: memory for about one batch and one block."""
+    pending: list[Tensor] = []  # drawn, not yet handed out
+    drawn = 0
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        while sum(len(part) for part in pending) < size:
+            block = min(_NOISE_BLOCK, n - drawn)
+            pending.append(torch.randn((block, *shape), generator=generator, device=like.device, dtype=like.dtype))
+            drawn += block
+        held = pending[0] if len(pending) == 1 else torch.cat(pending)
+        yield held[:size]
+        pending = [held[size:]] if size < len(held) else []
 
 
 def _mean(values: Tensor) -> float:

@@ -426,7 +426,8 @@ def test_flags_must_be_true_or_false(flag: object) -> None:
     "attack, error, message",
     [
         (lambda model, xb, yb: xb.double(), TypeError, r"attack must return .* dtype torch.float32; got torch.float64"),
-        (lambda model, xb, yb: (xb * 10).long(), TypeError, r"attack must return .* dtype torch.float32; got torch.int64"),
+        (lambda model, xb, yb: (xb * 10).long(), TypeError,
+         r"attack must return .* dtype torch.float32; got torch.int64"),
         (lambda model, xb, yb: xb * math.nan, ValueError, "attack returned NaN or inf"),
         (lambda model, xb, yb: xb / 0, ValueError, "attack returned NaN or inf"),
         (lambda model, xb, yb: xb.to("meta"), ValueError, "attack must return a tensor on cpu, x's device; got meta"),

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import _validation
 from .gradient import check_logits_finite, innermost_module, model_state_kept, predicted_labels
@@ -45,8 +45,8 @@ Model = Callable[[Tensor], Tensor]
 Attack = Callable[[Model, Tensor, Tensor], Tensor]
 
 # rubbish_rate draws its noise in blocks of this many inputs, whatever the batch size, so that
-# the draws do not depend on it. The default batch size: the draws are those made at it
-# before (the reproduction's rubbish numbers with them).
+# the draws do not depend on it. It is the default batch size, at which the draws are those of
+# the earlier one draw per batch (the reproduction's recorded rubbish numbers among them).
 _NOISE_BLOCK = 1000
 
 

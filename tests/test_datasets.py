@@ -494,3 +494,20 @@ def test_downloaded_files_are_readable_by_others(tmp_path, server, published) ->
     load_mnist(tmp_path, "test", remote=remote_for(server, published, "a"))
     for name in TEST_FILES:
         assert (tmp_path / "MNIST" / "raw" / name).stat().st_mode & 0o044 == 0o044
+
+
+@pytest.mark.parametrize("flag", ["False", "no", 0, None])
+def test_download_must_be_a_bool(tmp_path, server, published, flag) -> None:
+    # Before: download="False" was truthy and went to the network.
+    serve(server, "a", published[2])
+    with pytest.raises(TypeError, match="download must be True or False"):
+        load_mnist(tmp_path, "test", download=flag, remote=remote_for(server, published, "a"))
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("flag", ["no", "False", 0, 1])
+def test_write_idx_compress_must_be_a_bool_or_none(tmp_path, flag) -> None:
+    # Before: compress="no" compressed, and the file was written.
+    with pytest.raises(TypeError, match="compress must be True or False"):
+        write_idx(tmp_path / "a", np.zeros(2, np.uint8), compress=flag)
+    assert not (tmp_path / "a").exists()

@@ -17,6 +17,8 @@ from typing import BinaryIO, Union
 
 import numpy as np
 
+from .._validation import check_flag
+
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
 
 # Type code -> big-endian dtype, from the format's definition (0x0A is unassigned).
@@ -121,6 +123,11 @@ def write_idx(target: PathOrFile, array: np.ndarray, compress: bool | None = Non
         Gzip the output. None (the default) compresses when ``target`` is a path ending in
         ``.gz`` and writes raw IDX otherwise.
 
+    Raises
+    ------
+    TypeError
+        If ``array``'s dtype is not one of the above, or ``compress`` is not True, False or None.
+
     Examples
     --------
     >>> import os, tempfile, numpy as np
@@ -141,6 +148,7 @@ def write_idx(target: PathOrFile, array: np.ndarray, compress: bool | None = Non
     payload = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[_CODES[native]]).tobytes()
     if compress is None:
         compress = isinstance(target, (str, os.PathLike)) and os.fspath(target).endswith(".gz")
+    compress = check_flag(compress, "compress")
     if compress:
         payload = gzip.compress(payload, mtime=0)
     if isinstance(target, (str, os.PathLike)):

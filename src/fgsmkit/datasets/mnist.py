@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .._validation import finite_number
+from .._validation import check_flag, finite_number
 from ._tensors import as_tensors, check_split
 from .download import RemoteFiles, fetch
 from .idx import read_idx
@@ -108,7 +108,10 @@ def load_mnist(
         If no folder holds the files and downloading is off or failed on every mirror; the
         message lists the folders searched, the files to put there, and each mirror's failure.
     ValueError
-        If a file on disk is truncated or corrupt (the message names it).
+        If a file on disk is truncated or corrupt (the message names it), or ``split`` or
+        ``timeout`` is out of range.
+    TypeError
+        If ``download`` is not True or False, or ``remote`` is not a :class:`RemoteFiles`.
 
     Examples
     --------
@@ -183,6 +186,7 @@ def split_files(split: str) -> tuple[str, str]:
 def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool,
           timeout: float) -> tuple[Tensor, Tensor]:
     split = check_split(split)
+    download = check_flag(download, "download")
     if not isinstance(remote, RemoteFiles):
         raise TypeError(f"remote must be a RemoteFiles; got {type(remote).__name__}")
     seconds = finite_number(timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import re
 import struct
 
@@ -99,6 +100,43 @@ def test_read_idx_rejects_a_cut_off_gzip_stream_and_names_the_file(tmp_path) -> 
 def test_write_idx_refuses_dtypes_the_format_lacks() -> None:
     with pytest.raises(TypeError, match="IDX cannot store"):
         write_idx(io.BytesIO(), np.zeros(2, np.int64))
+
+
+
+def test_read_idx_accepts_a_bytes_path(tmp_path) -> None:
+    # Before: AttributeError ('bytes' object has no attribute 'read').
+    path = tmp_path / "a-idx1-ubyte"
+    write_idx(path, np.arange(3, dtype=np.uint8))
+    np.testing.assert_array_equal(read_idx(os.fsencode(path)), np.arange(3, dtype=np.uint8))
+
+
+def test_read_idx_refuses_a_file_descriptor_by_name(tmp_path) -> None:
+    # Before: AttributeError ('int' object has no attribute 'read').
+    path = tmp_path / "a-idx1-ubyte"
+    write_idx(path, np.arange(3, dtype=np.uint8))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(TypeError, match=r"source must be a path or a binary file object; got int.*os.fdopen"):
+            read_idx(fd)
+    finally:
+        os.close(fd)
+
+
+def test_read_idx_refuses_a_text_mode_file_by_name(tmp_path) -> None:
+    # Before: TypeError from struct ("a bytes-like object is required"), naming nothing.
+    path = tmp_path / "a-idx1-ubyte"
+    write_idx(path, np.arange(3, dtype=np.uint8))
+    with open(path, encoding="latin-1") as handle:
+        with pytest.raises(TypeError, match=r"a-idx1-ubyte.*text mode.*'rb'"):
+            read_idx(handle)
+
+
+def test_read_idx_names_the_file_when_numpy_cannot_hold_its_dimensions(tmp_path) -> None:
+    # Before: NumPy's "maximum supported dimension" ValueError, naming no file.
+    path = tmp_path / "deep-idx65-ubyte"
+    path.write_bytes(struct.pack(">HBB65I", 0, 8, 65, *[1] * 65) + b"\x07")
+    with pytest.raises(ValueError, match=r"deep-idx65-ubyte.*65 dimensions.*NumPy"):
+        read_idx(path)
 
 
 # --- embedded sample ------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import numpy as np
 
 from .._validation import check_flag
 
-PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
+PathOrFile = Union[str, bytes, "os.PathLike[str]", BinaryIO]
+_PATHS = (str, bytes, os.PathLike)
 
 # Type code -> big-endian dtype, from the format's definition (0x0A is unassigned).
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -40,8 +41,9 @@ def read_idx(source: PathOrFile) -> np.ndarray:
     Parameters
     ----------
     source : path-like or binary file object
-        The file to read. Compression is detected from the gzip magic bytes, so a raw file
-        named ``*.gz`` (or a compressed one without the suffix) is read correctly.
+        The file to read: a ``str``, ``bytes`` or ``os.PathLike`` path, or a file object
+        opened in binary mode (``"rb"``). Compression is detected from the gzip magic bytes,
+        so a raw file named ``*.gz`` (or a compressed one without the suffix) is read correctly.
 
     Returns
     -------
@@ -51,9 +53,12 @@ def read_idx(source: PathOrFile) -> np.ndarray:
 
     Raises
     ------
+    TypeError
+        If ``source`` is neither a path nor a file object, or the file is open in text mode.
     ValueError
-        If the file is truncated, corrupt, not IDX, or holds more or fewer values than its
-        header announces. The message names the file.
+        If the file is truncated, corrupt, not IDX, holds more or fewer values than its
+        header announces, or has more dimensions than a NumPy array can (64; 32 before NumPy 2).
+        The message names the file.
 
     Examples
     --------
@@ -67,11 +72,7 @@ def read_idx(source: PathOrFile) -> np.ndarray:
            [3, 4, 5]], dtype=uint8)
     """
     name = _describe(source)
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as handle:
-            data = handle.read()
-    else:
-        data = source.read()
+    data = _read_bytes(source, name)
     if data[:2] == GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
@@ -80,6 +81,19 @@ def read_idx(source: PathOrFile) -> np.ndarray:
                 f"{name} is a damaged or truncated gzip file ({error}); delete it and fetch it again"
             ) from None
     return _parse(data, name)
+
+
+def _read_bytes(source: object, name: str) -> bytes:
+    if isinstance(source, _PATHS):
+        with open(source, "rb") as handle:
+            return handle.read()
+    if not callable(getattr(source, "read", None)):
+        hint = "; for a file descriptor use os.fdopen(fd, 'rb')" if type(source) is int else ""
+        raise TypeError(f"source must be a path or a binary file object; got {type(source).__name__}{hint}")
+    data = source.read()  # type: ignore[attr-defined]
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} is open in text mode (read() gave {type(data).__name__}); open it with 'rb'")
+    return bytes(data)
 
 
 def _parse(data: bytes, name: str) -> np.ndarray:
@@ -106,7 +120,12 @@ def _parse(data: bytes, name: str) -> np.ndarray:
             f"{name} is {state}: shape {shape} of {dtype.newbyteorder('=').name} needs {expected} bytes of "
             f"values, the file holds {actual}; delete it and fetch it again"
         )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    values = np.frombuffer(data, dtype=dtype, offset=header)
+    try:
+        values = values.reshape(shape)
+    except ValueError as error:  # IDX allows 255 dimensions, NumPy fewer; the sizes were checked above
+        raise ValueError(f"{name} has {ndim} dimensions, more than a NumPy array can hold ({error})") from None
+    return values.astype(dtype.newbyteorder("="))
 
 
 def write_idx(target: PathOrFile, array: np.ndarray, compress: bool | None = None) -> None:
@@ -115,10 +134,12 @@ def write_idx(target: PathOrFile, array: np.ndarray, compress: bool | None = Non
     Parameters
     ----------
     target : path-like or binary file object
-        Where to write.
+        Where to write: a ``str``, ``bytes`` or ``os.PathLike`` path, or a file object opened
+        in binary mode.
     array : numpy.ndarray
         Values of dtype ``uint8``, ``int8``, ``int16``, ``int32``, ``float32`` or ``float64``,
-        with at most 255 dimensions of fewer than 2**32 entries each.
+        with fewer than 2**32 entries along each dimension. (IDX allows 255 dimensions; a
+        NumPy array has at most 64, or 32 before NumPy 2, so every array fits.)
     compress : bool, optional
         Gzip the output. None (the default) compresses when ``target`` is a path ending in
         ``.gz`` and writes raw IDX otherwise.
@@ -142,16 +163,16 @@ def write_idx(target: PathOrFile, array: np.ndarray, compress: bool | None = Non
     if native not in _CODES:
         supported = ", ".join(sorted(d.name for d in _CODES))
         raise TypeError(f"array has dtype {array.dtype}, which IDX cannot store; convert it to one of {supported}")
-    if array.ndim > 255 or any(size >= 2**32 for size in array.shape):
-        raise ValueError(f"array of shape {array.shape} does not fit IDX (at most 255 dimensions, each < 2**32)")
+    if any(size >= 2**32 for size in array.shape):
+        raise ValueError(f"array of shape {array.shape} does not fit IDX (each dimension must be < 2**32)")
     header = struct.pack(f">HBB{array.ndim}I", 0, _CODES[native], array.ndim, *array.shape)
     payload = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[_CODES[native]]).tobytes()
     if compress is None:
-        compress = isinstance(target, (str, os.PathLike)) and os.fspath(target).endswith(".gz")
+        compress = isinstance(target, _PATHS) and os.fsdecode(target).endswith(".gz")
     compress = check_flag(compress, "compress")
     if compress:
         payload = gzip.compress(payload, mtime=0)
-    if isinstance(target, (str, os.PathLike)):
+    if isinstance(target, _PATHS):
         with open(target, "wb") as handle:
             handle.write(payload)
     else:
@@ -159,8 +180,8 @@ def write_idx(target: PathOrFile, array: np.ndarray, compress: bool | None = Non
 
 
 def _describe(source: object) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return f"IDX file {os.fspath(source)!r}"
+    if isinstance(source, _PATHS):
+        return f"IDX file {os.fsdecode(source)!r}"
     name = getattr(source, "name", None)
     return f"IDX file {name!r}" if isinstance(name, str) else "IDX input"
 

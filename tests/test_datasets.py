@@ -549,3 +549,16 @@ def test_write_idx_compress_must_be_a_bool_or_none(tmp_path, flag) -> None:
     with pytest.raises(TypeError, match="compress must be True or False"):
         write_idx(tmp_path / "a", np.zeros(2, np.uint8), compress=flag)
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(mirrors=(None,)), r"mirrors\[0\] must be a base URL \(str\); got None"),
+    (dict(mirrors=("https://a/", b"https://b/")), r"mirrors\[1\] must be a base URL \(str\); got b'https://b/'"),
+    (dict(sha256=[("t10k-images-idx3-ubyte.gz", "a" * 64)]), r"sha256 must be a mapping .*; got list"),
+    (dict(sha256={b"t10k-images-idx3-ubyte.gz": "a" * 64}), r"sha256 keys must be file names \(str\)"),
+    (dict(name=None), r"name must be a str"),
+])
+def test_remote_files_check_their_fields_when_made(fields, message) -> None:
+    # Before: accepted, then an AttributeError at download time (or at once for a list of pairs).
+    with pytest.raises(TypeError, match=message):
+        dataclasses.replace(MNIST, **fields)

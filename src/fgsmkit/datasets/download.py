@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -33,6 +33,15 @@ class RemoteFiles:
     sha256 : mapping of str to str
         File name -> expected SHA-256 (hex) of the file as served.
 
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str, a mirror is not a str, or ``sha256`` is not a mapping with
+        str keys (a list of pairs must be passed as ``dict(pairs)``).
+    ValueError
+        If ``mirrors`` is empty or a single string, or a digest is not 64 lowercase hex
+        characters.
+
     Examples
     --------
     Point the MNIST loader at a private mirror holding the same files:
@@ -49,19 +58,40 @@ class RemoteFiles:
     sha256: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.mirrors, str) or not self.mirrors:
-            raise ValueError(f"mirrors must be a non-empty tuple of base URLs; got {self.mirrors!r}")
-        object.__setattr__(self, "mirrors", tuple(self.mirrors))
-        for filename, digest in self.sha256.items():
-            if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
-                raise ValueError(
-                    f"sha256[{filename!r}] must be a SHA-256 digest (64 lowercase hex characters); got {digest!r}"
-                )
-        object.__setattr__(self, "sha256", MappingProxyType(dict(self.sha256)))
+        # Checked here, so that a wrong field fails where it was written, not mid-download.
+        if not isinstance(self.name, str):
+            raise TypeError(f"name must be a str (the dataset's folder name); got {self.name!r}")
+        object.__setattr__(self, "mirrors", _base_urls(self.mirrors))
+        object.__setattr__(self, "sha256", _digests(self.sha256))
 
     def urls(self, filename: str) -> tuple[str, ...]:
         """The URL of ``filename`` on each mirror, in the order they are tried."""
         return tuple(mirror.rstrip("/") + "/" + filename for mirror in self.mirrors)
+
+
+def _base_urls(mirrors: object) -> tuple[str, ...]:
+    if isinstance(mirrors, str) or not isinstance(mirrors, Iterable) or not mirrors:
+        raise ValueError(f"mirrors must be a non-empty tuple of base URLs; got {mirrors!r}")
+    mirrors = tuple(mirrors)
+    for index, mirror in enumerate(mirrors):
+        if not isinstance(mirror, str):
+            raise TypeError(f"mirrors[{index}] must be a base URL (str); got {mirror!r}")
+    return mirrors
+
+
+def _digests(sha256: object) -> Mapping[str, str]:
+    if not isinstance(sha256, Mapping):
+        raise TypeError(
+            f"sha256 must be a mapping of file name to SHA-256 digest, e.g. a dict; got {type(sha256).__name__}"
+        )
+    for filename, digest in sha256.items():
+        if not isinstance(filename, str):
+            raise TypeError(f"sha256 keys must be file names (str); got {filename!r}")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise ValueError(
+                f"sha256[{filename!r}] must be a SHA-256 digest (64 lowercase hex characters); got {digest!r}"
+            )
+    return MappingProxyType(dict(sha256))
 
 
 class DownloadError(OSError):

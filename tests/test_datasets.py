@@ -239,7 +239,8 @@ def write_split(folder: Path, n: int, seed: int, split: str = "test", compressed
 
 class Mirror(http.server.BaseHTTPRequestHandler):
     """Serves ``server.routes``: path -> (body, mode); mode is "ok", "cut" (connection dropped
-    halfway through the announced length) or "slow" (answers after the client's timeout)."""
+    halfway through the announced length), "slow" (answers after the client's timeout) or
+    "trickle" (sends 100 bytes every 50 ms, each well within the client's timeout)."""
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
         self.server.requests.append(self.path)
@@ -254,8 +255,14 @@ class Mirror(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         try:
-            self.wfile.write(body[: len(body) // 2] if mode == "cut" else body)
-            self.wfile.flush()
+            if mode == "trickle":
+                for start in range(0, len(body), 100):
+                    self.wfile.write(body[start:start + 100])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            else:
+                self.wfile.write(body[: len(body) // 2] if mode == "cut" else body)
+                self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
         if mode == "cut":
@@ -370,6 +377,23 @@ def test_a_mirror_that_times_out_is_skipped(tmp_path, server, published) -> None
     serve(server, "b", published[2])
     remote = remote_for(server, published, "slow", "b")
     assert_is_published(*load_mnist(tmp_path, "test", remote=remote, timeout=0.3), published)
+
+
+def test_a_mirror_that_trickles_is_abandoned_when_the_timeout_runs_out(tmp_path, server, published) -> None:
+    # Before: timeout bounded each socket read, so a mirror sending a little every 50 ms was never
+    # abandoned: the images (about 29 kB, 15 s at this rate) came from it, however long that took.
+    assert len(published[2][TEST_FILES[0]]) > 20_000
+    serve(server, "trickle", published[2], mode="trickle")
+    serve(server, "b", published[2])
+    remote = remote_for(server, published, "trickle", "b")
+    start = time.monotonic()
+    assert_is_published(*load_mnist(tmp_path, "test", remote=remote, timeout=0.5), published)
+    assert time.monotonic() - start < 5
+    assert "/b/t10k-images-idx3-ubyte.gz" in server.requests
+    server.routes.clear()
+    serve(server, "trickle", published[2], mode="trickle")
+    with pytest.raises(DatasetNotFoundError, match=r"not complete within timeout=0.5 s"):
+        load_mnist(tmp_path / "again", "test", remote=remote, timeout=0.5)
 
 
 def unused_port() -> int:

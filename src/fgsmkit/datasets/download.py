@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,11 @@ class DownloadError(OSError):
 def fetch(remote: RemoteFiles, filename: str, folder: Path, *, timeout: float) -> Path:
     """Download ``filename`` into ``folder`` from the first mirror that serves it intact.
 
+    Each mirror gets ``timeout`` seconds for the whole file, from the request to the last byte;
+    one that is slower, or goes quiet, is abandoned and the next one tried. The deadline is
+    checked whenever data arrives and a wait for data is itself bounded by ``timeout``, so a
+    mirror is given up on at most ``2 * timeout`` seconds after the request.
+
     Raises
     ------
     DownloadError
@@ -122,11 +128,19 @@ def fetch(remote: RemoteFiles, filename: str, folder: Path, *, timeout: float) -
 def _fetch_one(url: str, destination: Path, expected: str, timeout: float) -> Path:
     import urllib.request  # imported here: it pulls in http and ssl, which loading never needs
 
+    deadline = time.monotonic() + timeout
     digest = hashlib.sha256()
     with replaced_atomically(destination) as (out, _), urllib.request.urlopen(url, timeout=timeout) as response:
         announced = response.headers.get("Content-Length")
         received = 0
-        while chunk := response.read(_CHUNK):
+        # read1, not read: read(n) waits for all n bytes, so a mirror trickling bytes (each socket
+        # read within timeout) would never reach the deadline check.
+        while chunk := response.read1(_CHUNK):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"not complete within timeout={timeout:g} s ({received} bytes received); "
+                    "pass a larger timeout for a slow connection"
+                )
             digest.update(chunk)
             out.write(chunk)
             received += len(chunk)

@@ -93,7 +93,9 @@ def load_mnist(
     remote : RemoteFiles
         Mirrors and checksums; :data:`MNIST` by default. Replace it to use a private mirror.
     timeout : float
-        Seconds to wait for a mirror to answer before trying the next one.
+        Seconds each mirror gets to deliver each file, from the request to the last byte; a
+        mirror that is slower, or stops sending, is abandoned and the next one tried (at most
+        ``2 * timeout`` seconds after the request: a single wait for data is also bounded by it).
 
     Returns
     -------

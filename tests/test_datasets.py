@@ -586,3 +586,63 @@ def test_remote_files_check_their_fields_when_made(fields, message) -> None:
     # Before: accepted, then an AttributeError at download time (or at once for a list of pairs).
     with pytest.raises(TypeError, match=message):
         dataclasses.replace(MNIST, **fields)
+
+
+# --- telling MNIST and Fashion-MNIST apart ----------------------------------------------------
+
+
+def copy_embedded_sample(folder: Path) -> None:
+    """The shipped MNIST sample files: real MNIST, with digests the loaders know."""
+    from importlib import resources
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped = resources.files("fgsmkit.datasets") / "data" / "mnist_sample"
+    for name in (*TEST_FILES, "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (folder / name).write_bytes((shipped / name).read_bytes())
+
+
+def test_fashion_mnist_never_loads_mnist_files_from_a_flat_folder(tmp_path, monkeypatch) -> None:
+    # Before: both datasets use the same file names, so load_fashion_mnist returned these MNIST digits.
+    monkeypatch.setenv("FGSMKIT_DATA", str(tmp_path / "env"))
+    copy_embedded_sample(tmp_path / "env")
+    assert torch.equal(load_mnist(split="test", download=False)[1], mnist_sample("test")[1])
+    with pytest.raises(DatasetNotFoundError) as caught:
+        load_fashion_mnist(split="test", download=False)
+    path = tmp_path / "env" / "t10k-images-idx3-ubyte.gz"
+    assert f"{path} holds MNIST" in str(caught.value)
+
+
+def test_a_folder_of_the_other_dataset_is_skipped_for_the_next_one(tmp_path) -> None:
+    copy_embedded_sample(tmp_path)
+    fashion = write_split(tmp_path / "FashionMNIST" / "raw", 4, seed=3)
+    assert load_fashion_mnist(tmp_path, "test", download=False)[1].tolist() == fashion.tolist()
+    assert torch.equal(load_mnist(tmp_path, "test", download=False)[1], mnist_sample("test")[1])
+
+
+def test_fashion_mnist_is_downloaded_beside_mnist_files_in_a_flat_root(tmp_path, server, published) -> None:
+    copy_embedded_sample(tmp_path)
+    serve(server, "f", published[2])
+    remote = dataclasses.replace(FASHION_MNIST, mirrors=(f"{server.url}/f/",), sha256=published[3])
+    assert_is_published(*load_fashion_mnist(tmp_path, "test", remote=remote), published)
+    assert leftovers(tmp_path / "FashionMNIST" / "raw") == sorted(TEST_FILES)
+
+
+def test_mnist_never_loads_fashion_mnist_files(tmp_path, monkeypatch) -> None:
+    # The published Fashion-MNIST files are not at hand: give synthetic ones their digests' role.
+    from fgsmkit.datasets import mnist
+
+    write_split(tmp_path, 3, seed=0)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setitem(mnist.KNOWN_FILES, digest, ("FashionMNIST", "t10k-labels-idx1-ubyte.gz"))
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"{path} holds FashionMNIST")):
+        load_mnist(tmp_path, "test", download=False)
+    assert load_fashion_mnist(tmp_path, "test", download=False)[0].shape == (3, 1, 28, 28)
+
+
+def test_a_subset_of_mnist_without_a_known_digest_still_loads(tmp_path) -> None:
+    # Only a known digest is certain; a user's own subset or recompressed copy must not be refused.
+    sample_x, sample_y = mnist_sample("test")
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", (sample_x[:500, 0] * 255).round().to(torch.uint8).numpy())
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", sample_y[:500].to(torch.uint8).numpy())
+    assert torch.equal(load_mnist(tmp_path, "test", download=False)[1], sample_y[:500])

@@ -15,12 +15,20 @@ Downloads go to ``<first folder of the list>/<Name>/raw``, where the two dataset
 have the same names) cannot collide. The published SHA-256 digests below are those of
 torchvision's dataset definitions (``torchvision/prototype/datasets/_builtin/mnist.py``); the
 same files also match the MD5 digests that ``torchvision.datasets.MNIST`` and
-``torchvision.datasets.FashionMNIST`` list. Files found on disk are not hashed (they may be
-uncompressed or recompressed copies); their IDX headers and sizes are checked when read.
+``torchvision.datasets.FashionMNIST`` list.
+
+Files found on disk may be uncompressed, recompressed or subsets, so they are not required to
+match those digests; their IDX headers and sizes are checked when read. But a gzip file whose
+SHA-256 is that of a known file of another dataset (the published MNIST and Fashion-MNIST
+files, the embedded MNIST sample) is certain to be that dataset: a folder holding one is
+skipped, and named in the error if no other folder holds the split. Uncompressed copies
+cannot be told apart this way, so keep those in ``<Name>/raw`` when the two datasets share
+a folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -29,7 +37,8 @@ from torch import Tensor
 from .._validation import check_flag, finite_number
 from ._tensors import as_tensors, check_split
 from .download import RemoteFiles, fetch
-from .idx import read_idx
+from .idx import GZIP_MAGIC, read_idx
+from .sample import SAMPLE_FILES
 
 MNIST = RemoteFiles(
     name="MNIST",
@@ -61,6 +70,14 @@ FASHION_MNIST = RemoteFiles(
     },
 )
 """Fashion-MNIST (Xiao, Rasul & Vollgraf, Zalando Research; MIT): mirrors and SHA-256 of its four files."""
+
+# SHA-256 -> (dataset, file) of the files known to hold one dataset. The two datasets use the same
+# file names, so in a flat folder only the content can tell them apart.
+KNOWN_FILES: dict[str, tuple[str, str]] = {
+    **{digest: (MNIST.name, f"the embedded sample's {name}") for name, digest in SAMPLE_FILES.items()},
+    **{digest: (MNIST.name, f"the published {name}") for name, digest in MNIST.sha256.items()},
+    **{digest: (FASHION_MNIST.name, f"the published {name}") for name, digest in FASHION_MNIST.sha256.items()},
+}
 
 PathLike = str | os.PathLike[str]
 
@@ -108,7 +125,8 @@ def load_mnist(
     ------
     DatasetNotFoundError
         If no folder holds the files and downloading is off or failed on every mirror; the
-        message lists the folders searched, the files to put there, and each mirror's failure.
+        message lists the folders searched, the files to put there, each mirror's failure, and
+        any file skipped because it holds another dataset (see the module documentation).
     ValueError
         If a file on disk is truncated or corrupt (the message names it), or ``split`` or
         ``timeout`` is out of range.
@@ -196,21 +214,40 @@ def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool
         raise ValueError(f"timeout must be a positive, finite number of seconds; got {timeout!r}")
     names = split_files(split)
     folders = search_folders(remote, root)
-    found = _find(folders, names)
+    found, skipped = _find(remote, folders, names)
     if found is None:
         if not download:
-            raise DatasetNotFoundError(_missing_message(remote, split, folders, names, None))
-        found = _download(remote, split, folders, names, seconds)
+            raise DatasetNotFoundError(_missing_message(remote, split, folders, names, skipped, None))
+        found = _download(remote, split, folders, names, skipped, seconds)
     images, labels = (read_idx(path) for path in found)
     return as_tensors(images, labels, f"{remote.name} {split} files in {found[0].parent}")
 
 
-def _find(folders: list[Path], names: tuple[str, ...]) -> tuple[Path, ...] | None:
+def _find(remote: RemoteFiles, folders: list[Path],
+          names: tuple[str, ...]) -> tuple[tuple[Path, ...] | None, list[str]]:
+    """The first folder's files of the split that are not another dataset's, and the files skipped."""
+    skipped: list[str] = []
     for folder in folders:
         paths = [_existing(folder, name) for name in names]
         if all(path is not None for path in paths):
-            return tuple(paths)  # type: ignore[arg-type]
-    return None
+            foreign = [note for path in paths if (note := _foreign(remote, path))]  # type: ignore[arg-type]
+            if not foreign:
+                return tuple(paths), skipped  # type: ignore[arg-type]
+            skipped += foreign
+    return None, skipped
+
+
+def _foreign(remote: RemoteFiles, path: Path) -> str | None:
+    """Why ``path`` is certainly another dataset's file, or None when it may be ``remote``'s."""
+    with path.open("rb") as handle:
+        if handle.read(2) != GZIP_MAGIC:
+            return None  # every known digest is of a gzip file: nothing to hash
+        handle.seek(0)
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    owner = KNOWN_FILES.get(digest)
+    if owner is None or owner[0] == remote.name or digest in remote.sha256.values():
+        return None
+    return f"{path} holds {owner[0]} ({owner[1]}), not {remote.name}"
 
 
 def _existing(folder: Path, name: str) -> Path | None:
@@ -221,25 +258,28 @@ def _existing(folder: Path, name: str) -> Path | None:
 
 
 def _download(remote: RemoteFiles, split: str, folders: list[Path], names: tuple[str, ...],
-              timeout: float) -> tuple[Path, ...]:
+              skipped: list[str], timeout: float) -> tuple[Path, ...]:
     # folders[1] is <first base>/<Name>/raw: root if given, else $FGSMKIT_DATA, else the cache.
     destination = folders[1]
     paths = []
     for name in names:
         existing = _existing(destination, name)
-        if existing is not None:
+        if existing is not None and _foreign(remote, existing) is None:
             paths.append(existing)
             continue
         try:
             paths.append(fetch(remote, name, destination, timeout=timeout))
         except OSError as error:  # DownloadError, or the folder cannot be created
-            raise DatasetNotFoundError(_missing_message(remote, split, folders, names, error)) from error
+            raise DatasetNotFoundError(_missing_message(remote, split, folders, names, skipped, error)) from error
     return tuple(paths)
 
 
 def _missing_message(remote: RemoteFiles, split: str, folders: list[Path], names: tuple[str, ...],
-                     failure: BaseException | None) -> str:
+                     skipped: list[str], failure: BaseException | None) -> str:
     lines = [f"{remote.name} {split} split not found."]
+    if skipped:
+        lines.append("Skipped, because they hold another dataset (same file names, different content):")
+        lines += [f"  {note}" for note in skipped]
     if failure is not None:
         lines.append(f"Downloading it failed: {failure}")
     lines.append(

@@ -646,3 +646,38 @@ def test_a_subset_of_mnist_without_a_known_digest_still_loads(tmp_path) -> None:
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", (sample_x[:500, 0] * 255).round().to(torch.uint8).numpy())
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", sample_y[:500].to(torch.uint8).numpy())
     assert torch.equal(load_mnist(tmp_path, "test", download=False)[1], sample_y[:500])
+
+
+# --- documentation --------------------------------------------------------------------------
+
+import inspect  # noqa: E402
+
+from fgsmkit import datasets  # noqa: E402
+
+
+def docstring_section(function: object, title: str) -> str:
+    """The body of a NumPy-style docstring section, up to the next section's underlined title."""
+    match = re.search(rf"^{title}\n-+\n(.*?)(?=^\w[\w ]*\n-+\n|\Z)", inspect.getdoc(function), re.M | re.S)
+    return match.group(1) if match else ""
+
+
+@pytest.mark.parametrize("function", [datasets.load_mnist, datasets.mnist_sample, datasets.read_idx,
+                                      datasets.search_folders, datasets.write_idx], ids=lambda f: f.__name__)
+def test_every_parameter_is_documented(function) -> None:
+    # Before: search_folders had no Parameters section.
+    documented = set(re.findall(r"^(\w+) :", docstring_section(function, "Parameters"), re.M))
+    assert set(inspect.signature(function).parameters) <= documented
+
+
+@pytest.mark.parametrize("function, args, kwargs, error", [
+    (mnist_sample, ("val",), {}, ValueError),
+    (load_mnist, (), {"remote": "https://example.org/", "download": False}, TypeError),
+    (load_mnist, (), {"split": "val"}, ValueError),
+    (read_idx, (3,), {}, TypeError),
+    (write_idx, (io.BytesIO(), np.zeros(2, np.int64)), {}, TypeError),
+], ids=["mnist_sample-split", "load_mnist-remote", "load_mnist-split", "read_idx-source", "write_idx-dtype"])
+def test_the_errors_raised_are_documented(function, args, kwargs, error) -> None:
+    # Before: mnist_sample listed only RuntimeError, load_mnist not the TypeError for a bad remote.
+    with pytest.raises(error):
+        function(*args, **kwargs)
+    assert re.search(rf"^{error.__name__}$", docstring_section(function, "Raises"), re.M)

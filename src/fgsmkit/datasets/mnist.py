@@ -178,6 +178,21 @@ def cache_dir() -> Path:
 def search_folders(remote: RemoteFiles, root: PathLike | None = None) -> list[Path]:
     """The folders searched for ``remote``'s files, in order (see the module documentation).
 
+    Parameters
+    ----------
+    remote : RemoteFiles
+        The dataset; its ``name`` is the torchvision-style subfolder (``<dir>/<name>/raw``)
+        searched after each base folder.
+    root : path-like, optional
+        Folder searched first (``~`` is expanded), as ``root`` of :func:`load_mnist`. Without it
+        the search starts at ``$FGSMKIT_DATA`` (when set), then the user cache folder.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Each base folder followed by its ``<name>/raw`` subfolder, without repeats. The folders
+        need not exist.
+
     Examples
     --------
     >>> from fgsmkit.datasets import MNIST, search_folders

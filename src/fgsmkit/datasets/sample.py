@@ -50,6 +50,8 @@ def mnist_sample(split: str = "train") -> tuple[Tensor, Tensor]:
 
     Raises
     ------
+    ValueError
+        If ``split`` is not "train" or "test".
     RuntimeError
         If a shipped file does not match its recorded SHA-256 (a damaged installation).
 

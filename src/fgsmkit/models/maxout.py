@@ -136,10 +136,11 @@ class MaxoutMLP(Classifier):
     def forward(self, x: Tensor) -> Tensor:
         """The logits, shape ``(batch, num_classes)``, of inputs ``(batch, ...)`` with
         ``in_features`` elements each; dropout is applied in training mode only."""
+        *hidden, output = self.layers  # not self.layers[:-1], which builds a new Sequential per call
         h = self._dropped(self.flat(x), self.input_dropout)
-        for maxout in self.layers[:-1]:
+        for maxout in hidden:
             h = self._dropped(maxout(h), self.dropout)
-        return self.layers[-1](h)
+        return output(h)
 
     def _dropped(self, h: Tensor, p: float) -> Tensor:
         return F.dropout(h, p, self.training) if p else h

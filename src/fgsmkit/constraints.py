@@ -50,17 +50,28 @@ def _per_sample(values: Tensor, like: Tensor) -> Tensor:
     return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
+def power_of_two_at_or_below(peak: Tensor) -> Tensor:
+    """The power of two at or below each (positive, finite) ``peak``, 1 elsewhere.
+
+    Dividing by it is exact: a tensor scaled so that its largest magnitude lies in ``[1, 2)``
+    keeps every bit, and its norm, multiplied back, is the norm of the original to the last bit
+    wherever that one neither underflows nor overflows.
+    """
+    usable = (peak > 0) & peak.isfinite()
+    return torch.where(usable, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
+
+
 def divided_by_peak(t: Tensor) -> tuple[Tensor, Tensor]:
-    """``t`` in working precision with each sample divided by its largest ``|entry|``, and those peaks.
+    """``t`` in working precision with each sample divided by the power of two at or below its
+    largest ``|entry|`` (exactly), and those powers.
 
     The squares of a sample of 1e-23 underflow in float32, those of 1e20 overflow, and its norm
-    would come out short, zero or infinite; divided by its peak it has squares near 1. A sample of
-    zeros (or one with inf or NaN, whose norm is not a number anyway) is divided by 1.
+    would come out short, zero or infinite; scaled, its largest square lies in ``[1, 4)``. A sample
+    of zeros (or one with inf or NaN, whose norm is not a number anyway) is divided by 1.
     """
     w = _working(t)
-    peak = _per_sample(sample_rows(w.abs()).amax(dim=1), w)
-    peak = torch.where((peak > 0) & peak.isfinite(), peak, torch.ones_like(peak))
-    return w / peak, peak
+    scale = power_of_two_at_or_below(_per_sample(sample_rows(w.abs()).amax(dim=1), w))
+    return w / scale, scale
 
 
 def per_sample_l2_norm(t: Tensor) -> Tensor:

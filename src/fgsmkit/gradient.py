@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.nn.parameter import is_lazy
 
 from . import _validation
-from .constraints import sample_rows
+from .constraints import power_of_two_at_or_below, sample_rows
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -280,9 +280,7 @@ def power_of_two_scaled(logit_grad: Tensor, dims: tuple[int, ...]) -> Tensor:
     Exact, and it changes neither sign nor direction. Divided by the power rather than
     multiplied by its inverse: below 2^-127 (a margin near 90) the inverse overflows float32.
     """
-    peak = logit_grad.abs().amax(dim=dims, keepdim=True)
-    unit = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
-    return logit_grad / unit
+    return logit_grad / power_of_two_at_or_below(logit_grad.abs().amax(dim=dims, keepdim=True))
 
 
 def uses_batch_statistics(model: object) -> bool:

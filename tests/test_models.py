@@ -240,14 +240,6 @@ def test_rbf_log_probabilities_near_the_centres_are_accurate_in_float32() -> Non
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
 
 
-def test_rbf_gradient_near_a_centre_points_back_to_it() -> None:
-    torch.manual_seed(0)
-    net = RBFNetwork(784, 10).to(torch.bfloat16)
-    x = (net.centers.detach()[:1] + 1e-2).requires_grad_(True)
-    net(x)[0, 0].backward()
-    assert (x.grad < 0).all()  # log p falls as x moves away from the centre, in every coordinate
-
-
 def test_maxout_parameter_names_do_not_depend_on_dropout() -> None:
     """A network trained with dropout loads into one built without it (dropout is a training setting)."""
     torch.manual_seed(0)

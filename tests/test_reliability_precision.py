@@ -518,8 +518,7 @@ def scaled_norm(t: torch.Tensor) -> torch.Tensor:
     return (rows / peak).norm(dim=1) * peak[:, 0]
 
 
-@pytest.mark.parametrize(("dtype", "scale"), [(torch.float32, 1e-20), (torch.float32, 1e-17),
-                                              (torch.float64, 1e-160)])
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.float32, 1e-20), (torch.float64, 1e-160)])
 def test_the_l2_projection_holds_for_perturbations_whose_squares_underflow(dtype, scale):
     """Inputs in tiny units: the squares of a step of 1e-22 underflow in float32, and the projection
     must still see how far outside the ball a point is."""

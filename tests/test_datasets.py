@@ -240,7 +240,8 @@ def write_split(folder: Path, n: int, seed: int, split: str = "test", compressed
 class Mirror(http.server.BaseHTTPRequestHandler):
     """Serves ``server.routes``: path -> (body, mode); mode is "ok", "cut" (connection dropped
     halfway through the announced length), "slow" (answers after the client's timeout) or
-    "trickle" (sends 100 bytes every 50 ms, each well within the client's timeout)."""
+    "trickle" (sends 100 bytes every 50 ms, each well within the client's timeout) or "steady"
+    (1000 bytes every 50 ms: 20 kB/s, slow but steady)."""
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
         self.server.requests.append(self.path)
@@ -255,9 +256,10 @@ class Mirror(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         try:
-            if mode == "trickle":
-                for start in range(0, len(body), 100):
-                    self.wfile.write(body[start:start + 100])
+            if mode in ("trickle", "steady"):
+                piece = 100 if mode == "trickle" else 1000
+                for start in range(0, len(body), piece):
+                    self.wfile.write(body[start:start + piece])
                     self.wfile.flush()
                     time.sleep(0.05)
             else:
@@ -392,8 +394,16 @@ def test_a_mirror_that_trickles_is_abandoned_when_the_timeout_runs_out(tmp_path,
     assert "/b/t10k-images-idx3-ubyte.gz" in server.requests
     server.routes.clear()
     serve(server, "trickle", published[2], mode="trickle")
-    with pytest.raises(DatasetNotFoundError, match=r"not complete within timeout=0.5 s"):
+    with pytest.raises(DatasetNotFoundError, match=r"under 10 kB/s after timeout=0.5 s"):
         load_mnist(tmp_path / "again", "test", remote=remote, timeout=0.5)
+
+
+def test_a_slow_but_steady_mirror_is_not_abandoned(tmp_path, server, published) -> None:
+    """20 kB/s: the images take about 1.5 s, three times the timeout, and still arrive; a deadline
+    on the whole file would refuse every connection too slow to fetch it within the timeout."""
+    serve(server, "steady", published[2], mode="steady")
+    assert_is_published(*load_mnist(tmp_path, "test", remote=remote_for(server, published, "steady"), timeout=0.5),
+                        published)
 
 
 def unused_port() -> int:
@@ -681,3 +691,31 @@ def test_the_errors_raised_are_documented(function, args, kwargs, error) -> None
     with pytest.raises(error):
         function(*args, **kwargs)
     assert re.search(rf"^{error.__name__}$", docstring_section(function, "Raises"), re.M)
+
+
+def test_mnist_files_load_through_a_remote_of_any_name(tmp_path) -> None:
+    """Which dataset a loader wants is the loader's, not the name of the mirrors' definition: the
+    embedded sample's files (a known MNIST digest) load through a private mirror named otherwise."""
+    import shutil
+
+    from fgsmkit.datasets import sample
+
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(Path(sample.__file__).parent / "data" / "mnist_sample" / name, tmp_path / name)
+    private = RemoteFiles(name="mnist-private", mirrors=("http://127.0.0.1:9/mnist/",))
+    x, y = load_mnist(tmp_path, "test", download=False, remote=private)
+    assert torch.equal(y, mnist_sample("test")[1])
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"{tmp_path / 't10k-images-idx3-ubyte.gz'} holds MNIST")):
+        load_fashion_mnist(tmp_path, "test", download=False,
+                           remote=RemoteFiles(name="fashion-private", mirrors=("http://127.0.0.1:9/f/",)))
+
+
+def test_read_idx_names_file_contents_passed_as_a_path(tmp_path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    write_idx(buffer, np.arange(6, dtype=np.uint8))
+    for contents in (buffer.getvalue(), gzip.compress(buffer.getvalue())):
+        with pytest.raises(TypeError, match=re.escape("source holds a file's contents, not a path; wrap them: "
+                                                      "read_idx(io.BytesIO(data))")):
+            read_idx(contents)

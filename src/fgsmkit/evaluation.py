@@ -223,13 +223,15 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
         Probability in [0, 1) above which an input counts as confidently classified.
     generator : torch.Generator, optional
         Source of the noise, for reproducible draws. The noise is drawn in blocks of
-        1000 inputs, so the draws (and the result) do not depend on ``batch_size``.
+        1000 inputs, so the draws do not depend on ``batch_size`` (the model's outputs may, in
+        their last bits, as matrix products round differently for other batch shapes).
     batch_size, eval_mode
         As in :func:`error_rate`.
     device, dtype : optional
         Where and in what precision to draw the noise; by default those of the model's first
         parameter, or first buffer for a model without parameters (CPU and float32 for one with
-        neither). Given for such a model, they must agree with its own.
+        neither). A ``device`` must be the model's; another ``dtype`` is the model's to accept
+        (under autocast, say) or refuse.
 
     Returns
     -------
@@ -447,11 +449,6 @@ def _noise_like(model: Model, device: torch.device | str | None, dtype: torch.dt
         raise ValueError(
             f"device={str(probe.device)!r} but model has {kind} on {weights.device}; pass device=None "
             f"to draw the noise on the model's device, or device={str(weights.device)!r}"
-        )
-    if found is not None and weights.is_floating_point() and probe.dtype != weights.dtype:
-        raise ValueError(
-            f"dtype={probe.dtype} but model has {kind} of dtype {weights.dtype}; pass dtype=None to draw "
-            f"the noise in the model's dtype, or convert the model, e.g. model.to({probe.dtype})"
         )
     if probe.device.type == "meta":
         if found is not None:

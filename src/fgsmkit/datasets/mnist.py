@@ -110,9 +110,9 @@ def load_mnist(
     remote : RemoteFiles
         Mirrors and checksums; :data:`MNIST` by default. Replace it to use a private mirror.
     timeout : float
-        Seconds each mirror gets to deliver each file, from the request to the last byte; a
-        mirror that is slower, or stops sending, is abandoned and the next one tried (at most
-        ``2 * timeout`` seconds after the request: a single wait for data is also bounded by it).
+        Seconds a mirror may keep the client waiting for its answer or its next data, and after
+        which it must average 10 kB/s; one that does not is abandoned and the next one tried (a
+        slow but steady download takes as long as it needs).
 
     Returns
     -------
@@ -143,7 +143,7 @@ def load_mnist(
     >>> x.shape[1:], x.dtype
     (torch.Size([1, 28, 28]), torch.float32)
     """
-    return _load(remote, root, split, download, timeout)
+    return _load(MNIST.name, remote, root, split, download, timeout)
 
 
 def load_fashion_mnist(
@@ -166,7 +166,7 @@ def load_fashion_mnist(
     ['data', 'data/FashionMNIST/raw']
     >>> x, y = load_fashion_mnist("data", split="test")  # doctest: +SKIP
     """
-    return _load(remote, root, split, download, timeout)
+    return _load(FASHION_MNIST.name, remote, root, split, download, timeout)
 
 
 def cache_dir() -> Path:
@@ -218,8 +218,9 @@ def split_files(split: str) -> tuple[str, str]:
     return f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
 
 
-def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool,
+def _load(dataset: str, remote: RemoteFiles, root: PathLike | None, split: str, download: bool,
           timeout: float) -> tuple[Tensor, Tensor]:
+    """``split`` of ``dataset`` (the loader's, whatever ``remote`` is called), found or downloaded."""
     split = check_split(split)
     download = check_flag(download, "download")
     if not isinstance(remote, RemoteFiles):
@@ -229,40 +230,41 @@ def _load(remote: RemoteFiles, root: PathLike | None, split: str, download: bool
         raise ValueError(f"timeout must be a positive, finite number of seconds; got {timeout!r}")
     names = split_files(split)
     folders = search_folders(remote, root)
-    found, skipped = _find(remote, folders, names)
+    found, skipped = _find(dataset, remote, folders, names)
     if found is None:
         if not download:
             raise DatasetNotFoundError(_missing_message(remote, split, folders, names, skipped, None))
-        found = _download(remote, split, folders, names, skipped, seconds)
+        found = _download(dataset, remote, split, folders, names, skipped, seconds)
     images, labels = (read_idx(path) for path in found)
     return as_tensors(images, labels, f"{remote.name} {split} files in {found[0].parent}")
 
 
-def _find(remote: RemoteFiles, folders: list[Path],
+def _find(dataset: str, remote: RemoteFiles, folders: list[Path],
           names: tuple[str, ...]) -> tuple[tuple[Path, ...] | None, list[str]]:
     """The first folder's files of the split that are not another dataset's, and the files skipped."""
     skipped: list[str] = []
     for folder in folders:
         paths = [_existing(folder, name) for name in names]
         if all(path is not None for path in paths):
-            foreign = [note for path in paths if (note := _foreign(remote, path))]  # type: ignore[arg-type]
+            foreign = [note for path in paths if (note := _foreign(dataset, remote, path))]  # type: ignore[arg-type]
             if not foreign:
                 return tuple(paths), skipped  # type: ignore[arg-type]
             skipped += foreign
     return None, skipped
 
 
-def _foreign(remote: RemoteFiles, path: Path) -> str | None:
-    """Why ``path`` is certainly another dataset's file, or None when it may be ``remote``'s."""
+def _foreign(dataset: str, remote: RemoteFiles, path: Path) -> str | None:
+    """Why ``path`` is certainly another dataset's file, or None when it may be ``dataset``'s (or
+    one of ``remote``'s own files)."""
     with path.open("rb") as handle:
         if handle.read(2) != GZIP_MAGIC:
             return None  # every known digest is of a gzip file: nothing to hash
         handle.seek(0)
         digest = hashlib.sha256(handle.read()).hexdigest()
     owner = KNOWN_FILES.get(digest)
-    if owner is None or owner[0] == remote.name or digest in remote.sha256.values():
+    if owner is None or owner[0] == dataset or digest in remote.sha256.values():
         return None
-    return f"{path} holds {owner[0]} ({owner[1]}), not {remote.name}"
+    return f"{path} holds {owner[0]} ({owner[1]}), not {dataset}"
 
 
 def _existing(folder: Path, name: str) -> Path | None:
@@ -272,14 +274,14 @@ def _existing(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _download(remote: RemoteFiles, split: str, folders: list[Path], names: tuple[str, ...],
+def _download(dataset: str, remote: RemoteFiles, split: str, folders: list[Path], names: tuple[str, ...],
               skipped: list[str], timeout: float) -> tuple[Path, ...]:
     # folders[1] is <first base>/<Name>/raw: root if given, else $FGSMKIT_DATA, else the cache.
     destination = folders[1]
     paths = []
     for name in names:
         existing = _existing(destination, name)
-        if existing is not None and _foreign(remote, existing) is None:
+        if existing is not None and _foreign(dataset, remote, existing) is None:
             paths.append(existing)
             continue
         try:

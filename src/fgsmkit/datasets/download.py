@@ -21,7 +21,7 @@ from .._atomic import replaced_atomically
 _CHUNK = 1 << 20
 # A mirror slower than this on average, once it has had ``timeout`` seconds, is trickling: the
 # files take minutes at worst at this rate (MNIST's largest, 9.9 MB, 16 minutes).
-SLOWEST_BYTES_PER_SECOND = 10_000
+_SLOWEST_BYTES_PER_SECOND = 10_000
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,10 @@ def _fetch_one(url: str, destination: Path, expected: str, timeout: float) -> Pa
             out.write(chunk)
             received += len(chunk)
             elapsed = time.monotonic() - started
-            if elapsed > timeout and received < SLOWEST_BYTES_PER_SECOND * elapsed:
+            if elapsed > timeout and received < _SLOWEST_BYTES_PER_SECOND * elapsed:
                 raise TimeoutError(
-                    f"under 10 kB/s after timeout={timeout:g} s ({received} bytes in {elapsed:.1f} s); "
+                    f"under {_SLOWEST_BYTES_PER_SECOND // 1000} kB/s after timeout={timeout:g} s "
+                    f"({received} bytes in {elapsed:.1f} s); "
                     "the next mirror is tried"
                 )
         # read(n) returns b"" when the connection drops early instead of raising.

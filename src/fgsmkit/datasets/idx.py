@@ -84,9 +84,9 @@ def read_idx(source: PathOrFile) -> np.ndarray:
 
 
 def _read_bytes(source: object, name: str) -> bytes:
-    if isinstance(source, bytes) and (source[:2] in (GZIP_MAGIC, b"\x00\x00") or b"\x00" in source):
-        # A path never holds a NUL byte; a file's contents (IDX or gzip) always start with one or
-        # with the gzip magic.
+    if isinstance(source, bytes) and (source[:2] == GZIP_MAGIC or b"\x00" in source):
+        # A path never holds a NUL byte, which an IDX file's contents start with (and gzip's
+        # start with its magic).
         raise TypeError("source holds a file's contents, not a path; wrap them: read_idx(io.BytesIO(data))")
     if isinstance(source, _PATHS):
         with open(source, "rb") as handle:

@@ -35,6 +35,29 @@ NORMS = {"fgsm": (math.inf, 2.0), "iterative_fgsm": (math.inf,), "pgd": (math.in
          "pgd_restarts": (math.inf, 2.0)}
 
 
+# Magnitudes of x (powers of two, so that scaling is exact) away from [0, 1], where a norm whose
+# squares underflow (2**-66 ~ 1e-20 in float32/bfloat16) or a slack written for unit-sized pixels
+# would hide; float16 holds neither, and a box is given for unit-sized x only.
+SCALES = {torch.float16: (1.0,), torch.bfloat16: (1.0, 2.0**-66, 2.0**33), torch.float32: (1.0, 2.0**-66, 2.0**33),
+          torch.float64: (1.0, 2.0**-66, 2.0**33)}
+
+
+class Rescale(nn.Module):
+    """Multiplies by a power of two (exactly): a model for inputs of any magnitude keeps logits of
+    order one, so that its gradient neither vanishes (a saturated softmax) nor stays unused."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def at_scale(model: nn.Module, scale: float) -> nn.Module:
+    return model if scale == 1.0 else nn.Sequential(Rescale(1 / scale), model)
+
+
 @st.composite
 def attack_cases(draw: st.DrawFn) -> dict:
     name = draw(st.sampled_from(sorted(ATTACKS)))
@@ -42,31 +65,40 @@ def attack_cases(draw: st.DrawFn) -> dict:
     device = draw(st.sampled_from(["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]))
     batch = draw(st.integers(1, 5))
     sample_shape = draw(st.sampled_from([(12,), (3, 2, 2), (1, 3, 4)]))
-    eps = draw(st.floats(0.0, 0.6, allow_nan=False))
+    scale = draw(st.sampled_from(SCALES[dtype]))
+    if draw(st.booleans()):
+        eps = draw(st.floats(0.0, 0.6, allow_nan=False)) * scale
+    else:  # eps of the order of an ulp of x, where x +/- eps rounds
+        eps = draw(st.sampled_from([0.25, 0.5, 1.0, 1.5, 3.0])) * torch.finfo(dtype).eps * scale
     per_sample = draw(st.booleans())
-    box = draw(st.sampled_from(["unit", "none", "tensor"]))
+    box = draw(st.sampled_from(["unit", "none", "tensor", "0-d"])) if scale == 1.0 else "none"
     seed = draw(st.integers(0, 2**16))
     generator = torch.Generator().manual_seed(seed)
-    x = torch.rand((batch, *sample_shape), generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    x = (torch.rand((batch, *sample_shape), generator=generator, dtype=torch.float64) * scale).to(device=device,
+                                                                                                  dtype=dtype)
     low = torch.zeros(sample_shape, dtype=dtype, device=device)
     high = torch.ones(sample_shape, dtype=dtype, device=device)
     if box == "tensor":  # a box that differs per feature, still containing x
         low = torch.minimum(low - 0.1, x.min(0).values - 0.05).clamp_min(-0.3)
         high = (x.max(0).values + 0.05).clamp_max(1.2)
-    clip = {"unit": (0.0, 1.0), "none": None, "tensor": (low, high)}[box]
+    clip = {"unit": (0.0, 1.0), "none": None, "tensor": (low, high),
+            "0-d": (torch.tensor(-0.25, dtype=dtype, device=device), torch.tensor(1.0, dtype=dtype, device=device))}[box]
     eps_arg = (torch.full((batch,), eps, dtype=torch.float64) * torch.rand(batch, generator=generator, dtype=torch.float64)
                ).to(device=device, dtype=dtype) if per_sample else eps
+    targeted = draw(st.booleans())
+    y = torch.randint(0, 4, (batch,), generator=generator).to(device)
     return {
-        "name": name, "dtype": dtype, "device": device, "x": x,
-        "y": torch.randint(0, 4, (batch,), generator=generator).to(device),
-        "eps": eps_arg, "norm": draw(st.sampled_from(NORMS[name])), "targeted": draw(st.booleans()),
-        "clip": clip, "seed": seed, "model": small_mlp(12, 4, seed=seed % 7, dtype=dtype, device=device),
+        "name": name, "dtype": dtype, "device": device, "x": x, "scale": scale,
+        # y=None (untargeted only): the attacks label x with the model's own predictions.
+        "y": None if not targeted and draw(st.booleans()) else y,
+        "eps": eps_arg, "norm": draw(st.sampled_from(NORMS[name])), "targeted": targeted,
+        "clip": clip, "seed": seed, "model": at_scale(small_mlp(12, 4, seed=seed % 7, dtype=dtype, device=device), scale),
     }
 
 
 def default_step(case: dict) -> float:
     eps = case["eps"]
-    return float(eps.max() if isinstance(eps, torch.Tensor) else eps) / 3 + 1e-3
+    return float(eps.max() if isinstance(eps, torch.Tensor) else eps) / 3 + 1e-3 * case["scale"]
 
 
 def run(case: dict, step: float | None = None, **extra) -> torch.Tensor:
@@ -80,9 +112,9 @@ def stateful_net(case: dict) -> nn.Module:
     """A network with state an attack could disturb: BatchNorm statistics, dropout, a frozen
     parameter; in train or eval mode."""
     torch.manual_seed(case["seed"])
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Dropout(0.25), nn.Tanh(),
-                          nn.Linear(8, 4)).to(device=case["device"], dtype=case["dtype"])
-    model[1].bias.requires_grad_(False)
+    model = nn.Sequential(Rescale(1 / case["scale"]), nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8),
+                          nn.Dropout(0.25), nn.Tanh(), nn.Linear(8, 4)).to(device=case["device"], dtype=case["dtype"])
+    model[2].bias.requires_grad_(False)
     # BatchNorm cannot normalise a batch of one in train mode.
     model.train(case["seed"] % 2 == 0 and case["x"].shape[0] > 1)
     return model
@@ -128,14 +160,14 @@ def test_result_is_a_new_detached_tensor_like_x_and_nothing_is_modified(case: di
     x, y = case["x"], case["y"]
     for p in list(model.parameters())[:1]:
         p.grad = torch.full_like(p, 3.0)  # a stale gradient the attack must leave alone
-    x_before, y_before = x.clone(), y.clone()
+    x_before, y_before = x.clone(), None if y is None else y.clone()
     eps_before = case["eps"].clone() if isinstance(case["eps"], torch.Tensor) else case["eps"]
     before = state_of(model)
     x_adv = run(case, eval_mode=eval_mode)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
     assert not x_adv.requires_grad and x_adv.grad_fn is None
     assert x_adv.data_ptr() != x.data_ptr()
-    assert torch.equal(x, x_before) and torch.equal(y, y_before)
+    assert torch.equal(x, x_before) and (y is None or torch.equal(y, y_before))
     if isinstance(eps_before, torch.Tensor):
         assert torch.equal(case["eps"], eps_before)
     assert_same_state(before, state_of(model))
@@ -183,8 +215,9 @@ def test_attacking_a_batch_equals_attacking_each_sample_alone(case: dict) -> Non
     batched = run(case, step)
     for i in range(case["x"].shape[0]):
         eps_i = case["eps"][i : i + 1] if isinstance(case["eps"], torch.Tensor) else case["eps"]
-        alone = run({**case, "x": case["x"][i : i + 1], "y": case["y"][i : i + 1], "eps": eps_i}, step)
-        torch.testing.assert_close(alone, batched[i : i + 1], rtol=0, atol=1e-12)
+        y_i = None if case["y"] is None else case["y"][i : i + 1]
+        alone = run({**case, "x": case["x"][i : i + 1], "y": y_i, "eps": eps_i}, step)
+        torch.testing.assert_close(alone, batched[i : i + 1], rtol=0, atol=1e-12 * case["scale"])
 
 
 @pytest.mark.parametrize("norm", [math.inf, 2.0])

@@ -20,14 +20,24 @@ def small_mlp(in_features: int = 12, classes: int = 4, seed: int = 0, dtype: tor
     return model.to(device=device, dtype=dtype)
 
 
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+              "_state_dict_hooks", "_load_state_dict_pre_hooks")
+
+
 def state_of(model: nn.Module) -> dict:
-    """Everything an attack must leave untouched, cloned."""
+    """Everything an attack must leave untouched, cloned; and which tensor objects the model
+    holds (an optimizer keeps references to its parameters)."""
+    params = list(model.parameters())
     return {
-        "params": [p.detach().clone() for p in model.parameters()],
-        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "params": [p.detach().clone() for p in params],
+        "grads": [None if p.grad is None else p.grad.clone() for p in params],
+        "requires_grad": [p.requires_grad for p in params],
         "training": [m.training for m in model.modules()],
         "buffers": [b.clone() for b in model.buffers()],
+        "identities": [id(t) for t in (*params, *model.buffers())],
+        "hooks": [[list(getattr(m, name, {})) for name in HOOK_DICTS] for m in model.modules()]
+        + [[list(p._backward_hooks or {}), list(getattr(p, "_post_accumulate_grad_hooks", None) or {})]
+           for p in params],
     }
 
 
@@ -38,6 +48,8 @@ def assert_same_state(before: dict, after: dict) -> None:
     assert before["requires_grad"] == after["requires_grad"]
     assert before["training"] == after["training"]
     assert all(torch.equal(a, b) for a, b in zip(before["buffers"], after["buffers"]))
+    assert before["identities"] == after["identities"]
+    assert before["hooks"] == after["hooks"]
 
 
 # What a CPU rank prints when it aborts inside gloo's C++ (SIGABRT).

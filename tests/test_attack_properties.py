@@ -204,20 +204,33 @@ def test_l2_attacks_stay_in_the_ball_where_the_squares_underflow(dtype: torch.dt
 
 
 @SETTINGS
-@given(attack_cases(), st.booleans())
-def test_result_is_a_new_detached_tensor_like_x_and_nothing_is_modified(case: dict, eval_mode: bool) -> None:
+@given(attack_cases(), st.booleans(), st.booleans())
+def test_result_is_a_new_detached_tensor_like_x_and_nothing_is_modified(case: dict, eval_mode: bool,
+                                                                         x_is_leaf: bool) -> None:
     case["model"] = model = stateful_net(case)
-    x, y = case["x"], case["y"]
-    for p in list(model.parameters())[:1]:
-        p.grad = torch.full_like(p, 3.0)  # a stale gradient the attack must leave alone
-    x_before, y_before = x.clone(), None if y is None else y.clone()
+    y = case["y"]
+    if x_is_leaf:  # x a leaf that requires grad, with a stale gradient of its own
+        case["x"] = case["x"].clone().requires_grad_(True)
+        case["x"].grad = torch.full_like(case["x"], 5.0)
+    x = case["x"]
+    params = list(model.parameters())
+    params[0].grad = torch.full_like(params[0], 3.0)  # a stale gradient the attack must leave alone
+    params[-1].grad = torch.zeros_like(params[-1])  # zeros, not None, and None elsewhere
+    model.register_forward_hook(lambda *args: None)  # hooks of the caller's, which stay and run
+    params[0].register_hook(lambda grad: None)
+    x_before, y_before = x.detach().clone(), None if y is None else y.clone()
+    x_grad_before, x_version, y_version = (None if x.grad is None else x.grad.clone()), x._version, (
+        None if y is None else y._version)
     eps_before = case["eps"].clone() if isinstance(case["eps"], torch.Tensor) else case["eps"]
     before = state_of(model)
     x_adv = run(case, eval_mode=eval_mode)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
     assert not x_adv.requires_grad and x_adv.grad_fn is None
     assert x_adv.data_ptr() != x.data_ptr()
-    assert torch.equal(x, x_before) and (y is None or torch.equal(y, y_before))
+    assert torch.equal(x.detach(), x_before) and (y is None or torch.equal(y, y_before))
+    assert x._version == x_version and (y is None or y._version == y_version)
+    assert x.requires_grad == x_is_leaf and x.is_leaf
+    assert (x.grad is None and x_grad_before is None) or torch.equal(x.grad, x_grad_before)
     if isinstance(eps_before, torch.Tensor):
         assert torch.equal(case["eps"], eps_before)
     assert_same_state(before, state_of(model))

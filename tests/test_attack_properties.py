@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -453,3 +454,38 @@ def test_eval_mode_option_attacks_the_eval_model_and_restores_train_mode() -> No
     assert model.training and all(m.training for m in model.modules())
     model.eval()
     assert torch.equal(in_eval, fk.fgsm(model, x, y, eps=0.1))
+
+
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_adversarial_loss_updates_batchnorm_twice_and_leaves_everything_else_until_backward(
+        dtype: torch.dtype, norm: float) -> None:
+    """BatchNorm statistics move as after the clean and the adversarial forward, no more (the
+    low-precision path's extra input-gradient pass must not count); modes of submodules, grads
+    (None stays None), hooks and x, y are untouched before backward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 4))
+    model = model.to(dtype).train()
+    model[3].eval()  # a submodule in eval mode inside a training model: dropout off, deterministic
+    x = torch.rand(6, 12, dtype=torch.float64).to(dtype).requires_grad_(True)
+    x.grad = torch.ones_like(x)
+    y = torch.randint(0, 4, (6,))
+    seen = []
+    reference = copy.deepcopy(model)
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    model[0].weight.grad = torch.zeros_like(model[0].weight)
+    before = state_of(model)
+    x_before, versions = x.detach().clone(), (x._version, y._version)
+    loss = fk.AdversarialLoss(alpha=0.5, eps=0.1, norm=norm)(model, x, y)
+    reference(seen[0])  # the clean pass and the adversarial one, as two training steps' forwards
+    reference(seen[-1])
+    expected = state_of(reference)
+    after = state_of(model)
+    for a, b in zip(after["buffers"], expected["buffers"]):
+        assert torch.equal(a, b)
+    before["buffers"] = after["buffers"]
+    assert_same_state(before, after)
+    assert torch.equal(x.detach(), x_before) and (x._version, y._version) == versions
+    assert torch.equal(x.grad, torch.ones_like(x))
+    loss.backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # the loss has no graph to the caller's x

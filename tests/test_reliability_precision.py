@@ -562,3 +562,35 @@ def test_the_linf_random_start_of_float64_inputs_has_float64_resolution():
     # float32 noise scaled by 0.5 has at most 24 significant bits: 2**30 * noise would be whole.
     noise = (start - x) / 0.5 * 2**30
     assert not torch.equal(noise, noise.round())
+
+
+class SqrtFirst(nn.Module):
+    """sqrt of the first feature: at 0 its input gradient is +inf there, finite elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.tensor([[1.0, 0.5, 0.2], [-1.0, -0.5, -0.2]]))
+            self.lin.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(torch.cat([x[:, :1].sqrt(), x[:, 1:]], 1))
+
+
+def test_an_infinite_gradient_entry_gives_the_l2_step_its_limiting_direction():
+    """The limit of g / ||g|| as one entry grows without bound: all of the step along that entry."""
+    x = torch.tensor([[0.0, 0.5, 0.5]])
+    x_adv = fk.fgsm(SqrtFirst(), x, torch.tensor([0]), eps=0.5, norm=2, clip=None)
+    assert torch.equal(x_adv - x, torch.tensor([[-0.5, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l2_norms_at_the_top_of_the_range_are_finite(dtype):
+    from fgsmkit.constraints import L2Ball, per_sample_l2_norm
+
+    largest = torch.finfo(dtype).max
+    assert per_sample_l2_norm(torch.tensor([[largest, 0.0]], dtype=dtype)).item() == largest
+    step = L2Ball(torch.zeros(1, 3, dtype=dtype), torch.tensor(1.0, dtype=dtype), None).step(
+        torch.tensor([[largest, 1.0, 0.0]], dtype=dtype), torch.tensor(1.0, dtype=dtype))
+    assert step[0, 0].item() == 1.0

@@ -57,8 +57,11 @@ def power_of_two_at_or_below(peak: Tensor) -> Tensor:
     keeps every bit, and its norm, multiplied back, is the norm of the original to the last bit
     wherever that one neither underflows nor overflows.
     """
-    usable = (peak > 0) & peak.isfinite()
-    return torch.where(usable, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
+    # frexp, not exp2(floor(log2(peak))): log2 rounds up near the top of a binade (2**128 for
+    # float32's largest number, whose power then overflows to inf).
+    _, exponent = torch.frexp(peak)  # peak = m * 2**exponent with m in [0.5, 1)
+    power = torch.ldexp(torch.ones_like(peak), exponent - 1)
+    return torch.where((peak > 0) & peak.isfinite(), power, torch.ones_like(peak))
 
 
 def divided_by_peak(t: Tensor) -> tuple[Tensor, Tensor]:

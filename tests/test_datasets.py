@@ -240,8 +240,8 @@ def write_split(folder: Path, n: int, seed: int, split: str = "test", compressed
 class Mirror(http.server.BaseHTTPRequestHandler):
     """Serves ``server.routes``: path -> (body, mode); mode is "ok", "cut" (connection dropped
     halfway through the announced length), "slow" (answers after the client's timeout) or
-    "trickle" (sends 100 bytes every 50 ms, each well within the client's timeout) or "steady"
-    (1000 bytes every 50 ms: 20 kB/s, slow but steady)."""
+    "trickle" (sends 100 bytes every 50 ms, each well within the client's timeout), "steady"
+    (1000 bytes every 50 ms: 20 kB/s, slow but steady) or "late" (answers after 0.4 s, then steady)."""
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
         self.server.requests.append(self.path)
@@ -251,12 +251,14 @@ class Mirror(http.server.BaseHTTPRequestHandler):
         body, mode = self.server.routes[self.path]
         if mode == "slow":
             time.sleep(1.5)
+        if mode == "late":  # answers within the client's timeout, then sends as "steady"
+            time.sleep(0.4)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         try:
-            if mode in ("trickle", "steady"):
+            if mode in ("trickle", "steady", "late"):
                 piece = 100 if mode == "trickle" else 1000
                 for start in range(0, len(body), piece):
                     self.wfile.write(body[start:start + piece])
@@ -396,6 +398,13 @@ def test_a_mirror_that_trickles_is_abandoned_when_the_timeout_runs_out(tmp_path,
     serve(server, "trickle", published[2], mode="trickle")
     with pytest.raises(DatasetNotFoundError, match=r"under 10 kB/s after timeout=0.5 s"):
         load_mnist(tmp_path / "again", "test", remote=remote, timeout=0.5)
+
+
+def test_a_mirror_slow_to_answer_but_steady_after_is_not_abandoned(tmp_path, server, published) -> None:
+    """The rate counts from the first data: a wait for the answer is the socket timeout's business."""
+    serve(server, "late", published[2], mode="late")
+    assert_is_published(*load_mnist(tmp_path, "test", remote=remote_for(server, published, "late"), timeout=0.5),
+                        published)
 
 
 def test_a_slow_but_steady_mirror_is_not_abandoned(tmp_path, server, published) -> None:

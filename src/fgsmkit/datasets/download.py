@@ -106,9 +106,9 @@ def fetch(remote: RemoteFiles, filename: str, folder: Path, *, timeout: float) -
     """Download ``filename`` into ``folder`` from the first mirror that serves it intact.
 
     A mirror is abandoned, and the next one tried, when a wait for its answer or its data lasts
-    longer than ``timeout`` seconds, or when ``timeout`` seconds after the request it has
-    delivered less than 10 kB/s on average (a trickle that would never finish); a slow but
-    steady download takes as long as it needs.
+    longer than ``timeout`` seconds, or when ``timeout`` seconds after its first data it has
+    delivered less than 10 kB/s on average since then (a trickle that would never finish); a
+    slow but steady download takes as long as it needs.
 
     Raises
     ------
@@ -131,23 +131,27 @@ def fetch(remote: RemoteFiles, filename: str, folder: Path, *, timeout: float) -
 def _fetch_one(url: str, destination: Path, expected: str, timeout: float) -> Path:
     import urllib.request  # imported here: it pulls in http and ssl, which loading never needs
 
-    started = time.monotonic()
     digest = hashlib.sha256()
     with replaced_atomically(destination) as (out, _), urllib.request.urlopen(url, timeout=timeout) as response:
         announced = response.headers.get("Content-Length")
         received = 0
+        # The rate is measured from the first data on: a mirror slow to answer but fast after
+        # is not trickling (the wait for its answer is bounded by the socket timeout).
+        first: tuple[float, int] | None = None  # when the first data came, and how much
         # read1, not read: read(n) waits for all n bytes, so a mirror trickling bytes (each socket
         # read within timeout) would never reach the rate check.
         while chunk := response.read1(_CHUNK):
             digest.update(chunk)
             out.write(chunk)
             received += len(chunk)
-            elapsed = time.monotonic() - started
-            if elapsed > timeout and received < _SLOWEST_BYTES_PER_SECOND * elapsed:
+            if first is None:
+                first = time.monotonic(), received
+                continue
+            elapsed, since = time.monotonic() - first[0], received - first[1]
+            if elapsed > timeout and since < _SLOWEST_BYTES_PER_SECOND * elapsed:
                 raise TimeoutError(
                     f"under {_SLOWEST_BYTES_PER_SECOND // 1000} kB/s after timeout={timeout:g} s "
-                    f"({received} bytes in {elapsed:.1f} s); "
-                    "the next mirror is tried"
+                    f"({since} bytes in {elapsed:.1f} s since the first data); the next mirror is tried"
                 )
         # read(n) returns b"" when the connection drops early instead of raising.
         if announced is not None and announced.isdigit() and received < int(announced):

@@ -111,8 +111,8 @@ def load_mnist(
         Mirrors and checksums; :data:`MNIST` by default. Replace it to use a private mirror.
     timeout : float
         Seconds a mirror may keep the client waiting for its answer or its next data, and after
-        which it must average 10 kB/s; one that does not is abandoned and the next one tried (a
-        slow but steady download takes as long as it needs).
+        which (counted from its first data) it must average 10 kB/s; one that does not is
+        abandoned and the next one tried (a slow but steady download takes as long as it needs).
 
     Returns
     -------

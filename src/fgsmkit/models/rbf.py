@@ -111,8 +111,9 @@ class RBFNetwork(Classifier):
         x = self.flat(x)
         # sum_i prec_ci (x_i - mu_ci)^2 from the differences themselves: expanded into matrix
         # products, its large terms cancel near a centre, where a detector's confidence is read
-        # (log p of -4 instead of 0 at the centre, for inputs in [0, 255]). One class at a time,
-        # so that memory holds one (batch, features) difference, not one per class.
+        # (log p of -4 instead of 0 at the centre, for inputs in [0, 255]). One class at a time:
+        # without autograd (evaluation) memory holds one (batch, features) difference, not one
+        # per class; with it, backward keeps each class's either way.
         distances = [(x - centre).square() @ precision
                      for centre, precision in zip(self.centers, self.log_precision.exp())]
         return -torch.stack(distances, dim=1)

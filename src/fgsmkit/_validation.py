@@ -57,6 +57,14 @@ def model_tensor(model: object) -> tuple[str, Tensor] | None:
     return None
 
 
+def finite_at_least_zero(value: object, name: str) -> float:
+    """``value`` as a float: a finite number >= 0 (a 0-d tensor or NumPy number too)."""
+    number = finite_number(value)
+    if number is None or number < 0:
+        raise ValueError(f"{name} must be a finite float >= 0; got {value!r}")
+    return number
+
+
 def check_model(model: object, x: Tensor) -> None:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function); got {type(model).__name__}")

@@ -188,11 +188,8 @@ class AdversarialLoss(nn.Module):
         alpha_value = _validation.finite_number(alpha)
         if alpha_value is None or not 0.0 <= alpha_value <= 1.0:
             raise ValueError(f"alpha must be a float in [0, 1]; got {alpha!r}")
-        eps_value = _validation.finite_number(eps)
-        if eps_value is None or eps_value < 0:
-            raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
         self.alpha = alpha_value
-        self.eps = eps_value
+        self.eps = _validation.finite_at_least_zero(eps, "eps")
         # The default averages like a plain training loop's F.cross_entropy (the same value up to
         # rounding; the gradient differs where PyTorch's cancels, see gradient.cross_entropy).
         self.loss_fn = _validation.check_loss_fn(loss_fn) or functools.partial(cross_entropy, reduction="mean")
@@ -379,8 +376,6 @@ def adversarial_logistic_loss(w: Tensor, b: float | Tensor, x: Tensor, y: Tensor
         raise ValueError(f"x must have {w.shape[0]} elements per sample; got shape {tuple(x.shape)}")
     if y.shape != (x.shape[0],) or not bool(((y == 1) | (y == -1)).all()):
         raise ValueError(f"y must hold one label per sample, each -1 or +1; got {y}")
-    eps_value = _validation.finite_number(eps)
-    if eps_value is None or eps_value < 0:
-        raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
+    eps_value = _validation.finite_at_least_zero(eps, "eps")
     margin = sample_rows(x) @ w + (b.reshape(()) if isinstance(b, Tensor) else b)
     return F.softplus(eps_value * w.abs().sum() - y.to(margin.dtype) * margin)

@@ -387,6 +387,37 @@ def test_bad_settings_are_rejected(kwargs: dict, message: str) -> None:
         fk.AdversarialLoss(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("alpha", 1.5, r"alpha must be a float in \[0, 1\]"),
+        ("alpha", math.nan, r"alpha must be a float in \[0, 1\]"),
+        ("norm", 1, r"norm must be 2 or float\('inf'\)"),
+    ],
+)
+def test_settings_changed_after_construction_are_checked_on_the_call(setting: str, value: float,
+                                                                       message: str) -> None:
+    # A schedule may write criterion.alpha between epochs, as it may write criterion.eps.
+    x, y = data()
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.25)
+    setattr(criterion, setting, value)
+    with pytest.raises(ValueError, match=message):
+        criterion(small_mlp(), x, y)
+
+
+def test_inputs_with_a_graph_are_refused_rather_than_cut_from_it() -> None:
+    # x made by a trainable layer: the straightforward objective sends that layer gradient, and
+    # detaching x would silently train it on nothing.
+    x, y = data()
+    encoder = nn.Linear(12, 12).double()
+    with pytest.raises(ValueError, match=r"x requires grad.*inside model"):
+        fk.AdversarialLoss(alpha=0.5, eps=0.25)(small_mlp(), torch.sigmoid(encoder(x)), y)
+    assert encoder.weight.grad is None
+    with torch.no_grad():  # no graph is built, so nothing is cut: an adversarial validation loss
+        value = fk.AdversarialLoss(alpha=0.5, eps=0.25)(small_mlp(), x.clone().requires_grad_(True), y)
+    assert torch.equal(value, fk.AdversarialLoss(alpha=0.5, eps=0.25)(small_mlp(), x, y).detach())
+
+
 def test_settings_take_numbers_in_any_form_the_attacks_take() -> None:
     x, y = data()
     expected = fk.AdversarialLoss(alpha=0.5, eps=0.25)(small_mlp(), x, y)

@@ -57,6 +57,20 @@ def test_the_step_does_not_depend_on_the_loss_reduction() -> None:
     torch.testing.assert_close((l2_mean - x).norm(dim=1), torch.full((24,), 0.5, dtype=torch.float64))
 
 
+def test_a_loss_fn_that_edits_the_logits_in_place_gets_their_gradient() -> None:
+    # A margin loss (CosFace-style) subtracts from the true class's logit in place, which plain
+    # autograd accepts on a model's output.
+    model, (x, y) = small_mlp(), batch()
+
+    def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits[torch.arange(len(labels)), labels] -= 0.3
+        return F.cross_entropy(logits, labels)
+
+    x_req = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(margin_loss(model(x_req), y), x_req)
+    assert torch.equal(fk.fgsm(model, x, y, eps=0.07, clip=None, loss_fn=margin_loss), x + 0.07 * grad.sign())
+
+
 def test_without_labels_the_model_predictions_are_attacked() -> None:
     model, (x, _) = small_mlp(), batch()
     predicted = model(x).argmax(1)

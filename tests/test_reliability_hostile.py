@@ -281,11 +281,14 @@ def test_inputs_that_require_grad_get_no_gradient_and_no_graph(name):
     assert x.grad is None and x.requires_grad
 
 
-def test_adversarial_loss_treats_inputs_as_data():
+def test_adversarial_loss_refuses_inputs_that_would_want_a_gradient():
+    # The straightforward objective would fill x.grad; treating x as data would leave it None.
     x, y = batch()
     x = x.requires_grad_(True)
     model = linear_net()
-    fk.AdversarialLoss()(model, x, y).backward()
+    with pytest.raises(ValueError, match=r"x requires grad.*pass x.detach\(\)"):
+        fk.AdversarialLoss()(model, x, y)
+    fk.AdversarialLoss()(model, x.detach(), y).backward()
     assert x.grad is None
     assert all(p.grad is not None for p in model.parameters())
 

@@ -367,7 +367,9 @@ class Objective:
         if self.loss_fn is cross_entropy:
             return cross_entropy_gradient(logits, self.y)  # type: ignore[arg-type]
         wide = logits.detach().to(torch.promote_types(logits.dtype, torch.float32)).requires_grad_(True)
-        loss = summed_loss(self.loss_fn(wide, self.y), logits.shape[0])  # type: ignore[arg-type]
+        # A copy for loss_fn: a margin loss may edit the logits in place, which autograd refuses
+        # on a leaf (it accepts it on a model's output, what loss_fn gets in a training loop).
+        loss = summed_loss(self.loss_fn(wide.clone(), self.y), logits.shape[0])  # type: ignore[arg-type]
         if not loss.requires_grad:  # detached, or made of constants: reported as a zero gradient
             return torch.zeros_like(wide)
         (grad,) = torch.autograd.grad(loss, wide, allow_unused=True)

@@ -17,6 +17,13 @@ from .gradient import (LossFn, Objective, autograd_usable, check_first_gradient,
                        logits_of, model_state_kept, rescaled_dims)
 
 
+def _check_alpha(alpha: object) -> float:
+    value = _validation.finite_number(alpha)
+    if value is None or not 0.0 <= value <= 1.0:
+        raise ValueError(f"alpha must be a float in [0, 1]; got {alpha!r}")
+    return value
+
+
 def _mean(loss: Tensor, batch: int) -> Tensor:
     _validation.check_loss(loss, batch)
     return loss if loss.ndim == 0 else loss.mean()
@@ -185,10 +192,7 @@ class AdversarialLoss(nn.Module):
     def __init__(self, alpha: float = 0.5, eps: float = 0.25, *, loss_fn: LossFn | None = None,
                  norm: float = math.inf, clip: tuple | None = (0.0, 1.0)) -> None:
         super().__init__()
-        alpha_value = _validation.finite_number(alpha)
-        if alpha_value is None or not 0.0 <= alpha_value <= 1.0:
-            raise ValueError(f"alpha must be a float in [0, 1]; got {alpha!r}")
-        self.alpha = alpha_value
+        self.alpha = _check_alpha(alpha)
         self.eps = _validation.finite_at_least_zero(eps, "eps")
         # The default averages like a plain training loop's F.cross_entropy (the same value up to
         # rounding; the gradient differs where PyTorch's cancels, see gradient.cross_entropy).
@@ -226,6 +230,13 @@ class AdversarialLoss(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module (its parameters are trained); got {type(model).__name__}")
         box = _validation.check_inputs(x, self.clip)
+        # Training, not a fixed input: detaching it would train what made x on nothing.
+        if x.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "x requires grad (it comes from trainable layers, or is a leaf with requires_grad=True), "
+                "but AdversarialLoss trains model's parameters only: no gradient would reach what made x. "
+                "Put those layers inside model, or pass x.detach() if they should not be trained"
+            )
         x = x.detach()
         _validation.check_model(model, x)
         if _validation.check_labels(y, x) is None:
@@ -233,7 +244,8 @@ class AdversarialLoss(nn.Module):
         if x.shape[0] == 0:
             raise ValueError("x must hold at least one sample; the mean loss of an empty batch is NaN")
         label_range = _validation.class_label_range(y) if self.checks_labels else None
-        alpha = self.alpha
+        # Settings are attributes a schedule may change between calls: checked on every call.
+        alpha, norm = _check_alpha(self.alpha), _validation.check_norm(self.norm)
 
         # Weight gradients only when the loss will be back-propagated; the input gradient even
         # under no_grad or inference_mode (an adversarial validation loss needs it too).
@@ -263,14 +275,14 @@ class AdversarialLoss(nn.Module):
             if found is not None and any(p._backward_hooks for p in found[0]):
                 found = None
             params, accumulators = found or ([], [])
-            direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean,
+            direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, alpha,
                                                             None if found is None else params)
         if not self.checked:
             self.checked = True
             check_first_gradient(direction)
-        eps_t = _validation.check_eps(self.eps, x, self.norm)
-        _validation.check_overflow(x, box, self.norm, eps_t, _validation.named("eps", self.eps))
-        ball = make_ball(self.norm, x, eps_t, box)
+        eps_t = _validation.check_eps(self.eps, x, norm)
+        _validation.check_overflow(x, box, norm, eps_t, _validation.named("eps", self.eps))
+        ball = make_ball(norm, x, eps_t, box)
         x_adv = ball.fast_gradient_step(direction)
 
         adv_logits = model(x_adv)
@@ -287,7 +299,7 @@ class AdversarialLoss(nn.Module):
         return clean_term + adversarial_term
 
     def _clean_gradients(self, clean_model: nn.Module, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
-                         params: list[Tensor] | None) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
+                         alpha: float, params: list[Tensor] | None) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
         """The clean loss's input gradient (only its direction is used) and the weight gradients of
         ``params``, or None (also for ``params=None``) where the clean term must keep its graph.
         """
@@ -297,7 +309,7 @@ class AdversarialLoss(nn.Module):
             return torch.zeros_like(x_in), None
         rescaled_over = rescaled_dims(clean_model, x_in, logits)
         if params is not None and rescaled_over is None:
-            scaled = self.alpha * clean if self.alpha > 0 else clean
+            scaled = alpha * clean if alpha > 0 else clean
             grads = torch.autograd.grad(scaled, [x_in, *params], allow_unused=True)
             return (torch.zeros_like(x_in) if grads[0] is None else grads[0]), grads[1:]
         # float16/bfloat16 anywhere (logits, inputs, autocast, weights): the input gradient is

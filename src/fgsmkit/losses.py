@@ -217,7 +217,8 @@ class AdversarialLoss(nn.Module):
         model : nn.Module
             The model being trained (a ``DistributedDataParallel`` wrapper too), returning logits.
         x : Tensor
-            The clean inputs, shape ``(batch, ...)``, within ``clip``.
+            The clean inputs, shape ``(batch, ...)``, within ``clip``. While gradients are
+            enabled they must not require grad: layers that make them belong inside ``model``.
         y : Tensor
             Their labels, class indices of shape ``(batch,)`` (or what ``loss_fn`` takes).
 

@@ -326,3 +326,15 @@ def test_a_row_says_when_its_network_is_not_the_one_the_paper_number_is_for() ->
     assert experiments._borrowed(experiments.FROM_LARGE, 1600, 3) == experiments.FROM_LARGE
     assert experiments._borrowed(experiments.FROM_LARGE, 1600, 5) == ""
     assert experiments._borrowed(experiments.FROM_ORIGINAL, 240, 5) == ""
+
+
+def test_each_experiment_names_the_part_of_the_paper_its_numbers_come_from() -> None:
+    # Section 4 (linear perturbation of non-linear models) gives the softmax and maxout FGSM
+    # numbers, section 5 logistic regression and the L1 weight decay, section 6 adversarial
+    # training and the noise controls, Appendix A the rubbish inputs; there is no section 11.
+    where = {experiment.__name__: (experiment.__doc__ or "").splitlines()[0] for experiment in experiments.EXPERIMENTS}
+    assert where["softmax_regression"].endswith("(section 4).")
+    assert where["maxout_fgsm"].endswith("(section 4).")
+    assert where["logistic_3v7"].endswith("(section 5).")
+    assert "section 5" in where["controls"] and "section 6" in where["controls"]
+    assert where["rubbish"].endswith("(Appendix A).")

@@ -132,7 +132,7 @@ def softmax_regression(lab: Lab) -> list[Row]:
 
 
 def maxout_fgsm(lab: Lab) -> list[Row]:
-    """2. The maxout network under FGSM (section 6)."""
+    """2. The maxout network under FGSM (section 4)."""
     s, d = lab.settings, lab.splits
     fgsm = attacked(lab.model("maxout"), d.test_x, d.test_y, s.eps)
     name = f"2. maxout {s.hidden[0]}x{s.pieces}"
@@ -241,7 +241,7 @@ def _transfer(lab: Lab, size: int, base: str) -> list[Row]:
 
 
 def controls(lab: Lab) -> list[Row]:
-    """6. Training on random noise instead of FGSM, and L1 weight decay (section 6)."""
+    """6. Training on random noise instead of FGSM (section 6), and L1 weight decay (section 5)."""
     s, d = lab.settings, lab.splits
     rows = []
     for key, label, paper_error, paper_conf in (("sign-noise", "random +/-eps noise", 86.2, 97.3),
@@ -314,7 +314,7 @@ def ensemble(lab: Lab) -> list[Row]:
 
 
 def rubbish(lab: Lab) -> list[Row]:
-    """10. Gaussian noise called a digit with confidence (section 11)."""
+    """10. Gaussian noise called a digit with confidence (Appendix A)."""
     s = lab.settings
     name = "10. rubbish inputs, N(0, I)"
     rows = []

@@ -295,6 +295,20 @@ def test_mnist_on_disk_is_described_by_what_was_found(monkeypatch: pytest.Monkey
     assert splits.source.startswith(name)
 
 
+def test_data_full_refuses_a_subset_of_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A folder holding the first 1,000 / 500 images of MNIST ran as "--data full".
+    import fgsmkit.datasets
+    from fgsmkit.reproduction.data import DataUnavailable
+
+    def subset(root=None, split="train", download=True):
+        count = 1_000 if split == "train" else 500
+        return torch.zeros(count, 1, 28, 28), torch.zeros(count, dtype=torch.long)
+
+    monkeypatch.setattr(fgsmkit.datasets, "load_mnist", subset)
+    with pytest.raises(DataUnavailable, match=r"60,000 training / 10,000 test.*1,000 training / 500 test"):
+        load_splits(PRESETS["smoke"], "full", log=lambda line: None)
+
+
 def test_report_without_matplotlib_says_how_to_get_figures(tmp_path: Path) -> None:
     from fgsmkit.reproduction import report
 

@@ -57,12 +57,23 @@ def find_full_mnist(download: bool) -> tuple[Pair | None, str]:
         return None, (str(error).splitlines() or [type(error).__name__])[0]
 
 
+FULL_MNIST_SIZE = (60_000, 10_000)  # training and test images
+
+
 def _describe_found(train: int, test: int) -> str:
     """What :func:`find_full_mnist` found, by its size: a folder of IDX files may hold a subset."""
     found = f"{train:,} train / {test:,} test"
-    if (train, test) == (60_000, 10_000):
+    if (train, test) == FULL_MNIST_SIZE:
         return f"full MNIST ({found})"
     return f"MNIST files on disk ({found}; full MNIST has 60,000 / 10,000)"
+
+
+def _require_full_size(train: int, test: int) -> None:
+    """Raise :class:`DataUnavailable` unless the MNIST files found hold all of MNIST."""
+    if (train, test) != FULL_MNIST_SIZE:
+        raise DataUnavailable(f"--data full needs full MNIST (60,000 training / 10,000 test images); the MNIST "
+                              f"files found hold {train:,} training / {test:,} test images; replace them with "
+                              "the full files, or use --data auto to run on these")
 
 
 def embedded_sample() -> Pair:
@@ -75,27 +86,34 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
                 log: Callable[[str], None] = print) -> Splits:
     """Load the run's data and split off the validation set.
 
+    The validation split is the last ``val_size`` images of the training split (its order is
+    already random), so it is the same for every seed.
+
     Parameters
     ----------
     settings : Settings
         Gives the validation size and how many training and test images to keep.
     data : {"auto", "full", "sample"}
-        ``"auto"`` uses full MNIST when :func:`~fgsmkit.datasets.load_mnist` finds it and the
-        embedded sample otherwise; ``"full"`` fails without full MNIST; ``"sample"`` always
-        uses the embedded sample.
+        ``"auto"`` uses the MNIST files :func:`~fgsmkit.datasets.load_mnist` finds and the
+        embedded sample otherwise; ``"full"`` fails without all 60,000 / 10,000 images of full
+        MNIST; ``"sample"`` always uses the embedded sample.
     download : bool
         Let :func:`~fgsmkit.datasets.load_mnist` download missing files.
     log : callable
         Where to say which data is used.
 
-    The validation split is the last ``val_size`` images of the training split (its order is
-    already random), so it is the same for every seed.
+    Raises
+    ------
+    DataUnavailable
+        ``data="full"`` without all 60,000 / 10,000 images of full MNIST.
     """
     if data not in ("auto", "full", "sample"):
         raise ValueError(f"data must be 'auto', 'full' or 'sample'; got {data!r}")
     full, reason = find_full_mnist(download) if data in ("auto", "full") else (None, "")
     if full is not None:
         (train_x, train_y), (test_x, test_y) = full
+        if data == "full":
+            _require_full_size(len(train_y), len(test_y))
         source = _describe_found(len(train_y), len(test_y))
     elif data == "full":
         raise DataUnavailable(f"full MNIST is not available ({reason}); "

@@ -288,7 +288,7 @@ def test_mnist_on_disk_is_described_by_what_was_found(monkeypatch: pytest.Monkey
 
     def found(root=None, split="train", download=True):
         count = train if split == "train" else test
-        return torch.zeros(count, 1, 28, 28), torch.zeros(count, dtype=torch.long)
+        return torch.zeros(count, 1, 28, 28), torch.arange(count) % 10
 
     monkeypatch.setattr(fgsmkit.datasets, "load_mnist", found)
     splits = load_splits(PRESETS["smoke"], "auto", log=lambda line: None)
@@ -307,6 +307,25 @@ def test_data_full_refuses_a_subset_of_mnist(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(fgsmkit.datasets, "load_mnist", subset)
     with pytest.raises(DataUnavailable, match=r"60,000 training / 10,000 test.*1,000 training / 500 test"):
         load_splits(PRESETS["smoke"], "full", log=lambda line: None)
+
+
+@pytest.mark.parametrize("train, labels, message", [
+    (80, None, "no training images"),  # all 80 held out for validation (smoke: 100)
+    (1_000, lambda count: torch.arange(count) % 3, "no 3s or 7s"),  # digits 0, 1 and 2 only
+])
+def test_data_that_leaves_a_split_empty_is_refused_before_any_training(monkeypatch: pytest.MonkeyPatch, train: int,
+                                                                        labels, message: str) -> None:
+    # Both trained on nothing (or the 3-vs-7 model on nothing) and crashed experiments later.
+    import fgsmkit.datasets
+    from fgsmkit.reproduction.data import DataUnavailable
+
+    def found(root=None, split="train", download=True):
+        count = train if split == "train" else 500
+        return torch.zeros(count, 1, 28, 28), (labels or (lambda n: torch.arange(n) % 10))(count)
+
+    monkeypatch.setattr(fgsmkit.datasets, "load_mnist", found)
+    with pytest.raises(DataUnavailable, match=message):
+        load_splits(PRESETS["smoke"], "auto", log=lambda line: None)
 
 
 def test_report_without_matplotlib_says_how_to_get_figures(tmp_path: Path) -> None:

@@ -105,7 +105,8 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
     Raises
     ------
     DataUnavailable
-        ``data="full"`` without all 60,000 / 10,000 images of full MNIST.
+        ``data="full"`` without all 60,000 / 10,000 images of full MNIST, or data that leaves
+        no training or test images, or no 3s and 7s in a split (experiment 3 needs them).
     """
     if data not in ("auto", "full", "sample"):
         raise ValueError(f"data must be 'auto', 'full' or 'sample'; got {data!r}")
@@ -130,11 +131,33 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
         test_x, test_y = test_x[: settings.test_limit], test_y[: settings.test_limit]
     splits = Splits(*(torch.as_tensor(t).contiguous() for t in (train_x, train_y, val_x, val_y, test_x, test_y)),
                     source=source)
+    _require_images(splits, settings.val_size)
     log(f"data: {splits.describe()}")
     return splits
 
 
+def _require_images(splits: Splits, val_size: int) -> None:
+    """Raise :class:`DataUnavailable` where an experiment would find a split empty: now, rather than
+    after the models before it have trained."""
+    if len(splits.train_y) == 0:
+        raise DataUnavailable(f"{splits.source} leaves no training images once {val_size:,} are held out for "
+                              f"validation; use data with more than {val_size:,} training images "
+                              "(--data sample, or full MNIST)")
+    if len(splits.test_y) == 0:
+        raise DataUnavailable(f"{splits.source} has no test images; use --data sample, or full MNIST")
+    for split, labels in (("training", splits.train_y), ("validation", splits.val_y), ("test", splits.test_y)):
+        if not _of_digits(labels, 3, 7).any():
+            raise DataUnavailable(f"the {split} split of {splits.source} has no 3s or 7s, which experiment 3 "
+                                  "(logistic regression, 3 vs 7) trains and tests on; use --data sample, "
+                                  "or full MNIST")
+
+
 def binary_subset(x: Tensor, y: Tensor, negative: int = 3, positive: int = 7) -> tuple[Tensor, Tensor]:
     """The images of two digits, labelled 0 (``negative``) and 1 (``positive``), for section 5's 3 vs 7."""
-    keep = (y == negative) | (y == positive)
+    keep = _of_digits(y, negative, positive)
     return x[keep], (y[keep] == positive).long()
+
+
+def _of_digits(labels: Tensor, *digits: int) -> Tensor:
+    """Where ``labels`` is one of ``digits``."""
+    return torch.isin(labels, torch.tensor(digits, dtype=labels.dtype))

@@ -83,6 +83,33 @@ def test_an_output_path_that_is_a_file_is_refused_before_any_training(tmp_path: 
     assert parser.parse_args(shlex.split(recorded)[2:]).seed == [-1, 2]
 
 
+@pytest.mark.parametrize("contradiction", [["--quick", "--smoke"], ["--download", "--data", "sample"],
+                                           ["--data", "sample", "--download"]])
+def test_contradictory_options_are_usage_errors(contradiction: list[str], capsys) -> None:
+    # Each ran, quietly ignoring one of the two: --smoke won over --quick, --data sample over --download.
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    with pytest.raises(SystemExit) as stopped:
+        parser.parse_args(contradiction)
+    assert stopped.value.code == 2
+    assert "--download" in capsys.readouterr().err or "--quick" in contradiction
+    assert parser.parse_args(["--download", "--data", "full"]).download
+
+
+def test_a_failed_download_is_an_error_not_the_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    # --download with --data auto fell back to the embedded sample when the download failed.
+    import fgsmkit.datasets
+    from fgsmkit.reproduction.data import DataUnavailable
+
+    def offline(root=None, split="train", download=True):
+        raise OSError("every mirror failed: no network")
+
+    monkeypatch.setattr(fgsmkit.datasets, "load_mnist", offline)
+    with pytest.raises(DataUnavailable, match="could not be downloaded .*no network"):
+        load_splits(PRESETS["smoke"], "auto", download=True, log=lambda line: None)
+    assert "embedded MNIST sample" in load_splits(PRESETS["smoke"], "auto", log=lambda line: None).source
+
+
 def test_tiny_run_reports_every_experiment(smoke_run: tuple[Path, dict]) -> None:
     out, report = smoke_run
     numbers_seen = {int(r["experiment"].split(".")[0]) for r in report["rows"]}

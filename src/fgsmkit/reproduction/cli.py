@@ -41,15 +41,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed_list, default=[0], metavar="SEED[,SEED...]",
                         help="seed of every random choice (default: 0); several, separated by commas, run "
                              "once each into DIR/seed-N, and spread.md gives every number's range over them")
-    parser.add_argument("--quick", action="store_true",
-                        help="small data and few epochs: checks in under a minute that everything runs")
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' tiny run
-    parser.add_argument("--data", choices=("auto", "full", "sample"), default="auto",
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="small data and few epochs: checks in under a minute that everything runs")
+    size.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' tiny run
+    parser.add_argument("--data", choices=("auto", "full", "sample"), default="auto", action=_DataChoice,
                         help="auto: full MNIST if it is on disk, else the embedded sample (default)")
-    parser.add_argument("--download", action="store_true", help="download full MNIST if it is missing")
+    parser.add_argument("--download", nargs=0, default=False, action=_DataChoice,
+                        help="download full MNIST if it is missing; a failed download stops the run")
     parser.add_argument("--threads", type=positive_int, default=1, metavar="N",
                         help="torch CPU threads (default: 1; the paper's small networks gain little from more, "
                              "and on a busy machine extra threads mostly wait on each other)")
+
+
+class _DataChoice(argparse.Action):
+    """``--data`` and ``--download``: refuses ``--download`` with ``--data sample``, in either order,
+    rather than ignoring one of them."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+        if namespace.download and namespace.data == "sample":
+            parser.error("--download fetches full MNIST, which --data sample does not use; drop one of them")
 
 
 def positive_int(text: str) -> int:

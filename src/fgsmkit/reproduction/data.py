@@ -98,15 +98,17 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
         embedded sample otherwise; ``"full"`` fails without all 60,000 / 10,000 images of full
         MNIST; ``"sample"`` always uses the embedded sample.
     download : bool
-        Let :func:`~fgsmkit.datasets.load_mnist` download missing files.
+        Let :func:`~fgsmkit.datasets.load_mnist` download missing files; when that fails the
+        run stops, rather than falling back to the embedded sample.
     log : callable
         Where to say which data is used.
 
     Raises
     ------
     DataUnavailable
-        ``data="full"`` without all 60,000 / 10,000 images of full MNIST, or data that leaves
-        no training or test images, or no 3s and 7s in a split (experiment 3 needs them).
+        ``data="full"`` without all 60,000 / 10,000 images of full MNIST, a failed download,
+        or data that leaves no training or test images, or no 3s and 7s in a split
+        (experiment 3 needs them).
     """
     if data not in ("auto", "full", "sample"):
         raise ValueError(f"data must be 'auto', 'full' or 'sample'; got {data!r}")
@@ -116,6 +118,9 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
         if data == "full":
             _require_full_size(len(train_y), len(test_y))
         source = _describe_found(len(train_y), len(test_y))
+    elif download:
+        raise DataUnavailable(f"full MNIST could not be downloaded ({reason}); check the network connection, "
+                              "or drop --download to run on the embedded sample")
     elif data == "full":
         raise DataUnavailable(f"full MNIST is not available ({reason}); "
                               "pass --download, set $FGSMKIT_DATA, or use --data sample")

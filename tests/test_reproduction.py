@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from fgsmkit.__main__ import main
 from fgsmkit.reproduction import cli, experiments
 from fgsmkit.reproduction.data import load_splits
 from fgsmkit.reproduction.settings import PRESETS
-from fgsmkit.reproduction.training import Recipe, train
+from fgsmkit.reproduction.training import CheckpointConflict, Recipe, train
 
 SMOKE = ["reproduce", "--smoke", "--data", "sample"]
 PACKAGE_ROOT = Path(fk.__file__).resolve().parents[1]
@@ -53,8 +54,8 @@ def test_cli_parses_its_options() -> None:
     args = parser.parse_args(["--quick", "--seed", "3", "--out", "somewhere", "--data", "sample"])
     assert (args.quick, args.seed, args.out, args.data, args.smoke) == (True, [3], "somewhere", "sample", False)
     defaults = parser.parse_args([])
-    assert (defaults.quick, defaults.seed, defaults.out, defaults.data, defaults.threads) == (
-        False, [0], cli.DEFAULT_OUT, "auto", 1)
+    assert (defaults.quick, defaults.seed, defaults.data, defaults.threads) == (False, [0], "auto", 1)
+    assert cli.output_folder(defaults) == Path("fgsmkit-runs", "reproduce")
     assert parser.parse_args(["--seed", "0,1,2"]).seed == [0, 1, 2]
     for bad in ("1,1", "one", "0,", ""):
         with pytest.raises(SystemExit):
@@ -110,6 +111,30 @@ def test_a_failed_download_is_an_error_not_the_sample(monkeypatch: pytest.Monkey
     assert "embedded MNIST sample" in load_splits(PRESETS["smoke"], "auto", log=lambda line: None).source
 
 
+def test_a_run_with_other_settings_refuses_the_folder_of_another_and_keeps_it(smoke_run: tuple[Path, dict],
+                                                                                tmp_path: Path, capsys) -> None:
+    # A run with another seed in the same --out (or --quick after a full run, which shared its
+    # default folder) trained every model again over the earlier run's checkpoints.
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)
+    before = {p.name: p.read_bytes() for p in sorted((out / "checkpoints").iterdir())}
+    report = (out / "report.json").read_bytes()
+    assert main([*SMOKE, "--out", str(out), "--seed", "1"]) == 2
+    printed, err = capsys.readouterr()
+    assert err.startswith(f"error: --out {out} holds another run") and "another seed (0, this run 1)" in err
+    assert "give another --out" in err and "] epoch " not in printed
+    assert {p.name: p.read_bytes() for p in sorted((out / "checkpoints").iterdir())} == before
+    assert (out / "report.json").read_bytes() == report
+
+
+def test_quick_and_smoke_runs_have_default_folders_of_their_own() -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    folders = [cli.output_folder(parser.parse_args(flags)) for flags in ([], ["--quick"], ["--smoke"])]
+    assert len(set(folders)) == 3
+    assert cli.output_folder(parser.parse_args(["--quick", "--out", "mine"])) == Path("mine")
+
+
 def test_tiny_run_reports_every_experiment(smoke_run: tuple[Path, dict]) -> None:
     out, report = smoke_run
     numbers_seen = {int(r["experiment"].split(".")[0]) for r in report["rows"]}
@@ -157,9 +182,15 @@ def test_same_seed_gives_the_same_numbers(smoke_run: tuple[Path, dict], tmp_path
 
 
 def test_several_seeds_give_each_its_own_run_and_a_table_of_the_spread(smoke_run: tuple[Path, dict],
-                                                                        tmp_path: Path) -> None:
+                                                                        tmp_path: Path, capsys) -> None:
     _, seed_zero = smoke_run
+    # The seeds may be run separately, each into DIR/seed-N, and then together into DIR: the
+    # several-seed run picks up each seed's models.
+    assert main([*SMOKE, "--out", str(tmp_path / "seed-1"), "--seed", "1"]) == 0
+    capsys.readouterr()
     assert main([*SMOKE, "--out", str(tmp_path), "--seed", "0,1"]) == 0
+    seed_one = capsys.readouterr().out.partition("==== seed 1")[2]
+    assert "already trained" in seed_one and "] epoch " not in seed_one
     runs = [json.loads((tmp_path / f"seed-{seed}" / "report.json").read_text()) for seed in (0, 1)]
     assert numbers(runs[0]) == numbers(seed_zero)  # the same as that seed's run alone
     assert numbers(runs[1]) != numbers(seed_zero)
@@ -231,10 +262,16 @@ def test_resuming_depends_on_the_data_not_on_how_it_was_described(tmp_path: Path
 
     run(splits)
     assert any("already trained" in line for line in run(dataclasses.replace(splits, source="said otherwise")))
+    # Other data or other settings: the checkpoint is another run's, kept rather than overwritten.
+    kept = (tmp_path / "softmax.pt").read_bytes()
     changed = splits.train_x.clone()
     changed[0, 0, 0, 0] += 0.5
-    said = run(dataclasses.replace(splits, train_x=changed))
-    assert any("written with other settings; training from scratch" in line for line in said)
+    with pytest.raises(CheckpointConflict, match="softmax.pt was written by a run with other data"):
+        run(dataclasses.replace(splits, train_x=changed))
+    with pytest.raises(CheckpointConflict, match=r"other settings \(lr 0.1, this run 0.05\)"):
+        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1),
+              dataclasses.replace(settings, lr=0.05), 0, tmp_path, log=lambda line: None)
+    assert (tmp_path / "softmax.pt").read_bytes() == kept
 
 
 @pytest.mark.parametrize("damage", [b"", b"not a checkpoint", bytes(range(256)) * 4])

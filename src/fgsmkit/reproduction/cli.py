@@ -28,16 +28,22 @@ from pathlib import Path
 import torch
 
 from . import experiments, figures, report
-from .data import DataUnavailable, Splits, load_splits
+from .data import DataUnavailable, load_splits
 from .settings import PRESETS, Settings
+from .training import CheckpointConflict
 
-DEFAULT_OUT = os.path.join("fgsmkit-runs", "reproduce")
+# One folder per run size: a --quick run after a full one must not meet the full run's models.
+DEFAULT_OUT = {"full": os.path.join("fgsmkit-runs", "reproduce"),
+               "quick": os.path.join("fgsmkit-runs", "reproduce-quick"),
+               "smoke": os.path.join("fgsmkit-runs", "reproduce-smoke")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``fgsmkit reproduce`` to ``parser``."""
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                        help=f"folder for checkpoints, report.md, report.json and figures (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", metavar="DIR",
+                        help=f"folder for checkpoints, report.md, report.json and figures (default: "
+                             f"{DEFAULT_OUT['full']}, with --quick {DEFAULT_OUT['quick']}); a run there with other "
+                             "settings or another seed is refused, not overwritten")
     parser.add_argument("--seed", type=seed_list, default=[0], metavar="SEED[,SEED...]",
                         help="seed of every random choice (default: 0); several, separated by commas, run "
                              "once each into DIR/seed-N, and spread.md gives every number's range over them")
@@ -89,9 +95,15 @@ def settings_for(args: argparse.Namespace) -> Settings:
     return PRESETS["quick" if args.quick else "full"]
 
 
+def output_folder(args: argparse.Namespace) -> Path:
+    """``--out``, or the default folder of the run's size."""
+    return Path(args.out if args.out is not None else DEFAULT_OUT[settings_for(args).name])
+
+
 def command_line(args: argparse.Namespace) -> str:
     # --seed=..., not --seed ...: argparse would read a list starting with a negative seed as a flag.
-    parts = ["fgsmkit reproduce", f"--out {shlex.quote(str(args.out))}", f"--seed={','.join(map(str, args.seed))}"]
+    parts = ["fgsmkit reproduce", f"--out {shlex.quote(str(output_folder(args)))}",
+             f"--seed={','.join(map(str, args.seed))}"]
     parts += [flag for flag, on in (("--quick", args.quick), ("--smoke", args.smoke),
                                     ("--download", args.download)) if on]
     if args.data != "auto":
@@ -119,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     settings = settings_for(args)
-    out = Path(args.out)
+    out = output_folder(args)
     # Found now, not after the first model has trained.
     if out.exists() and not out.is_dir():
         print(f"error: --out {out} is a file; give a folder for the report, figures and checkpoints",
@@ -141,27 +153,44 @@ def _run(args: argparse.Namespace) -> int:
     except DataUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    folders = seed_folders(out, args.seed)
+    labs = {seed: experiments.Lab(settings, splits, seed, folder / "checkpoints", log)
+            for seed, folder in folders.items()}
+    for seed, lab in labs.items():
+        try:
+            lab.check_checkpoints()
+        except CheckpointConflict as error:
+            print(f"error: --out {out} holds another run: {error}; give another --out, or delete "
+                  f"{folders[seed]} first to replace that run with this one", file=sys.stderr)
+            return 2
     meta = {"command": command_line(args), "seed": args.seed[0], "data": splits.describe(), "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_time": "", "settings": settings.as_dict()}
     if len(args.seed) == 1:
-        _run_seed(settings, splits, meta, out, started, "this invocation", log)
+        _run_seed(labs[args.seed[0]], meta, out, started, "this invocation", log)
         return 0
     runs = {}
-    for seed in args.seed:
-        log(f"\n==== seed {seed}: {out / f'seed-{seed}'}")
-        runs[seed] = _run_seed(settings, splits, dict(meta, seed=seed), out / f"seed-{seed}", time.perf_counter(),
-                               "this seed's run", log)
+    for seed, lab in labs.items():
+        log(f"\n==== seed {seed}: {folders[seed]}")
+        runs[seed] = _run_seed(lab, dict(meta, seed=seed), folders[seed], time.perf_counter(), "this seed's run", log)
     wall_time = f"{(time.perf_counter() - started) / 60:.1f} min for this invocation, all seeds"
     markdown, data = report.write_spread(out, dict(meta, seed=args.seed, wall_time=wall_time), runs)
     log(f"\nspread over seeds {', '.join(map(str, args.seed))}: {markdown} and {data}")
     return 0
 
 
-def _run_seed(settings: Settings, splits: Splits, meta: dict, out: Path, started: float, timed: str,
+def seed_folders(out: Path, seeds: list[int]) -> dict[int, Path]:
+    """Each seed's run folder: ``out`` itself for one seed, ``out/seed-N`` for several (where a run
+    of seed N alone with ``--out out/seed-N`` left its models to be picked up)."""
+    if len(seeds) == 1:
+        return {seeds[0]: out}
+    return {seed: out / f"seed-{seed}" for seed in seeds}
+
+
+def _run_seed(lab: experiments.Lab, meta: dict, out: Path, started: float, timed: str,
               log: Callable[[str], None]) -> list[experiments.Row]:
     """Every experiment with one seed, each result printed as it comes; writes the report into ``out``."""
-    lab = experiments.Lab(settings, splits, meta["seed"], out / "checkpoints", log)
+    settings = lab.settings
     rows: list[experiments.Row] = []
     for experiment in experiments.EXPERIMENTS:
         title = (experiment.__doc__ or experiment.__name__).splitlines()[0]

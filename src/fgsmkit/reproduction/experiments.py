@@ -23,7 +23,7 @@ from fgsmkit.evaluation import AttackReport
 
 from .data import Splits, binary_subset
 from .settings import Settings
-from .training import Recipe, Trained, derived_seed, fgsm_attack, train
+from .training import Recipe, Trained, check_resumable, derived_seed, fgsm_attack, train
 
 Row = dict[str, Any]
 
@@ -96,10 +96,18 @@ class Lab:
     def model(self, name: str) -> nn.Module:
         if name not in self.trained:
             build, recipe = recipes(self.settings)[name]
-            splits = self.binary_splits() if name == "logistic-3v7" else self.splits
-            self.trained[name] = train(name, build, splits, recipe, self.settings, self.seed,
+            self.trained[name] = train(name, build, self.training_splits(name), recipe, self.settings, self.seed,
                                        self.checkpoint_dir, self.log)
         return self.trained[name].model
+
+    def check_checkpoints(self) -> None:
+        """Raise :class:`~fgsmkit.reproduction.training.CheckpointConflict` if any model's checkpoint
+        was written by another run: before the first model trains, not hours into the run."""
+        for name, (_, recipe) in recipes(self.settings).items():
+            check_resumable(name, self.training_splits(name), recipe, self.settings, self.seed, self.checkpoint_dir)
+
+    def training_splits(self, name: str) -> Splits:
+        return self.binary_splits() if name == "logistic-3v7" else self.splits
 
     def binary_splits(self) -> Splits:
         s = self.splits

@@ -67,6 +67,13 @@ class Recipe:
             raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
 
 
+class CheckpointConflict(RuntimeError):
+    """A checkpoint was written by another run: other settings, seed, data or recipe.
+
+    It is kept, never overwritten: the other run's models may have taken hours to train.
+    """
+
+
 @dataclass
 class Trained:
     """A trained model (in eval mode, the kept epoch's weights) and how it got there."""
@@ -137,6 +144,58 @@ class _Step:
         return s.alpha * clean + (1 - s.alpha) * self.loss_fn(model(noisy), y).mean()
 
 
+def fingerprint(splits: Splits, recipe: Recipe, settings: Settings, seed: int) -> str:
+    """What a checkpoint records of how its model is trained; only a run with the same one resumes it."""
+    return json.dumps({"recipe": asdict(recipe), "settings": settings.training_fields(), "seed": seed,
+                       "data": splits.digest}, sort_keys=True)
+
+
+def checkpoint_path(checkpoint_dir: str | Path, name: str) -> Path:
+    return Path(checkpoint_dir) / f"{name}.pt"
+
+
+def check_resumable(name: str, splits: Splits, recipe: Recipe, settings: Settings, seed: int,
+                    checkpoint_dir: str | Path) -> None:
+    """Raise :class:`CheckpointConflict` where :func:`train` with these arguments would find its
+    checkpoint written by another run: called for every model before the first one trains.
+
+    A missing or damaged checkpoint passes (:func:`train` trains that model from scratch).
+    """
+    path = checkpoint_path(checkpoint_dir, name)
+    if not path.exists():
+        return
+    try:
+        saved = fk.load_checkpoint(path)
+    except ValueError:
+        return
+    _require_same_run(path, saved, fingerprint(splits, recipe, settings, seed))
+
+
+def _require_same_run(path: Path, saved: dict[str, Any], expected: str) -> None:
+    if saved.get("fingerprint") != expected:
+        raise CheckpointConflict(f"{path} was written by a run with {_differences(saved.get('fingerprint'), expected)}")
+
+
+def _differences(saved: object, expected: str) -> str:
+    """How the run that wrote a checkpoint differs from this one, in words."""
+    try:
+        old, new = json.loads(saved), json.loads(expected)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "other settings"
+    found = []
+    if old.get("seed") != new["seed"]:
+        found.append(f"another seed ({old.get('seed')}, this run {new['seed']})")
+    if old.get("data") != new["data"]:
+        found.append("other data")
+    for key, words in (("settings", "other settings"), ("recipe", "another recipe")):
+        theirs = old.get(key) if isinstance(old.get(key), dict) else {}
+        fields = [f"{field} {theirs.get(field)}, this run {value}" for field, value in new[key].items()
+                  if theirs.get(field) != value]
+        if fields:
+            found.append(f"{words} ({'; '.join(fields[:3])}{'; ...' if len(fields) > 3 else ''})")
+    return " and ".join(found) or "other settings"
+
+
 def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Recipe, settings: Settings,
           seed: int, checkpoint_dir: str | Path, log: Callable[[str], None] = print) -> Trained:
     """Train (or resume, or load) one model and return it with the kept epoch's weights.
@@ -144,7 +203,8 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
     After every epoch the weights, the optimiser's momentum, the best weights so far and the
     history are written atomically to ``checkpoint_dir/<name>.pt``. A later call with the same
     arguments continues from there; one that finds the model finished just loads it. A
-    checkpoint written with different settings is ignored (and overwritten).
+    checkpoint written with other settings, seed, data or recipe raises
+    :class:`CheckpointConflict` and is left as it is; a damaged one is trained again.
 
     Parameters
     ----------
@@ -164,10 +224,15 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
         Folder of the checkpoints.
     log : callable
         Receives one progress line per epoch.
+
+    Raises
+    ------
+    CheckpointConflict
+        If ``checkpoint_dir/<name>.pt`` was written by a run with other settings, seed, data
+        or recipe.
     """
-    path = Path(checkpoint_dir) / f"{name}.pt"
-    fingerprint = json.dumps({"recipe": asdict(recipe), "settings": settings.training_fields(), "seed": seed,
-                              "data": splits.digest}, sort_keys=True)
+    path = checkpoint_path(checkpoint_dir, name)
+    expected = fingerprint(splits, recipe, settings, seed)
     torch.manual_seed(derived_seed(seed, name, "init"))
     model = build()
     lr = settings.lr if recipe.lr is None else recipe.lr
@@ -176,7 +241,7 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum_start)
-    state = _resume(path, fingerprint, model, optimizer, name, log)
+    state = _resume(path, expected, model, optimizer, name, log)
     label = f"[{name}: {recipe.kind}]"
     if state["done"]:
         log(f"{label} already trained (kept epoch {state['best_epoch']}); loaded {path}")
@@ -221,7 +286,7 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
         if state["done"] and epoch < recipe.epochs:
             log(f"{label} stopping early: no better {recipe.select_on} validation error for "
                 f"{settings.patience} epochs")
-        fk.save_checkpoint({"fingerprint": fingerprint, "model": model.state_dict(),
+        fk.save_checkpoint({"fingerprint": expected, "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(), **state}, path)
     if state["best"] is not None:
         model.load_state_dict(state["best"])
@@ -229,7 +294,7 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
     return Trained(name, model, state["history"], state["best_epoch"], state["seconds"])
 
 
-def _resume(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer, name: str,
+def _resume(path: Path, expected: str, model: nn.Module, optimizer: torch.optim.Optimizer, name: str,
             log: Callable[[str], None]) -> dict[str, Any]:
     fresh: dict[str, Any] = {"epoch": 0, "done": False, "best": None, "best_error": math.inf,
                              "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0}
@@ -240,9 +305,7 @@ def _resume(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.opt
     except ValueError as error:  # damaged: training again costs less than stopping the whole run
         log(f"[{name}] {error}; training from scratch")
         return fresh
-    if saved.get("fingerprint") != fingerprint:
-        log(f"[{name}] {path} was written with other settings; training from scratch")
-        return fresh
+    _require_same_run(path, saved, expected)
     if _layout(saved["model"]) != _layout(model.state_dict()):
         # Another version of the model (load_state_dict would copy what matches, then raise).
         log(f"[{name}] {path} holds a model with other parameter names or shapes; training from scratch")

@@ -274,6 +274,33 @@ def test_resuming_depends_on_the_data_not_on_how_it_was_described(tmp_path: Path
     assert (tmp_path / "softmax.pt").read_bytes() == kept
 
 
+def test_checkpoints_of_other_training_code_are_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fingerprint held the recipe, settings, seed and data but not the code: a change to the
+    # training that changes the weights resumed the old models beside newly trained ones.
+    from fgsmkit.reproduction import training
+
+    settings = PRESETS["smoke"]
+    splits = load_splits(settings, "sample", log=lambda line: None)
+
+    def run() -> list[str]:
+        said: list[str] = []
+        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1), settings, 0,
+              tmp_path, log=said.append)
+        return said
+
+    run()
+    # A checkpoint from before the version was recorded counts as version 1, and resumes.
+    path = tmp_path / "softmax.pt"
+    state = fk.load_checkpoint(path)
+    unversioned = json.loads(state["fingerprint"])
+    del unversioned["training_version"]
+    fk.save_checkpoint(dict(state, fingerprint=json.dumps(unversioned, sort_keys=True)), path)
+    assert any("already trained" in line for line in run())
+    monkeypatch.setattr(training, "TRAINING_VERSION", training.TRAINING_VERSION + 1)
+    with pytest.raises(CheckpointConflict, match=r"other training code \(version 1, this run 2\)"):
+        run()
+
+
 @pytest.mark.parametrize("damage", [b"", b"not a checkpoint", bytes(range(256)) * 4])
 def test_a_damaged_checkpoint_is_named_and_retrained_not_a_traceback(tmp_path: Path, damage: bytes) -> None:
     path = tmp_path / "softmax.pt"

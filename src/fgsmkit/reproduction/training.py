@@ -31,6 +31,12 @@ from .settings import Settings
 
 KINDS = ("plain", "adversarial", "sign-noise", "uniform-noise", "l1")
 
+# The version of the code that trains the models, recorded in every checkpoint. Bump it with any
+# change that makes the same settings, seed and data train to other weights (a model's forward
+# or initialisation, a loss, the attack used in training, this loop, their numerics): a run then
+# refuses the older code's checkpoints instead of resuming them beside models the new code trained.
+TRAINING_VERSION = 1
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -68,7 +74,7 @@ class Recipe:
 
 
 class CheckpointConflict(RuntimeError):
-    """A checkpoint was written by another run: other settings, seed, data or recipe.
+    """A checkpoint was written by another run: other settings, seed, data, recipe or training code.
 
     It is kept, never overwritten: the other run's models may have taken hours to train.
     """
@@ -147,7 +153,20 @@ class _Step:
 def fingerprint(splits: Splits, recipe: Recipe, settings: Settings, seed: int) -> str:
     """What a checkpoint records of how its model is trained; only a run with the same one resumes it."""
     return json.dumps({"recipe": asdict(recipe), "settings": settings.training_fields(), "seed": seed,
-                       "data": splits.digest}, sort_keys=True)
+                       "data": splits.digest, "training_version": TRAINING_VERSION}, sort_keys=True)
+
+
+def _parsed(fingerprint: object) -> dict[str, Any] | None:
+    """A checkpoint's fingerprint as a dict, or None if it is not one."""
+    try:
+        found = json.loads(fingerprint)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(found, dict):
+        return None
+    # Checkpoints written before the version was recorded were trained by version 1's code.
+    found.setdefault("training_version", 1)
+    return found
 
 
 def checkpoint_path(checkpoint_dir: str | Path, name: str) -> Path:
@@ -172,17 +191,18 @@ def check_resumable(name: str, splits: Splits, recipe: Recipe, settings: Setting
 
 
 def _require_same_run(path: Path, saved: dict[str, Any], expected: str) -> None:
-    if saved.get("fingerprint") != expected:
-        raise CheckpointConflict(f"{path} was written by a run with {_differences(saved.get('fingerprint'), expected)}")
+    old, new = _parsed(saved.get("fingerprint")), _parsed(expected)
+    if old != new:
+        raise CheckpointConflict(f"{path} was written by a run with {_differences(old, new)}")
 
 
-def _differences(saved: object, expected: str) -> str:
+def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     """How the run that wrote a checkpoint differs from this one, in words."""
-    try:
-        old, new = json.loads(saved), json.loads(expected)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    if old is None:
         return "other settings"
     found = []
+    if old["training_version"] != new["training_version"]:
+        found.append(f"other training code (version {old['training_version']}, this run {new['training_version']})")
     if old.get("seed") != new["seed"]:
         found.append(f"another seed ({old.get('seed')}, this run {new['seed']})")
     if old.get("data") != new["data"]:
@@ -203,8 +223,9 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
     After every epoch the weights, the optimiser's momentum, the best weights so far and the
     history are written atomically to ``checkpoint_dir/<name>.pt``. A later call with the same
     arguments continues from there; one that finds the model finished just loads it. A
-    checkpoint written with other settings, seed, data or recipe raises
-    :class:`CheckpointConflict` and is left as it is; a damaged one is trained again.
+    checkpoint written with other settings, seed, data, recipe or training code
+    (:data:`TRAINING_VERSION`) raises :class:`CheckpointConflict` and is left as it is; a
+    damaged one is trained again.
 
     Parameters
     ----------
@@ -228,8 +249,8 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
     Raises
     ------
     CheckpointConflict
-        If ``checkpoint_dir/<name>.pt`` was written by a run with other settings, seed, data
-        or recipe.
+        If ``checkpoint_dir/<name>.pt`` was written by a run with other settings, seed, data,
+        recipe or training code.
     """
     path = checkpoint_path(checkpoint_dir, name)
     expected = fingerprint(splits, recipe, settings, seed)

@@ -60,6 +60,8 @@ def test_cli_parses_its_options() -> None:
     for bad in ("1,1", "one", "0,", ""):
         with pytest.raises(SystemExit):
             parser.parse_args(["--seed", bad])
+    with pytest.raises(SystemExit):  # the current folder: a run there overwrote the user's report.md
+        parser.parse_args(["--out", ""])
     assert parser.parse_args(["--threads", "2"]).threads == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["--threads", "0"])
@@ -125,6 +127,26 @@ def test_a_run_with_other_settings_refuses_the_folder_of_another_and_keeps_it(sm
     assert "give another --out" in err and "] epoch " not in printed
     assert {p.name: p.read_bytes() for p in sorted((out / "checkpoints").iterdir())} == before
     assert (out / "report.json").read_bytes() == report
+
+
+def test_a_folder_not_made_by_a_run_is_refused_and_an_earlier_runs_folder_resumed(
+        smoke_run: tuple[Path, dict], tmp_path: Path, capsys) -> None:
+    # --out naming a folder of the user's own files wrote report.md, report.json and the
+    # figures over theirs.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my own notes")
+    assert main([*SMOKE, "--out", str(mine)]) == 2
+    printed, err = capsys.readouterr()
+    assert err.startswith(f"error: --out {mine} holds files of its own (report.md)") and "] epoch " not in printed
+    assert [p.name for p in mine.iterdir()] == ["report.md"] and (mine / "report.md").read_text() == "my own notes"
+    # A run marks its folder; a folder of a run made before the mark was written is resumed too.
+    assert (smoke_run[0] / cli.folders.MARKER).is_file()
+    earlier = tmp_path / "earlier"
+    shutil.copytree(smoke_run[0], earlier)
+    (earlier / cli.folders.MARKER).unlink()
+    assert main([*SMOKE, "--out", str(earlier)]) == 0
+    assert "already trained" in capsys.readouterr().out and (earlier / cli.folders.MARKER).is_file()
 
 
 def test_quick_and_smoke_runs_have_default_folders_of_their_own() -> None:

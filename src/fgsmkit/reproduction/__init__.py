@@ -9,5 +9,6 @@ datasets and the evaluation functions); the library never imports it. One module
 - :mod:`~fgsmkit.reproduction.experiments`: the paper's eleven results, each beside ours;
 - :mod:`~fgsmkit.reproduction.report`: the Markdown and JSON report;
 - :mod:`~fgsmkit.reproduction.figures`: Figures 2, 3 and 4 (needs matplotlib);
+- :mod:`~fgsmkit.reproduction.folders`: which output folders a run may use, and its mark in them;
 - :mod:`~fgsmkit.reproduction.cli`: the command line.
 """

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import experiments, figures, report
+from . import experiments, figures, folders, report
 from .data import DataUnavailable, load_splits
 from .settings import PRESETS, Settings
 from .training import CheckpointConflict
@@ -40,7 +40,7 @@ DEFAULT_OUT = {"full": os.path.join("fgsmkit-runs", "reproduce"),
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``fgsmkit reproduce`` to ``parser``."""
-    parser.add_argument("--out", metavar="DIR",
+    parser.add_argument("--out", type=folder_name, metavar="DIR",
                         help=f"folder for checkpoints, report.md, report.json and figures (default: "
                              f"{DEFAULT_OUT['full']}, with --quick {DEFAULT_OUT['quick']}); a run there with other "
                              "settings or another seed is refused, not overwritten")
@@ -69,6 +69,13 @@ class _DataChoice(argparse.Action):
         setattr(namespace, self.dest, True if self.nargs == 0 else values)
         if namespace.download and namespace.data == "sample":
             parser.error("--download fetches full MNIST, which --data sample does not use; drop one of them")
+
+
+def folder_name(text: str) -> str:
+    """``--out``: not empty, which would mean the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("must name a folder; an empty name would be the current folder")
+    return text
 
 
 def positive_int(text: str) -> int:
@@ -145,6 +152,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: --out {out} cannot be used for the report, figures and checkpoints ({error}); "
               "give a folder that can be created and written", file=sys.stderr)
         return 2
+    seed_folders = folders.seed_folders(out, args.seed)
+    run_folders = list(dict.fromkeys([out, *seed_folders.values()]))  # out first; once with one seed
+    for problem in filter(None, (folders.refusal(out, folder) for folder in run_folders)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     log = _printer()
     if settings.name != "full":
         log(f"{settings.name.upper()} RUN: small data and few epochs; the numbers are not a reproduction")
@@ -153,16 +165,17 @@ def _run(args: argparse.Namespace) -> int:
     except DataUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    folders = seed_folders(out, args.seed)
     labs = {seed: experiments.Lab(settings, splits, seed, folder / "checkpoints", log)
-            for seed, folder in folders.items()}
+            for seed, folder in seed_folders.items()}
     for seed, lab in labs.items():
         try:
             lab.check_checkpoints()
         except CheckpointConflict as error:
             print(f"error: --out {out} holds another run: {error}; give another --out, or delete "
-                  f"{folders[seed]} first to replace that run with this one", file=sys.stderr)
+                  f"{seed_folders[seed]} first to replace that run with this one", file=sys.stderr)
             return 2
+    for folder in run_folders:
+        folders.mark(folder)
     meta = {"command": command_line(args), "seed": args.seed[0], "data": splits.describe(), "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_time": "", "settings": settings.as_dict()}
@@ -171,20 +184,13 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     runs = {}
     for seed, lab in labs.items():
-        log(f"\n==== seed {seed}: {folders[seed]}")
-        runs[seed] = _run_seed(lab, dict(meta, seed=seed), folders[seed], time.perf_counter(), "this seed's run", log)
+        log(f"\n==== seed {seed}: {seed_folders[seed]}")
+        runs[seed] = _run_seed(lab, dict(meta, seed=seed), seed_folders[seed], time.perf_counter(), "this seed's run",
+                               log)
     wall_time = f"{(time.perf_counter() - started) / 60:.1f} min for this invocation, all seeds"
     markdown, data = report.write_spread(out, dict(meta, seed=args.seed, wall_time=wall_time), runs)
     log(f"\nspread over seeds {', '.join(map(str, args.seed))}: {markdown} and {data}")
     return 0
-
-
-def seed_folders(out: Path, seeds: list[int]) -> dict[int, Path]:
-    """Each seed's run folder: ``out`` itself for one seed, ``out/seed-N`` for several (where a run
-    of seed N alone with ``--out out/seed-N`` left its models to be picked up)."""
-    if len(seeds) == 1:
-        return {seeds[0]: out}
-    return {seed: out / f"seed-{seed}" for seed in seeds}
 
 
 def _run_seed(lab: experiments.Lab, meta: dict, out: Path, started: float, timed: str,

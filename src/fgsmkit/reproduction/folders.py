@@ -1,0 +1,71 @@
+"""The run's folders: ``--out``, each seed's folder in it, and the mark a run leaves in them.
+
+A run writes ``report.md``, ``report.json``, the figures and ``checkpoints/`` into its folder,
+replacing files of those names, so it takes only a new or empty folder, or one of an earlier run
+(which it resumes). A run marks its folders with :data:`MARKER` before it trains anything;
+folders of runs made before the mark existed are known by what they hold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import experiments
+from .settings import PRESETS
+
+MARKER = ".fgsmkit-reproduce"
+MARKER_TEXT = "This folder holds a run of `fgsmkit reproduce`; the same command, run again, resumes it.\n"
+
+
+def seed_folders(out: Path, seeds: list[int]) -> dict[int, Path]:
+    """Each seed's run folder: ``out`` itself for one seed, ``out/seed-N`` for several (where a run
+    of seed N alone with ``--out out/seed-N`` left its models to be picked up)."""
+    if len(seeds) == 1:
+        return {seeds[0]: out}
+    return {seed: out / f"seed-{seed}" for seed in seeds}
+
+
+def refusal(out: Path, folder: Path) -> str | None:
+    """Why ``folder`` (``out``, or a seed's folder in it) cannot take the run; None if it can."""
+    if not folder.is_dir() or is_run_folder(folder):
+        return None
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        return None
+    where = f"--out {out}" if folder == out else f"--out {out}: {folder}"
+    listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (f"{where} holds files of its own ({listed}), not a run of fgsmkit reproduce, and the run would "
+            "write over files of the same names; give a new or empty folder")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` was made by a run: marked, or holding what a run from before the mark
+    left (a report or checkpoints of one, or seed folders of one)."""
+    if (folder / MARKER).is_file():
+        return True
+    if any(_written_by_a_run(folder / name) for name in ("report.json", "spread.json")):
+        return True
+    if _holds_model_checkpoints(folder / "checkpoints"):
+        return True
+    return any(is_run_folder(sub) for sub in folder.glob("seed-*") if sub.is_dir())
+
+
+def _written_by_a_run(report: Path) -> bool:
+    try:
+        return str(json.loads(report.read_text(encoding="utf-8"))["meta"]["command"]).startswith("fgsmkit reproduce")
+    except (OSError, ValueError, KeyError, TypeError):  # missing, not JSON, or another program's
+        return False
+
+
+def _holds_model_checkpoints(folder: Path) -> bool:
+    names = {name for settings in PRESETS.values() for name in experiments.recipes(settings)}
+    return folder.is_dir() and any(path.stem in names for path in folder.glob("*.pt"))
+
+
+def mark(folder: Path) -> None:
+    """Leave :data:`MARKER` in ``folder`` (made if missing), so that later runs know it as a run's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / MARKER
+    if not marker.is_file():
+        marker.write_text(MARKER_TEXT, encoding="utf-8")

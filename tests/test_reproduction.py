@@ -149,6 +149,20 @@ def test_a_folder_not_made_by_a_run_is_refused_and_an_earlier_runs_folder_resume
     assert "already trained" in capsys.readouterr().out and (earlier / cli.folders.MARKER).is_file()
 
 
+@pytest.mark.parametrize("in_the_way", ["seed-1", "seed-0/checkpoints"])
+def test_a_file_where_the_run_needs_a_folder_is_refused_before_any_training(smoke_run: tuple[Path, dict],
+                                                                           tmp_path: Path, capsys,
+                                                                           in_the_way: str) -> None:
+    # Only --out itself was checked: the run died on the file after training (here, seed 0).
+    out = tmp_path / "seeds"
+    shutil.copytree(smoke_run[0], out / "seed-0")
+    shutil.rmtree(out / "seed-0" / "checkpoints")
+    (out / in_the_way).write_text("not a folder")
+    assert main([*SMOKE, "--out", str(out), "--seed", "0,1"]) == 2
+    printed, err = capsys.readouterr()
+    assert err.startswith(f"error: --out {out}: {out / in_the_way} is a file") and "] epoch " not in printed
+
+
 def test_quick_and_smoke_runs_have_default_folders_of_their_own() -> None:
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)

@@ -20,7 +20,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,24 +138,11 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     settings = settings_for(args)
     out = output_folder(args)
-    # Found now, not after the first model has trained.
-    if out.exists() and not out.is_dir():
-        print(f"error: --out {out} is a file; give a folder for the report, figures and checkpoints",
-              file=sys.stderr)
-        return 2
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as error:
-        print(f"error: --out {out} cannot be used for the report, figures and checkpoints ({error}); "
-              "give a folder that can be created and written", file=sys.stderr)
-        return 2
-    seed_folders = folders.seed_folders(out, args.seed)
-    run_folders = list(dict.fromkeys([out, *seed_folders.values()]))  # out first; once with one seed
-    for problem in filter(None, (folders.refusal(out, folder) for folder in run_folders)):
+    problem = folders.prepare(out, args.seed)  # found now, not after the first model has trained
+    if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    seed_folders = folders.seed_folders(out, args.seed)
     log = _printer()
     if settings.name != "full":
         log(f"{settings.name.upper()} RUN: small data and few epochs; the numbers are not a reproduction")
@@ -174,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"error: --out {out} holds another run: {error}; give another --out, or delete "
                   f"{seed_folders[seed]} first to replace that run with this one", file=sys.stderr)
             return 2
-    for folder in run_folders:
+    for folder in {out, *seed_folders.values()}:
         folders.mark(folder)
     meta = {"command": command_line(args), "seed": args.seed[0], "data": splits.describe(), "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -9,6 +9,7 @@ folders of runs made before the mark existed are known by what they hold.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from . import experiments
@@ -26,17 +27,47 @@ def seed_folders(out: Path, seeds: list[int]) -> dict[int, Path]:
     return {seed: out / f"seed-{seed}" for seed in seeds}
 
 
-def refusal(out: Path, folder: Path) -> str | None:
+def prepare(out: Path, seeds: list[int]) -> str | None:
+    """Check, then make, every folder the run writes into, before it trains anything.
+
+    Returns what stands in the way, as a message naming ``--out``, or None once ``out``, each
+    seed's folder and each checkpoints folder exists and can be written.
+    """
+    by_seed = seed_folders(out, seeds)
+    report_folders = list(dict.fromkeys([out, *by_seed.values()]))  # out first; once with one seed
+    needed = report_folders + [folder / "checkpoints" for folder in by_seed.values()]
+    for path in needed:
+        if path.exists() and not path.is_dir():
+            return f"{_where(out, path)} is a file, where the run needs a folder; move it away, or give another --out"
+    for folder in report_folders:
+        problem = _foreign(out, folder)
+        if problem:
+            return problem
+    for path in needed:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as error:
+            return (f"{_where(out, path)} cannot be used for the report, figures and checkpoints ({error}); "
+                    "give a folder that can be created and written")
+    return None
+
+
+def _where(out: Path, path: Path) -> str:
+    return f"--out {out}" if path == out else f"--out {out}: {path}"
+
+
+def _foreign(out: Path, folder: Path) -> str | None:
     """Why ``folder`` (``out``, or a seed's folder in it) cannot take the run; None if it can."""
     if not folder.is_dir() or is_run_folder(folder):
         return None
     names = sorted(p.name for p in folder.iterdir())
     if not names:
         return None
-    where = f"--out {out}" if folder == out else f"--out {out}: {folder}"
     listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    return (f"{where} holds files of its own ({listed}), not a run of fgsmkit reproduce, and the run would "
-            "write over files of the same names; give a new or empty folder")
+    return (f"{_where(out, folder)} holds files of its own ({listed}), not a run of fgsmkit reproduce, and the "
+            "run would write over files of the same names; give a new or empty folder")
 
 
 def is_run_folder(folder: Path) -> bool:

@@ -196,7 +196,7 @@ def test_tiny_run_reports_every_experiment(smoke_run: tuple[Path, dict]) -> None
     assert "smoke run" in markdown and "embedded MNIST sample" in markdown
     for r in report["rows"]:
         assert r["metric"] in markdown
-    assert report["meta"]["seed"] == 0 and report["meta"]["settings"]["name"] == "smoke"
+    assert report["meta"]["seed"] == 0 and report["meta"]["settings"]["name"] == "smoke" and report["complete"]
     # Every trained model left a plain state-dict checkpoint that loads with weights_only=True.
     trained = set(experiments.recipes(PRESETS["smoke"]))
     saved = {p.stem for p in (out / "checkpoints").glob("*.pt")}
@@ -382,8 +382,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(smoke_run: tuple[Path,
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM, stderr.decode()
-    assert not (out / "report.json").exists() or len(json.loads((out / "report.json").read_text())["rows"]) < len(
-        uninterrupted["rows"])
+    if (out / "report.json").exists():
+        unfinished = json.loads((out / "report.json").read_text())
+        assert len(unfinished["rows"]) < len(uninterrupted["rows"]) and unfinished["complete"] is False
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
@@ -466,6 +467,48 @@ def test_report_without_matplotlib_says_how_to_get_figures(tmp_path: Path) -> No
     assert 'pip install "fgsmkit[figures]"' in text and "quick run" in text
     assert "| 1. softmax regression | FGSM error | 99.9% | 98.77% |" in text
     assert json.loads(data.read_text())["rows"][0]["ours"] == 98.7654
+
+
+def test_the_report_of_an_unfinished_run_says_so_and_does_not_blame_matplotlib(tmp_path: Path) -> None:
+    # The report rewritten after each experiment looked finished, and said that figures need
+    # matplotlib even with matplotlib installed.
+    from fgsmkit.reproduction import report
+
+    meta = {"command": "fgsmkit reproduce", "seed": 0, "data": "d", "machine": "m", "date": "t",
+            "wall_time": "w", "settings": PRESETS["full"].as_dict()}
+    rows = [experiments.row("1. softmax regression", "FGSM error", 99.9, 98.76543)]
+    markdown, data = report.write_report(tmp_path, meta, PRESETS["full"].notes, rows, None, progress=(3, 12))
+    text = markdown.read_text()
+    assert "**Incomplete: 3 of 12 experiments" in text and "pip install" not in text
+    assert json.loads(data.read_text())["complete"] is False
+    markdown, data = report.write_report(tmp_path, meta, PRESETS["full"].notes, rows, ["figure2.png"])
+    assert "Incomplete" not in markdown.read_text() and json.loads(data.read_text())["complete"] is True
+
+
+def test_a_figure_that_fails_to_save_leaves_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    from fgsmkit.reproduction import figures
+
+    import matplotlib.pyplot as plt
+
+    def half_written(data: dict):
+        def savefig(target, **options) -> None:
+            if isinstance(target, (str, os.PathLike)):
+                Path(target).write_bytes(b"\x89PNG half")
+            else:
+                target.write(b"\x89PNG half")
+            raise OSError("No space left on device")
+
+        fig = plt.figure()
+        fig.savefig = savefig
+        return fig
+
+    monkeypatch.setattr(figures, "_figure2", half_written)
+    (tmp_path / "figure2.png").write_bytes(b"the previous figure")
+    with pytest.raises(OSError, match="No space left"):
+        figures.write_figures({"figure2": {}}, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["figure2.png"]
+    assert (tmp_path / "figure2.png").read_bytes() == b"the previous figure"
 
 
 def test_the_spread_refuses_seeds_whose_reports_list_different_rows(tmp_path: Path) -> None:

@@ -184,7 +184,7 @@ def _run_seed(lab: experiments.Lab, meta: dict, out: Path, started: float, timed
     """Every experiment with one seed, each result printed as it comes; writes the report into ``out``."""
     settings = lab.settings
     rows: list[experiments.Row] = []
-    for experiment in experiments.EXPERIMENTS:
+    for done, experiment in enumerate(experiments.EXPERIMENTS, start=1):
         title = (experiment.__doc__ or experiment.__name__).splitlines()[0]
         log(f"\n== {title}")
         new = experiment(lab)
@@ -192,7 +192,7 @@ def _run_seed(lab: experiments.Lab, meta: dict, out: Path, started: float, timed
             log(report.format_row(r))
         rows = sorted(rows + new, key=experiment_number)
         meta["wall_time"] = _wall_time(started, timed, lab)
-        report.write_report(out, meta, settings.notes, rows, None)
+        report.write_report(out, meta, settings.notes, rows, None, progress=(done, len(experiments.EXPERIMENTS)))
     names = None
     if figures.matplotlib_available():
         names = figures.write_figures(lab.figures, out)

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fgsmkit._atomic import replaced_atomically
+
 
 def matplotlib_available() -> bool:
     try:
@@ -38,8 +40,12 @@ def write_figures(figures: dict[str, dict[str, Any]], out: str | os.PathLike[str
         if key in figures:
             name = f"{key}.png"
             fig = draw(figures[key])
-            fig.savefig(out / name, dpi=110, bbox_inches="tight")
-            plt.close(fig)
+            try:
+                # Whole or not at all, like the report: a run killed while saving keeps the old figure.
+                with replaced_atomically(out / name) as (handle, _):
+                    fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+            finally:
+                plt.close(fig)
             names.append(name)
     return names
 

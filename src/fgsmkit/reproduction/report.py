@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fgsmkit._atomic import replaced_atomically
+
 from .experiments import Row
 
 FIGURES_HINT = 'Figures need matplotlib: pip install "fgsmkit[figures]", then run the same command again.'
@@ -32,7 +34,7 @@ def format_row(r: Row) -> str:
 
 
 def write_report(out: str | os.PathLike[str], meta: dict[str, Any], notes: Sequence[str], rows: Sequence[Row],
-                 figures: Sequence[str] | None) -> tuple[Path, Path]:
+                 figures: Sequence[str] | None, progress: tuple[int, int] | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.json`` into ``out``; returns their paths.
 
     Parameters
@@ -47,10 +49,13 @@ def write_report(out: str | os.PathLike[str], meta: dict[str, Any], notes: Seque
         The results, as returned by the experiments.
     figures : sequence of str or None
         File names of the figures written beside the report, or None without matplotlib.
+    progress : (int, int) or None
+        While the run goes on, the experiments run so far and in all: the report says it is
+        incomplete, and that the figures come at the end. None once every experiment has run.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = _heading(meta, seeds=None) + [
+    lines = _heading(meta, seeds=None) + _unfinished(progress) + [
         "Paper: MNIST (60,000 training images, official 10,000-image test set), eps = .25 on pixels in "
         "[0, 1]. Ours: the data above, same eps. Percentages throughout.",
         "",
@@ -61,7 +66,9 @@ def write_report(out: str | os.PathLike[str], meta: dict[str, Any], notes: Seque
               f"{r['notes']} |" for r in rows]
     lines += ["", "## Choices and deviations from the paper", ""] + [f"- {n}" for n in notes]
     lines += ["", "## Figures", ""]
-    if figures is None:
+    if progress is not None:
+        lines.append("Drawn when every experiment has run.")
+    elif figures is None:
         lines.append(FIGURES_HINT)
     else:
         lines += [f"![{name}]({name})" for name in figures]
@@ -69,9 +76,19 @@ def write_report(out: str | os.PathLike[str], meta: dict[str, Any], notes: Seque
         lines += ["", "## Where ours differs from the paper", ""] + [f"- {d}" for d in meta["discussion"]]
     markdown, data = out / "report.md", out / "report.json"
     _write_text(markdown, "\n".join(lines) + "\n")
-    _write_text(data, json.dumps({"meta": meta, "notes": list(notes), "rows": list(rows),
-                                  "figures": None if figures is None else list(figures)}, indent=2) + "\n")
+    _write_text(data, json.dumps({"meta": meta, "complete": progress is None, "notes": list(notes),
+                                  "rows": list(rows), "figures": None if figures is None else list(figures)},
+                                 indent=2) + "\n")
     return markdown, data
+
+
+def _unfinished(progress: tuple[int, int] | None) -> list[str]:
+    """The warning at the top of the report of a run that has not run every experiment."""
+    if progress is None:
+        return []
+    done, total = progress
+    return [f"**Incomplete: {done} of {total} experiments run so far. The run is still going, or was stopped; "
+            "the same command, run again, resumes it and completes this report.**", ""]
 
 
 def write_spread(out: str | os.PathLike[str], meta: dict[str, Any], runs: Mapping[int, Sequence[Row]]) -> tuple[Path, Path]:
@@ -137,6 +154,5 @@ def _heading(meta: dict[str, Any], seeds: list[int] | None) -> list[str]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with replaced_atomically(path) as (handle, _):
+        handle.write(text.encode("utf-8"))

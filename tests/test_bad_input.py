@@ -222,3 +222,11 @@ def test_numpy_flags_and_norms_are_taken_as_their_python_values() -> None:
     expected = fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, norm=2, random_start=False)
     got = fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, norm=np.float32(2), random_start=np.bool_(False))
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("attack", [fk.iterative_fgsm, fk.pgd])
+def test_step_size_none_is_refused_rather_than_run_as_fgsm(attack) -> None:
+    # None was how fgsm asked the shared core for its single step: steps, restarts and the
+    # random start were then ignored, and the result was fgsm's.
+    with pytest.raises(TypeError, match=r"step_size must be a float or a tensor; got NoneType"):
+        attack(MODEL, X, Y, eps=0.1, step_size=None, steps=10)

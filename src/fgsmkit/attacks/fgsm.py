@@ -8,7 +8,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from ..gradient import LossFn
-from ._attack import projected_gradient_ascent
+from ._attack import fast_gradient_method
 
 
 def fgsm(
@@ -83,8 +83,7 @@ def fgsm(
     >>> bool(((x_adv - x).abs() <= 0.1 + 1e-7).all())
     True
     """
-    return projected_gradient_ascent(
-        model, x, y, eps=eps, step_size=None, steps=1, norm=norm, random_start=False, restarts=1,
-        targeted=targeted, loss_fn=loss_fn, clip=clip, generator=None, eval_mode=eval_mode,
+    return fast_gradient_method(
+        model, x, y, eps=eps, norm=norm, targeted=targeted, loss_fn=loss_fn, clip=clip, eval_mode=eval_mode,
         backend=backend,
     )

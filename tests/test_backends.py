@@ -261,6 +261,33 @@ def test_emulated_cuda_graph_follows_weights_layouts_and_precision_settings(emul
     assert graphs.captures == 4
 
 
+class _PerClassTemperature(torch.nn.Module):
+    """A loss_fn module with a registered buffer: cross-entropy at one temperature per class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("temperature", torch.ones(4))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits / self.temperature, target, reduction="none")
+
+
+def test_emulated_cuda_graph_follows_replaced_submodules_and_loss_fn_tensors(emulated_cuda_graphs):
+    # The key held the model's tensors, flags and hooks, not which submodules it holds nor a
+    # loss_fn module's tensors: the graph of the old activation, or of the old buffer, was replayed.
+    torch.manual_seed(0)
+    model, (x, y) = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)), batch()
+    fk.pgd(model, x, y, backend="cuda_graph", **PGD)
+    model[1] = torch.nn.Tanh()  # parameter-free: no tensor of the model changes
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+    loss_fn = _PerClassTemperature()
+    fk.pgd(model, x, y, loss_fn=loss_fn, backend="cuda_graph", **PGD)
+    loss_fn.temperature = torch.tensor([1.0, 4.0, 0.25, 2.0])  # a new tensor, not an in-place update
+    assert torch.equal(fk.pgd(model, x, y, loss_fn=loss_fn, backend="cuda_graph", **PGD),
+                       fk.pgd(model, x, y, loss_fn=loss_fn, **PGD))
+    assert emulated_cuda_graphs.captures == 4
+
+
 class _HalfScaled(torch.nn.Module):
     """A float16 parameter (low precision, so the logit gradient is rescaled) behind the small
     model, with or without batch statistics written by hand (samples that interact)."""

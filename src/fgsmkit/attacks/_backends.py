@@ -11,11 +11,13 @@ random layers in training mode, such as dropout, whose draws may differ between 
   fusing cannot change a bit; the L2 step's norms would be summed in another order.
 - ``"cuda_graph"``: on CUDA, the walk after its first step is captured once as a CUDA Graph and
   replayed, so that kernel launches cost nothing. The graph is cached per model, input shape and
-  settings; it reads the model's parameters where they are, so in-place updates (an optimizer
-  step, ``load_state_dict``) are seen, and new parameter tensors make a new graph. The model must
-  be an ``nn.Module`` whose forward is capturable (no host synchronisation, no data-dependent
-  control flow, buffers updated in place rather than replaced), like the paper's models. Python
-  numbers that the forward or ``loss_fn`` read are frozen into the graph.
+  settings; it reads the parameters and buffers of the model (and of a ``loss_fn`` that is an
+  ``nn.Module``) where they are, so in-place updates (an optimizer step, ``load_state_dict``)
+  are seen, and new tensors or a replaced submodule make a new graph. The model must be an
+  ``nn.Module`` whose forward is capturable (no host synchronisation, no data-dependent control
+  flow, buffers updated in place rather than replaced), like the paper's models. Python numbers,
+  and tensors kept as plain attributes rather than registered as parameters or buffers, that the
+  forward or ``loss_fn`` read are frozen into the graph: replacing one is not seen.
 - ``"auto"``: ``"eager"``. The fused paths are opt-in until they are measured on a GPU
   (docs/benchmarks/gpu.md).
 """
@@ -169,22 +171,30 @@ def _signature(t: Tensor | None) -> tuple | None:
 def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tensor, steps: int) -> tuple:
     """What the captured kernels depend on besides the values in the static buffers.
 
-    Python numbers that the model's forward or ``loss_fn`` read are not in it: they are frozen
-    into the graph (the documented limit of ``backend="cuda_graph"``).
+    Python numbers, and tensors kept as plain attributes, that the model's forward or ``loss_fn``
+    read are not in it: they are frozen into the graph (the documented limit of
+    ``backend="cuda_graph"``).
     """
-    model = objective.model
+    model, loss_fn = objective.model, objective.loss_fn
     assert isinstance(model, nn.Module)
     box = ball.box
-    tensors = [*model.parameters(), *model.buffers()]
     return (
-        type(ball), steps, objective.targeted, _weakly(objective.loss_fn), objective.rescaled_over,
+        type(ball), steps, objective.targeted, _weakly(loss_fn), objective.rescaled_over,
         _signature(ball.x), _signature(x_adv), _signature(objective.y), _signature(ball.eps), _signature(step_size),
         None if box is None else (_signature(box.low), _signature(box.high)),
-        tuple((m.training, *map(tuple, _hook_dicts(m))) for m in model.modules()),
+        # Which submodules it holds (one replaced by another, parameter-free, changes no tensor).
+        tuple((type(m), id(m), m.training, *map(tuple, _hook_dicts(m))) for m in model.modules()),
         tuple(map(tuple, _hook_dicts(nn.modules.module))),  # hooks registered for every module
-        tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for t in tensors),
+        _tensor_places(model), _tensor_places(loss_fn) if isinstance(loss_fn, nn.Module) else None,
         _autocast_state(), _precision_flags(),
     )
+
+
+def _tensor_places(module: nn.Module) -> tuple:
+    """Where each parameter and buffer of ``module`` lies and how: the graph reads them there, so
+    in-place updates are seen and new tensors need a new graph."""
+    return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+                 for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 def _hook_dicts(owner: object) -> tuple[dict, ...]:

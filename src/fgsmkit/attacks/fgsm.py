@@ -63,7 +63,8 @@ def fgsm(
         fuses the L-inf step (sign, scale, add, projection, clip) into one kernel with
         ``torch.compile`` (the first call compiles, which takes seconds). ``"cuda_graph"``
         (CUDA, an ``nn.Module`` with static shapes and no host synchronisation in its forward;
-        Python numbers that its forward or ``loss_fn`` read are frozen into the graph)
+        Python numbers, and tensors kept as plain attributes rather than parameters or buffers,
+        that its forward or ``loss_fn`` read are frozen into the graph)
         captures the steps after the first once and replays them, which removes the launch
         cost of small models; the graph is cached per model and input shape. ``"auto"`` is
         ``"eager"``.

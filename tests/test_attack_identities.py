@@ -71,6 +71,26 @@ def test_a_loss_fn_that_edits_the_logits_in_place_gets_their_gradient() -> None:
     assert torch.equal(fk.fgsm(model, x, y, eps=0.07, clip=None, loss_fn=margin_loss), x + 0.07 * grad.sign())
 
 
+def test_restarts_with_a_loss_fn_that_edits_the_logits_in_place_pick_as_its_out_of_place_twin() -> None:
+    # The fooled test read the predictions from the logits after loss_fn had edited them, so a
+    # margin counted samples the model still got right as fooled, and restarts kept the wrong ones.
+    model, (x, _) = small_mlp(), batch(n=100)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)  # every sample right at x: only the attack can fool the model
+
+    def in_place(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits[torch.arange(len(labels)), labels] -= 2.0
+        return F.cross_entropy(logits, labels, reduction="none")
+
+    def out_of_place(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits - 2.0 * F.one_hot(labels, logits.shape[1]), labels, reduction="none")
+
+    kwargs = dict(eps=0.05, step_size=0.02, steps=2, restarts=3)
+    expected = fk.pgd(model, x, y, loss_fn=out_of_place, generator=torch.Generator().manual_seed(1), **kwargs)
+    actual = fk.pgd(model, x, y, loss_fn=in_place, generator=torch.Generator().manual_seed(1), **kwargs)
+    assert torch.equal(actual, expected)
+
+
 def test_without_labels_the_model_predictions_are_attacked() -> None:
     model, (x, _) = small_mlp(), batch()
     predicted = model(x).argmax(1)

@@ -453,13 +453,14 @@ class Objective:
         """The per-sample losses at ``x`` and whether each sample is already fooled."""
         with torch.no_grad():
             logits = self._logits(x)
+            # Read before loss_fn runs: a margin loss may edit the logits in place.
+            predictions = predicted_labels(logits)
             losses = per_sample(self.loss_fn(logits, self.y), x.shape[0])
         if losses is None:
             raise ValueError(
                 "restarts > 1 needs a loss_fn that returns one loss per sample "
                 "(e.g. reduction='none') to pick each sample's strongest restart"
             )
-        predictions = predicted_labels(logits)
         fooled = predictions == self.y if self.targeted else predictions != self.y
         return losses, fooled
 

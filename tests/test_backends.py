@@ -288,6 +288,43 @@ def test_emulated_cuda_graph_follows_replaced_submodules_and_loss_fn_tensors(emu
     assert emulated_cuda_graphs.captures == 4
 
 
+@contextlib.contextmanager
+def _switched(owner: object, name: str, value: object):
+    # By hand: monkeypatch deletes, rather than restores, what torch's cuBLAS settings object
+    # serves through __getattr__.
+    before = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, before)
+
+
+def test_emulated_cuda_graph_follows_the_switches_that_choose_kernels(emulated_cuda_graphs):
+    # Attention's backends and their order, cuDNN on or off, fp16 accumulation and the BLAS
+    # library choose the captured kernels too; under another choice the old graph was replayed.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model, (x, y) = small_model(), batch()
+    fk.pgd(model, x, y, backend="cuda_graph", **PGD)
+    matmul = torch.backends.cuda.matmul
+    switches = {
+        "attention backends": lambda: sdpa_kernel(SDPBackend.MATH),
+        "attention priority": lambda: sdpa_kernel(  # every backend, in another order
+            [SDPBackend.OVERRIDEABLE, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH, SDPBackend.EFFICIENT_ATTENTION,
+             SDPBackend.FLASH_ATTENTION], set_priority=True),
+        "cudnn": lambda: _switched(torch.backends.cudnn, "enabled", not torch.backends.cudnn.enabled),
+        "blas": lambda: _switched(torch.backends.cuda, "preferred_blas_library", lambda backend=None: "cublaslt"),
+        "fp16 accumulation": lambda: _switched(matmul, "allow_fp16_accumulation",
+                                               not getattr(matmul, "allow_fp16_accumulation", False)),
+    }
+    for captures, (name, switch) in enumerate(switches.items(), start=2):
+        fk.pgd(model, x, y, backend="cuda_graph", **PGD)  # the first graph: cached, most recently used
+        with switch():
+            assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+        assert emulated_cuda_graphs.captures == captures, name
+
+
 class _HalfScaled(torch.nn.Module):
     """A float16 parameter (low precision, so the logit gradient is rescaled) behind the small
     model, with or without batch statistics written by hand (samples that interact)."""

@@ -236,9 +236,11 @@ class _WeakCallable:
 
 
 # The global switches that choose the captured kernels: TF32 (old and new settings), reduced-
-# precision reductions, deterministic algorithms, cuDNN's autotuner. Each is read on its own:
-# some are missing on older torch, and newer torch raises on reading an old setting once a new
-# one was set.
+# precision reductions, deterministic algorithms, cuDNN's autotuner, and which kernels run at
+# all (scaled dot-product attention's backends and their order, as torch.nn.attention.sdpa_kernel
+# sets them; cuDNN on or off; fp16 accumulation; the BLAS library). Each is read on its own:
+# some are missing on older torch (or private), and newer torch raises on reading an old setting
+# once a new one was set.
 _PRECISION_SWITCHES: tuple[Callable[[], object], ...] = (
     lambda: torch.get_float32_matmul_precision(),
     lambda: torch.backends.cudnn.allow_tf32,
@@ -252,6 +254,16 @@ _PRECISION_SWITCHES: tuple[Callable[[], object], ...] = (
     lambda: torch.backends.cudnn.fp32_precision,
     lambda: torch.backends.cudnn.conv.fp32_precision,  # type: ignore[attr-defined]
     lambda: torch.backends.cudnn.rnn.fp32_precision,  # type: ignore[attr-defined]
+    lambda: torch.backends.cuda.flash_sdp_enabled(),
+    lambda: torch.backends.cuda.mem_efficient_sdp_enabled(),
+    lambda: torch.backends.cuda.math_sdp_enabled(),
+    lambda: torch.backends.cuda.cudnn_sdp_enabled(),
+    lambda: torch._C._get_overrideable_sdp_enabled(),  # type: ignore[attr-defined]
+    lambda: tuple(torch._C._get_sdp_priority_order()),  # type: ignore[attr-defined]
+    lambda: torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed(),
+    lambda: torch.backends.cudnn.enabled,
+    lambda: torch.backends.cuda.matmul.allow_fp16_accumulation,
+    lambda: torch.backends.cuda.preferred_blas_library(),
 )
 
 

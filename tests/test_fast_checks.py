@@ -93,6 +93,18 @@ def test_budgets_too_large_for_the_dtype_or_the_l2_norm_are_refused(per_sample):
     assert torch.allclose(torch.linalg.vector_norm(x_adv - x, dim=1), torch.full((4,), 1e18), rtol=1e-6)
 
 
+@pytest.mark.parametrize("check", [_validation.check_eps, _validation.check_step_size])
+def test_budget_tensors_are_compared_with_the_largest_budget_exactly(check):
+    # In the tensor's own dtype the limit rounds too: float16's 65504 is 65536 in bfloat16, so a
+    # bfloat16 budget of 65536 passed for float16 x, became inf and made the result NaN.
+    half = torch.rand(4, 3).half()
+    with pytest.raises(ValueError, match=r"must be at most 6.55e\+04 for torch.float16 inputs"):
+        check(torch.full((4,), 65536.0, dtype=torch.bfloat16), half, math.inf)
+    with pytest.raises(ValueError, match=r"must be at most 9.223e\+18 .*squared L2 norm"):
+        check(torch.tensor(2.0**63, dtype=torch.bfloat16), torch.rand(4, 3), 2.0)  # just above
+    assert float(check(torch.full((4,), 65280.0, dtype=torch.bfloat16), half, math.inf).max()) == 65280.0
+
+
 def test_nan_clip_bound_is_refused():
     with pytest.raises(ValueError, match=r"clip\[1\] must not be NaN"):
         _validation.check_inputs(torch.rand(2, 3), (0.0, math.nan))

@@ -242,7 +242,9 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: 
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
     if values.numel():
         wrong_sign = values <= 0 if positive else values < 0
-        checks = [torch.isfinite(values).all(), ~wrong_sign.any(), (values <= largest).all()]
+        # In float64: in the budget's own dtype the limit rounds too (float16's 65504 is 65536 in
+        # bfloat16), and a budget that rounds to inf in x's dtype would pass.
+        checks = [torch.isfinite(values).all(), ~wrong_sign.any(), (values.double() <= largest).all()]
         finite, right_sign, small_enough = torch.stack(checks).tolist()  # one host sync
         if not finite:
             raise ValueError(f"{name} must be finite; got {value}")

@@ -152,6 +152,21 @@ def test_per_sample_step_size_is_accepted() -> None:
     torch.testing.assert_close((one_step - x).abs().amax(1), steps)
 
 
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+def test_a_per_sample_step_may_be_zero_where_that_samples_eps_is(norm: float) -> None:
+    # The guide's per-sample budgets, torch.linspace(0, 0.3, n), with its rule of thumb
+    # step_size = 2.5 * eps / steps were refused: the first sample's step is 0.
+    model, (x, y) = small_mlp(), batch(n=16)
+    eps = torch.linspace(0.0, 0.3, 16, dtype=torch.float64)
+    x_adv = fk.pgd(model, x, y, eps=eps, step_size=2.5 * eps / 10, steps=10, norm=norm)
+    moved = (x_adv != x).any(dim=1)
+    assert not moved[0] and bool(moved[1:].all())
+    with pytest.raises(ValueError, match=r"step_size must be > 0 where eps > 0"):
+        fk.pgd(model, x, y, eps=eps.flip(0), step_size=2.5 * eps / 10, steps=10, norm=norm)
+    with pytest.raises(ValueError, match=r"step_size must be > 0"):  # one step for all: never 0
+        fk.pgd(model, x, y, eps=eps, step_size=torch.tensor(0.0), steps=10, norm=norm)
+
+
 def test_attacks_work_inside_no_grad() -> None:
     model, (x, y) = small_mlp(), batch()
     expected = fk.fgsm(model, x, y, eps=0.1)

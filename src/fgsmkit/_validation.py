@@ -214,8 +214,12 @@ def check_real_values(value: Tensor, name: str) -> None:
         raise ValueError(f"{name} is on the meta device, which holds no values; pass it on x's device")
 
 
-def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: float) -> Tensor:
-    """A float or a per-sample tensor, returned as a tensor that broadcasts against x."""
+def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: float,
+                  eps: Tensor | None = None) -> Tensor:
+    """A float or a per-sample tensor, returned as a tensor that broadcasts against x.
+
+    With ``positive``, a per-sample tensor may still hold 0 where ``eps`` (checked) is 0.
+    """
     relation = "> 0" if positive else ">= 0"
     largest, _ = _largest_budget(x.dtype, norm)
     if isinstance(value, Tensor):
@@ -242,6 +246,10 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: 
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
     if values.numel():
         wrong_sign = values <= 0 if positive else values < 0
+        if positive and eps is not None and values.ndim == 1:
+            # A sample with no budget has nowhere to go: its step may be 0 (2.5 * eps / steps).
+            wrong_sign &= (values < 0) | (eps.reshape(-1) != 0)
+            relation = "> 0 where eps > 0"
         # In float64: in the budget's own dtype the limit rounds too (float16's 65504 is 65536 in
         # bfloat16), and a budget that rounds to inf in x's dtype would pass.
         checks = [torch.isfinite(values).all(), ~wrong_sign.any(), (values.double() <= largest).all()]
@@ -364,8 +372,10 @@ def check_reach(x: Tensor, reach: Tensor, budgets: str, roundings: int = 0, boxe
         )
 
 
-def check_step_size(step_size: object, x: Tensor, norm: float) -> Tensor:
-    return _check_budget(step_size, "step_size", x, positive=True, norm=norm)
+def check_step_size(step_size: object, x: Tensor, norm: float, eps: Tensor | None = None) -> Tensor:
+    """``step_size`` > 0, checked as :func:`check_eps` checks eps; one per sample may be 0 where
+    that sample's ``eps`` (as :func:`check_eps` returned it) is 0."""
+    return _check_budget(step_size, "step_size", x, positive=True, norm=norm, eps=eps)
 
 
 def check_flag(value: object, name: str) -> bool:

@@ -71,7 +71,7 @@ def projected_gradient_ascent(
 ) -> Tensor:
     """Check the arguments once, then run the walk (:func:`~fgsmkit.pgd`, :func:`~fgsmkit.iterative_fgsm`)."""
     checked = _check_shared(model, x, y, eps, norm, targeted, loss_fn, clip, eval_mode, backend)
-    step_t = _validation.check_step_size(step_size, checked.x, checked.norm)
+    step_t = _validation.check_step_size(step_size, checked.x, checked.norm, checked.eps)
     _validation.check_overflow(checked.x, checked.box, checked.norm, checked.eps, _validation.named("eps", eps),
                                step_t)
     steps = _validation.check_positive_int(steps, "steps")

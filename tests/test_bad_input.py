@@ -230,3 +230,17 @@ def test_step_size_none_is_refused_rather_than_run_as_fgsm(attack) -> None:
     # random start were then ignored, and the result was fgsm's.
     with pytest.raises(TypeError, match=r"step_size must be a float or a tensor; got NoneType"):
         attack(MODEL, X, Y, eps=0.1, step_size=None, steps=10)
+
+
+def test_restarts_refuse_a_loss_fn_that_returns_a_mean_on_the_first_gradient() -> None:
+    # Refused only when the first walk's losses were compared: after all its steps.
+    calls = []
+
+    def model(t: torch.Tensor) -> torch.Tensor:
+        calls.append(t.shape[0])
+        return MODEL(t)
+
+    with pytest.raises(ValueError, match=r"restarts > 1 needs a loss_fn that returns one loss per sample"):
+        fk.pgd(model, X, Y, eps=0.1, step_size=0.02, steps=40, restarts=5,
+               loss_fn=lambda logits, y: nn.functional.cross_entropy(logits, y))
+    assert len(calls) == 1

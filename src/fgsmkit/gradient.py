@@ -132,11 +132,15 @@ def summed_loss(per_sample_or_scalar: Tensor, batch: int) -> Tensor:
     return per_sample_or_scalar.sum()
 
 
-def per_sample(loss: Tensor, batch: int) -> Tensor | None:
-    """The per-sample losses, or None where ``loss_fn`` already reduced them."""
-    if loss.ndim == 1 and loss.shape[0] == batch:
-        return loss
-    return None
+def per_sample_for_restarts(loss: Tensor, batch: int) -> Tensor:
+    """``loss``, the per-sample losses that restarts compare; an error naming the fix where
+    ``loss_fn`` reduced them (or returned more than one per sample)."""
+    if loss.ndim != 1 or loss.shape[0] != batch:
+        raise ValueError(
+            "restarts > 1 needs a loss_fn that returns one loss per sample "
+            "(e.g. reduction='none') to pick each sample's strongest restart"
+        )
+    return loss
 
 
 def local_model(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -318,6 +322,9 @@ class Objective:
                             if loss_fn is None and self.y is not None else None)
         self.targeted = targeted
         self.checked = False
+        # Restarts compare per-sample losses: loss_fn's are then checked on the first gradient,
+        # not after a whole walk.
+        self.compares_samples = False
         # The dims of the logit gradient that share one power-of-two scale (None: no rescaling);
         # decided on first use, unless the caller has (see decide_rescaling). Per-sample scales
         # hold once the first gradient has shown that the samples do not interact.
@@ -369,7 +376,10 @@ class Objective:
         wide = logits.detach().to(torch.promote_types(logits.dtype, torch.float32)).requires_grad_(True)
         # A copy for loss_fn: a margin loss may edit the logits in place, which autograd refuses
         # on a leaf (it accepts it on a model's output, what loss_fn gets in a training loop).
-        loss = summed_loss(self.loss_fn(wide.clone(), self.y), logits.shape[0])  # type: ignore[arg-type]
+        raw = self.loss_fn(wide.clone(), self.y)  # type: ignore[arg-type]
+        loss = summed_loss(raw, logits.shape[0])
+        if self.compares_samples and not self.checked:
+            per_sample_for_restarts(raw, logits.shape[0])
         if not loss.requires_grad:  # detached, or made of constants: reported as a zero gradient
             return torch.zeros_like(wide)
         (grad,) = torch.autograd.grad(loss, wide, allow_unused=True)
@@ -455,12 +465,7 @@ class Objective:
             logits = self._logits(x)
             # Read before loss_fn runs: a margin loss may edit the logits in place.
             predictions = predicted_labels(logits)
-            losses = per_sample(self.loss_fn(logits, self.y), x.shape[0])
-        if losses is None:
-            raise ValueError(
-                "restarts > 1 needs a loss_fn that returns one loss per sample "
-                "(e.g. reduction='none') to pick each sample's strongest restart"
-            )
+            losses = per_sample_for_restarts(self.loss_fn(logits, self.y), x.shape[0])
         fooled = predictions == self.y if self.targeted else predictions != self.y
         return losses, fooled
 

@@ -147,6 +147,7 @@ def _walks(objective: Objective, ball: Ball, walk: Walk, step_t: Tensor, steps: 
            restarts: int, generator: torch.Generator | None) -> Tensor:
     """The walk, ``restarts`` times, each sample's strongest result kept."""
     x = ball.x
+    objective.compares_samples = restarts > 1
     if objective.y is None and random_start:
         # Labels come from the clean input, never from a random starting point.
         objective.label_with_predictions(x)

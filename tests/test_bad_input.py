@@ -62,6 +62,8 @@ def all_attacks(**overrides):
         (dict(model=lambda x: (MODEL(x), None)), TypeError, r"model must return a tensor of logits.*Wrap a model that returns a tuple"),
         (dict(model=lambda x: MODEL(x)[:2]), ValueError, r"shape \(batch, classes\) = \(4, C\)"),
         (dict(model=lambda x: MODEL(x) * math.nan), ValueError, r"model returned NaN or inf logits"),
+        (dict(model=lambda x: MODEL(x).to("meta")), ValueError,  # meta stands in for another device
+         r"model returned logits on meta but x is on cpu; return logits on x's device"),
         (dict(model="not a model"), TypeError, r"model must be callable"),
         (dict(loss_fn="ce"), TypeError, r"loss_fn must be callable"),
         (dict(y=None, targeted=True), ValueError, r"targeted=True needs y, the target classes"),
@@ -244,3 +246,16 @@ def test_restarts_refuse_a_loss_fn_that_returns_a_mean_on_the_first_gradient() -
         fk.pgd(model, X, Y, eps=0.1, step_size=0.02, steps=40, restarts=5,
                loss_fn=lambda logits, y: nn.functional.cross_entropy(logits, y))
     assert len(calls) == 1
+
+
+def test_adversarial_loss_names_logits_on_another_device() -> None:
+    class OnMeta(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = small_mlp(dtype=torch.float32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x).to("meta")
+
+    with pytest.raises(ValueError, match=r"model returned logits on meta but x is on cpu"):
+        fk.AdversarialLoss(eps=0.1)(OnMeta(), X, Y)

@@ -176,7 +176,9 @@ def check_label_range(label_range: tuple[int, int] | None, num_outputs: int) -> 
         )
 
 
-def check_logits(logits: object, batch: int) -> Tensor:
+def check_logits(logits: object, x: Tensor) -> Tensor:
+    """What the model returned for ``x``: floating-point logits, one row per sample, on x's device."""
+    batch = x.shape[0]
     if not isinstance(logits, Tensor):
         raise TypeError(
             f"model must return a tensor of logits, shape (batch, classes); got {type(logits).__name__}. "
@@ -186,6 +188,11 @@ def check_logits(logits: object, batch: int) -> Tensor:
         raise ValueError(
             f"model must return floating-point logits of shape (batch, classes) = ({batch}, C) with C >= 1; "
             f"got shape {tuple(logits.shape)} and dtype {logits.dtype}"
+        )
+    if logits.device != x.device:
+        raise ValueError(
+            f"model returned logits on {logits.device} but x is on {x.device}; return logits on x's device "
+            "(e.g. lambda x: model(x).to(x.device))"
         )
     return logits
 

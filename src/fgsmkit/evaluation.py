@@ -369,7 +369,7 @@ def _logits(model: Model, x: Tensor) -> Tensor:
     """The logits of one batch, shape ``(batch, classes)``, checked to be finite."""
     # The model gets a copy: under no_grad nothing stops one that writes into its input
     # (nn.ReLU(inplace=True) first) from changing the caller's x, whose batches are views of it.
-    logits = _validation.check_logits(model(x.clone()), x.shape[0])
+    logits = _validation.check_logits(model(x.clone()), x)
     check_logits_finite(logits)
     return logits
 

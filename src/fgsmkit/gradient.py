@@ -340,7 +340,7 @@ class Objective:
     def _logits(self, x: Tensor) -> Tensor:
         logits = logits_of(self.model, x)
         if not self.checked:
-            _validation.check_logits(logits, x.shape[0])
+            _validation.check_logits(logits, x)
             if self.y is None:
                 self.y = predicted_labels(logits.detach())
             else:

@@ -258,7 +258,7 @@ class AdversarialLoss(nn.Module):
         with torch.inference_mode(False), torch.enable_grad():
             x_leaf, y = autograd_usable(x).detach().requires_grad_(True), autograd_usable(y)
             x_in = x_leaf.clone()  # its node is this call's first: what is older was built before
-            logits = _validation.check_logits(logits_of(clean_model, x_in), x.shape[0])
+            logits = _validation.check_logits(logits_of(clean_model, x_in), x)
             _validation.check_label_range(label_range, logits.shape[1])
             clean = _mean(self.loss_fn(logits, y), x.shape[0])
             if training and logits.requires_grad and not clean.requires_grad:

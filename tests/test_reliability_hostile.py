@@ -130,6 +130,15 @@ def test_empty_batch_returns_an_empty_batch(name, labels):
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
 
 
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("labels", [True, False])
+def test_samples_without_features_are_returned_unchanged(name, labels):
+    # Shape (batch, 0): an IndexError from the first gradient's check (a max over no entries).
+    x, y = batch(4, shape=(0,))
+    x_adv = ATTACKS[name](lambda t: torch.stack([t.sum(1), -t.sum(1), t.sum(1)], 1), x, y if labels else None)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv is not x
+
+
 def test_empty_batch_is_refused_by_adversarial_loss():
     x, y = batch(0)
     with pytest.raises(ValueError, match="x must hold at least one sample"):

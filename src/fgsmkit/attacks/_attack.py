@@ -116,9 +116,10 @@ def _check_shared(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor | None
 def _attack(model: Callable[[Tensor], Tensor], checked: _Checked, eps: object,
             run: Callable[[Objective, Ball], Tensor]) -> Tensor:
     """``run(objective, ball)`` with the model's state kept, or ``x`` unchanged where no attack
-    can move it (``eps``, as the caller passed it, is a number 0, or the batch is empty)."""
+    can move it (``eps``, as the caller passed it, is a number 0, or ``x`` holds no entries: an
+    empty batch, or samples without features)."""
     x, y = checked.x, checked.y
-    if x.shape[0] == 0 or (not isinstance(eps, Tensor) and eps == 0):
+    if x.numel() == 0 or (not isinstance(eps, Tensor) and eps == 0):
         if y is not None and checked.loss_fn is None:
             _validation.class_label_range(y)  # their range against the classes would need the model
         return x.clone()

@@ -467,7 +467,7 @@ def test_adversarial_loss_updates_batchnorm_twice_and_leaves_everything_else_unt
     model = nn.Sequential(nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 4))
     model = model.to(dtype).train()
     model[3].eval()  # a submodule in eval mode inside a training model: dropout off, deterministic
-    x = torch.rand(6, 12, dtype=torch.float64).to(dtype).requires_grad_(True)
+    x = torch.rand(6, 12, dtype=torch.float64).to(dtype)  # requiring grad is refused (nothing would train it)
     x.grad = torch.ones_like(x)
     y = torch.randint(0, 4, (6,))
     seen = []

@@ -418,6 +418,16 @@ def test_inputs_with_a_graph_are_refused_rather_than_cut_from_it() -> None:
     assert torch.equal(value, fk.AdversarialLoss(alpha=0.5, eps=0.25)(small_mlp(), x, y).detach())
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")
+def test_inputs_without_features_give_the_plain_loss() -> None:
+    # Nothing to perturb: the adversarial term is the clean one (the model reads its bias only).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(0, 3))
+    x, y = torch.rand(5, 0), torch.tensor([0, 1, 2, 1, 0])
+    loss = fk.AdversarialLoss(alpha=0.5, eps=0.25)(model, x, y)
+    assert torch.equal(loss, mean_cross_entropy(model(x), y))
+
+
 def test_settings_take_numbers_in_any_form_the_attacks_take() -> None:
     x, y = data()
     expected = fk.AdversarialLoss(alpha=0.5, eps=0.25)(small_mlp(), x, y)

@@ -495,7 +495,7 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
     smallest_sum, *logit_range = torch.stack(extremes).tolist()
     if not all(math.isfinite(value) for value in logit_range):
         raise ValueError(NON_FINITE_LOGITS)
-    if smallest_sum > 0:  # False for NaN too
+    if smallest_sum > 0 or not grad.numel():  # False for NaN too; samples without features have no entries
         return
     # A sample's largest |entry| is NaN if any entry is (amax propagates NaN), zero only if all are.
     peak = sample_rows(grad).abs().amax(dim=1)

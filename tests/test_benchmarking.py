@@ -291,6 +291,33 @@ def test_adversarial_loss_trains_bit_identically_to_the_3_forward_step(name):
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+def test_adversarial_training_steps_back_propagate_to_the_input_once():
+    # The final backward needs the parameters' gradients only: the 2-forward step's formed the
+    # first layer's input gradient a second time (its input was still a leaf that required grad).
+    calls = []
+
+    class CountInputGradients(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            calls.append(1)
+            return grad
+
+    class Counted(torch.nn.Module):
+        def forward(self, x):
+            return CountInputGradients.apply(x)
+
+    w = SMALL["maxout-128"]
+    model, x, y = w.make("cpu")
+    for name, step in contenders.training_steps(torch.nn.Sequential(Counted(), model), x, y, w).items():
+        calls.clear()
+        step()
+        assert len(calls) == (0 if name == "clean step" else 1), name
+
+
 def test_training_steps_change_only_their_own_copy():
     w = SMALL["maxout-128"]
     model, x, y = w.make("cpu")

@@ -21,6 +21,7 @@ from .workloads import Workload
 
 Run = Callable[[], object]
 ALPHA = 0.5  # the paper's weight of the clean term
+OURS_STEP = "AdversarialLoss step"
 
 
 def hand_fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
@@ -78,7 +79,12 @@ def straightforward_adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, eps
 def two_forward_adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, eps: float,
                                  alpha: float = ALPHA) -> Tensor:
     """Eq. (6) by hand in 2 forwards and 3 backward passes: the clean graph is kept
-    (``retain_graph``) and back-propagated twice, for the input gradient and in the final backward."""
+    (``retain_graph``) and back-propagated twice, for the input gradient and in the final backward.
+
+    The clean graph still reaches ``x_in``, which requires grad: a final ``backward()`` would form
+    the first layer's input gradient again, so its step back-propagates into the parameters only
+    (see :func:`training_step`).
+    """
     x_in = x.clone().requires_grad_(True)
     clean = mean_loss(model(x_in), y)
     (grad,) = torch.autograd.grad(clean, x_in, retain_graph=True)
@@ -86,13 +92,25 @@ def two_forward_adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, eps: fl
     return alpha * clean + (1.0 - alpha) * mean_loss(model(x_adv), y)
 
 
-def training_step(model: nn.Module, loss_of: Callable[[nn.Module], Tensor]) -> Run:
-    """One SGD step on ``model`` of the loss ``loss_of(model)``."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+def training_step(model: nn.Module, loss_of: Callable[[nn.Module], Tensor], parameters_only: bool = False) -> Run:
+    """One SGD step on ``model`` of the loss ``loss_of(model)``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        What the step trains.
+    loss_of : callable
+        ``loss_of(model)``, the scalar loss to back-propagate.
+    parameters_only : bool
+        Back-propagate into the model's parameters only (``backward(inputs=...)``), as a careful
+        hand-written step does; False: plain ``backward()``, as an unchanged training loop does.
+    """
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=1e-3)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_of(model).backward()
+        loss_of(model).backward(inputs=params if parameters_only else None)
         optimizer.step()
 
     return step
@@ -117,7 +135,7 @@ def training_losses(eps: float) -> dict[str, Callable[[nn.Module, Tensor, Tensor
     """The adversarial training losses, ``{name: loss(model, x, y)}``: fgsmkit's and the hand-written ones."""
     criterion = AdversarialLoss(alpha=ALPHA, eps=eps)
     return {
-        "AdversarialLoss step": criterion,
+        OURS_STEP: criterion,
         "3-forward adversarial step": lambda m, x, y: straightforward_adversarial_loss(m, x, y, eps),
         "2-forward adversarial step": lambda m, x, y: two_forward_adversarial_loss(m, x, y, eps),
     }
@@ -127,8 +145,15 @@ def training_steps(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[
     """A clean SGD step and one per adversarial training loss, each on its own copy of ``model``."""
     steps = {"clean step": training_step(copy.deepcopy(model), lambda m: mean_loss(m(x), y))}
     for name, loss in training_losses(w.eps).items():
-        steps[name] = training_step(copy.deepcopy(model), lambda m, loss=loss: loss(m, x, y))
+        steps[name] = adversarial_training_step(name, loss, copy.deepcopy(model), x, y)
     return steps
+
+
+def adversarial_training_step(name: str, loss: Callable[[nn.Module, Tensor, Tensor], Tensor], model: nn.Module,
+                              x: Tensor, y: Tensor) -> Run:
+    """The SGD step of the training loss ``name``: :class:`AdversarialLoss` in an unchanged training
+    loop (plain ``backward()``), a hand-written loss into the parameters only."""
+    return training_step(model, lambda m: loss(m, x, y), parameters_only=name != OURS_STEP)
 
 
 def adversarial_loss_matches(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, bool]:
@@ -142,9 +167,9 @@ def adversarial_loss_matches(model: nn.Module, x: Tensor, y: Tensor, eps: float)
     for name, loss in training_losses(eps).items():
         copied = copy.deepcopy(model)
         with _deterministic_cudnn():
-            training_step(copied, lambda m, loss=loss: loss(m, x, y))()
+            adversarial_training_step(name, loss, copied, x, y)()
         parameters[name] = list(copied.parameters())
-    ours = parameters.pop("AdversarialLoss step")
+    ours = parameters.pop(OURS_STEP)
     return {name: all(torch.equal(a, b) for a, b in zip(ours, theirs)) for name, theirs in parameters.items()}
 
 

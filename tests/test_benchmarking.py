@@ -318,6 +318,18 @@ def test_adversarial_training_steps_back_propagate_to_the_input_once():
         assert len(calls) == (0 if name == "clean step" else 1), name
 
 
+def test_the_clean_step_uses_pytorchs_cross_entropy(monkeypatch):
+    # The baseline is an unchanged training loop, which calls F.cross_entropy; fgsmkit's own
+    # cross-entropy, a Python autograd.Function, is slower and flattered AdversarialLoss / clean step.
+    calls = []
+    cross_entropy = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: calls.append(1) or cross_entropy(*a, **k))
+    w = SMALL["maxout-128"]
+    model, x, y = w.make("cpu")
+    contenders.training_steps(model, x, y, w)["clean step"]()
+    assert len(calls) == 1
+
+
 def test_training_steps_change_only_their_own_copy():
     w = SMALL["maxout-128"]
     model, x, y = w.make("cpu")

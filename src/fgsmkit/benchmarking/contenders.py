@@ -61,8 +61,9 @@ _CRITERION_LOSS = AdversarialLoss().loss_fn
 
 
 def mean_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """The batch loss :class:`AdversarialLoss` uses by default: the training contenders all use
-    it, so that they differ in the algorithm only, not in the loss or its backward."""
+    """The batch loss :class:`AdversarialLoss` uses by default: the hand-written adversarial
+    training contenders use it, so that they differ from it in the algorithm only, not in the loss
+    or its backward (and can train to bit-identical parameters)."""
     loss = _CRITERION_LOSS(logits, y)
     return loss if loss.ndim == 0 else loss.mean()
 
@@ -142,8 +143,11 @@ def training_losses(eps: float) -> dict[str, Callable[[nn.Module, Tensor, Tensor
 
 
 def training_steps(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run]:
-    """A clean SGD step and one per adversarial training loss, each on its own copy of ``model``."""
-    steps = {"clean step": training_step(copy.deepcopy(model), lambda m: mean_loss(m(x), y))}
+    """A clean SGD step and one per adversarial training loss, each on its own copy of ``model``.
+
+    The clean step is an unchanged training loop's: ``F.cross_entropy``, not fgsmkit's loss.
+    """
+    steps = {"clean step": training_step(copy.deepcopy(model), lambda m: F.cross_entropy(m(x), y))}
     for name, loss in training_losses(w.eps).items():
         steps[name] = adversarial_training_step(name, loss, copy.deepcopy(model), x, y)
     return steps

@@ -89,6 +89,24 @@ def test_bad_options_are_refused(capsys, tmp_path):
     assert "cuda_graph" in capsys.readouterr().err
 
 
+def test_a_failing_torch_compile_is_skipped_by_default_and_refused_when_asked_for(tmp_path, capsys, monkeypatch):
+    # Where no C++ compiler works, the default run died in its first compiled call, writing nothing.
+    from fgsmkit.benchmarking import cli
+
+    monkeypatch.setattr(cli, "_compile_failure", lambda device: "InductorError: no working C++ compiler",
+                        raising=False)
+    out = tmp_path / "results.json"
+    options = ["--no-peers", "--workloads", "maxout-128", "--fast-repeats", "1", "--repeats", "1", "--warmup", "0",
+               "--json", str(out)]
+    assert main(["bench", "--quick", "--backends", "eager,compile", *options]) == 2
+    printed, err = capsys.readouterr()
+    assert "--backends compile" in err and "InductorError: no working C++ compiler" in err
+    assert "max abs diff" not in printed and not out.exists()  # refused before anything ran
+    # From the defaults, compile is left out with a line saying why.
+    assert cli._with_working_compile(["eager", "compile"], torch.device("cpu"), asked=False) == ["eager"]
+    assert "skipping compile backend: InductorError: no working C++ compiler" in capsys.readouterr().out
+
+
 def test_checking_the_json_path_creates_opens_and_deletes_nothing(tmp_path):
     from fgsmkit.benchmarking import cli
 

@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     parser.add_argument("--backends", default=None,
                         help="fgsmkit PGD backends to time, comma-separated, among eager, compile, cuda_graph; "
-                             "eager is always timed (default: eager,compile on CPU, all three on CUDA; eager "
-                             "with --quick)")
+                             "eager is always timed (default: eager,compile on CPU, all three on CUDA, compile "
+                             "left out with a line saying why where torch.compile fails; eager with --quick)")
     parser.add_argument("--no-peers", action="store_true", help="leave the peer libraries out")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run: batch {QUICK_BATCH}, {QUICK_STEPS} PGD steps, 2 repeats")
@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     unwritable = _unwritable(args.json)
     if unwritable:
         return _refuse(unwritable)
+    try:
+        backends = _with_working_compile(backends, device, asked=args.backends is not None)
+    except ValueError as error:
+        return _refuse(str(error))
 
     usable: list[peers.Peer] = []
     skipped: dict[str, str] = {}
@@ -211,6 +215,38 @@ def _backends(option: str | None, device: torch.device, quick: bool) -> list[str
         raise ValueError(f"--backends takes eager, compile (and cuda_graph on CUDA); got {option!r}")
     # Eager is always timed: it is the fgsmkit row of every ratio (and the JSON says so).
     return ["eager", *dict.fromkeys(b for b in chosen if b != "eager")]
+
+
+def _with_working_compile(backends: list[str], device: torch.device, asked: bool) -> list[str]:
+    """``backends``, without ``"compile"`` where torch.compile fails on ``device``.
+
+    Tried once before the run, so that a machine without a working C++ compiler does not end the
+    run in its first compiled call with nothing written. Where compile came from the defaults
+    (``asked=False``) it is left out with one line saying why; asked for, it is a ValueError.
+    """
+    if "compile" not in backends:
+        return backends
+    failure = _compile_failure(device)
+    if failure is None:
+        return backends
+    if asked:
+        raise ValueError(f"--backends compile: torch.compile fails on this machine ({failure}); "
+                         "leave compile out of --backends")
+    print(f"skipping compile backend: {failure}")
+    return [b for b in backends if b != "compile"]
+
+
+def _compile_failure(device: torch.device) -> str | None:
+    """Why torch.compile cannot run a small function on ``device`` (None: it can)."""
+    try:
+        torch.compile(_compile_probe)(torch.zeros(4, device=device))
+    except Exception as error:  # inductor raises its own errors, from a missing compiler to a failed build
+        return peers.reason(error)
+    return None
+
+
+def _compile_probe(t: Tensor) -> Tensor:
+    return (t + 1.0).clamp(0.0, 1.0)
 
 
 def _unwritable(path: Path) -> str | None:

@@ -309,6 +309,22 @@ def test_adversarial_loss_trains_bit_identically_to_the_3_forward_step(name):
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+def test_the_fgsmkit_rows_run_the_eager_backend(monkeypatch):
+    # Eager is the reference row of every ratio: "auto" would follow whatever it comes to pick.
+    backends = []
+
+    def recording(attack):
+        return lambda *args, **kwargs: backends.append(kwargs.get("backend")) or attack(*args, **kwargs)
+
+    monkeypatch.setattr(contenders, "fgsm", recording(fk.fgsm))
+    monkeypatch.setattr(contenders, "pgd", recording(fk.pgd))
+    w = SMALL["maxout-128"]
+    model, x, y = w.make("cpu")
+    for runs in contenders.attacks(model, x, y, w).values():
+        runs[report.OURS]()
+    assert backends == ["eager", "eager"]
+
+
 def test_adversarial_training_steps_back_propagate_to_the_input_once():
     # The final backward needs the parameters' gradients only: the 2-forward step's formed the
     # first layer's input gradient a second time (its input was still a leaf that required grad).

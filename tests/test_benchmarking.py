@@ -32,11 +32,13 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     document = json.loads(out.read_text())
     meta = document["meta"]
     assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["repeats"] == 2
+    assert meta["quick"] is True
     assert set(meta["peer_versions"]) == {p.name for p in AVAILABLE}  # the peers that ran
     assert all(meta["peer_versions"].values())
     assert isinstance(document["skipped_peers"], dict)
     (result,) = document["workloads"]
     assert result["name"] == "maxout-128" and result["batch"] == 16 and result["steps"] == 3
+    assert result["description"] == "maxout MLP 784-(240x5)-(240x5)-10, MNIST-shaped, batch 16"
 
     timings = result["timings"]
     expected = {"fgsm/fgsmkit", "fgsm/hand-written", "pgd/fgsmkit", "pgd/hand-written",
@@ -222,6 +224,13 @@ def test_a_wrong_hand_written_step_or_attack_fails_the_run_and_leaves_the_ratios
     assert "AdversarialLoss step / 2-forward adversarial step" not in ratios
     assert "pgd: fgsmkit / hand-written" not in ratios
     assert "AdversarialLoss step / 3-forward adversarial step" in ratios and "fgsm: fgsmkit / hand-written" in ratios
+
+
+def test_a_shrunk_workload_describes_its_own_batch():
+    # --quick ran batch 16 under the heading "..., batch 128".
+    assert WORKLOADS["cnn-128"].description == "small CNN (2 conv + 2 linear), CIFAR-shaped 3x32x32, batch 128"
+    assert WORKLOADS["cnn-128"].shrunk(16, 3).description == (
+        "small CNN (2 conv + 2 linear), CIFAR-shaped 3x32x32, batch 16")
 
 
 def test_contenders_are_interleaved_in_a_fresh_random_order_each_round():

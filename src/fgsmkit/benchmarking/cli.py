@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipping {name}: not importable ({reason})")
 
     meta = _meta(device, repeats, fast_repeats, warmup, backends, usable)
+    meta["quick"] = args.quick  # batch and PGD steps shrunk: a smoke run, not numbers to record
     results = []
     for name in names:
         workload = WORKLOADS[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,11 +32,13 @@ class SmallCNN(nn.Module):
 class Workload:
     """A model factory, an input shape and batch size, and the attacks' budget.
 
-    ``eps`` is the FGSM and PGD radius, ``step_size`` the PGD step; ``steps`` PGD steps are taken.
+    ``setting`` describes the model and its input, without the batch size (see
+    :attr:`description`). ``eps`` is the FGSM and PGD radius, ``step_size`` the PGD step;
+    ``steps`` PGD steps are taken.
     """
 
     name: str
-    description: str
+    setting: str
     build_model: Callable[[], nn.Module]
     input_shape: tuple[int, ...]
     batch: int
@@ -53,17 +56,21 @@ class Workload:
         y = torch.randint(0, self.classes, (self.batch,), generator=generator).to(device)
         return model, x, y
 
+    @property
+    def description(self) -> str:
+        """The model, its input and the batch size actually run (a shrunk workload's own)."""
+        return f"{self.setting}, batch {self.batch}"
+
     def shrunk(self, batch: int, steps: int) -> Workload:
         """The same workload at a smaller batch and fewer steps (for quick runs and tests)."""
-        return Workload(self.name, self.description, self.build_model, self.input_shape, batch,
-                        self.eps, self.step_size, steps, self.classes)
+        return dataclasses.replace(self, batch=batch, steps=steps)
 
 
 WORKLOADS: dict[str, Workload] = {
-    "maxout-128": Workload("maxout-128", "maxout MLP 784-(240x5)-(240x5)-10, MNIST-shaped, batch 128",
+    "maxout-128": Workload("maxout-128", "maxout MLP 784-(240x5)-(240x5)-10, MNIST-shaped",
                            MaxoutMLP, (1, 28, 28), 128, eps=0.25, step_size=0.01),
-    "maxout-1024": Workload("maxout-1024", "maxout MLP 784-(240x5)-(240x5)-10, MNIST-shaped, batch 1024",
+    "maxout-1024": Workload("maxout-1024", "maxout MLP 784-(240x5)-(240x5)-10, MNIST-shaped",
                             MaxoutMLP, (1, 28, 28), 1024, eps=0.25, step_size=0.01),
-    "cnn-128": Workload("cnn-128", "small CNN (2 conv + 2 linear), CIFAR-shaped 3x32x32, batch 128",
+    "cnn-128": Workload("cnn-128", "small CNN (2 conv + 2 linear), CIFAR-shaped 3x32x32",
                         SmallCNN, (3, 32, 32), 128, eps=8 / 255, step_size=2 / 255),
 }

@@ -233,6 +233,28 @@ def test_a_shrunk_workload_describes_its_own_batch():
         "small CNN (2 conv + 2 linear), CIFAR-shaped 3x32x32, batch 16")
 
 
+def test_each_workload_starts_with_nothing_compiled(monkeypatch):
+    # The compiled step of an earlier workload was reused, recompiled for dynamic shapes: compile
+    # timings depended on which workloads ran before.
+    from fgsmkit.attacks import _backends
+    from fgsmkit.benchmarking import cli
+
+    resets = []
+    monkeypatch.setattr(_backends, "reset_compiled", lambda: resets.append(1), raising=False)
+    monkeypatch.setattr(timing, "peak_memory", lambda run, device: None)  # slow, and not what is tested
+    cli.measure(SMALL["maxout-128"], torch.device("cpu"), (1, 1), 0, ["eager"], [])
+    assert resets == [1]
+
+
+def test_resetting_forgets_the_compiled_functions():
+    from fgsmkit.attacks import _backends
+
+    compiled = _backends.compiled(_backends.linf_take_step)
+    assert _backends.compiled(_backends.linf_take_step) is compiled  # once per process...
+    _backends.reset_compiled()
+    assert _backends.compiled(_backends.linf_take_step) is not compiled  # ... until reset
+
+
 def test_contenders_are_interleaved_in_a_fresh_random_order_each_round():
     calls: list[str] = []
     runs = {name: (lambda name=name: calls.append(name)) for name in "abcd"}

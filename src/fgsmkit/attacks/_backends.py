@@ -29,6 +29,7 @@ import functools
 import inspect
 import itertools
 import math
+import sys
 import warnings
 import weakref
 from collections import OrderedDict
@@ -107,6 +108,18 @@ def compiled(function: Callable) -> Callable:
     if function not in _compiled:
         _compiled[function] = torch.compile(function)
     return _compiled[function]
+
+
+def reset_compiled() -> None:
+    """Forget every compiled function and torch.compile's in-process caches.
+
+    The next call compiles afresh for its own shapes, as in a new process: otherwise a call on
+    new shapes reuses the earlier compilation, recompiled with dynamic shapes (what a benchmark
+    of one workload after another must not time).
+    """
+    _compiled.clear()
+    if "torch._dynamo" in sys.modules:  # else nothing was compiled, and importing it takes a second
+        torch.compiler.reset()
 
 
 def compiled_step() -> StepFn:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__, pgd
+from ..attacks import _backends as attack_backends
 from . import contenders, peers, report, timing
 from .workloads import WORKLOADS, Workload
 
@@ -121,8 +122,10 @@ def measure(w: Workload, device: torch.device, repeats: tuple[int, int], warmup:
     the floor called once per PGD step) are timed as two round-robin groups,
     ``repeats = (one-pass rounds, PGD rounds)``. A peer that fails to build or on its first call
     is left out and listed in the result's ``skipped`` (which fails the run at its end), unless
-    CUDA itself failed, which leaves the device unusable for the rest.
+    CUDA itself failed, which leaves the device unusable for the rest. Nothing compiled for an
+    earlier workload is kept: each compiles as if it ran alone.
     """
+    attack_backends.reset_compiled()
     model, x, y = w.make(device)
     groups: dict[str, dict[str, Run]] = contenders.attacks(model, x, y, w)
     for backend in backends:

@@ -132,6 +132,7 @@ def measure(w: Workload, device: torch.device, repeats: tuple[int, int], warmup:
         if backend != "eager":
             groups["pgd"][f"fgsmkit[{backend}]"] = _pgd_with(model, x, y, w, backend)
     print(f"== {w.name}: checking that the contenders agree with fgsmkit")
+    timing.settle(lambda: contenders.input_gradient_floor(model, x, y), device)
     first = {attack: {name: timing.first_call(run, device) for name, run in group.items()}
              for attack, group in groups.items()}
     notes: dict[str, str] = {}

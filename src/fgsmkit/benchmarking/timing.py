@@ -76,6 +76,19 @@ def interleaved(runs: Mapping[str, Run], device: torch.device, repeats: int, war
     return timings
 
 
+def settle(run: Run, device: torch.device) -> None:
+    """On CUDA, call ``run`` once, untimed, and release the allocator's cached memory.
+
+    The first use of the allocator and of cuBLAS's workspace reserves memory that would otherwise
+    count against whichever contender's :func:`first_call` came first. Nothing elsewhere.
+    """
+    if device.type != "cuda":
+        return
+    run()
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+
+
 def first_call(run: Run, device: torch.device) -> tuple[object, int | None]:
     """The output of ``run()`` and, on CUDA, how much the reserved memory grew during the call.
 

@@ -31,12 +31,14 @@ def hand_fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
 
 
 def hand_pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, step_size: float, steps: int) -> Tensor:
+    # The ball's bounds folded with the box once (x is in [0, 1], so each bound stays on its side
+    # of the other): one clamp per step projects onto both.
+    low, high = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
     x_adv = x.clone()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
-        x_adv = x_adv.detach() + step_size * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+        x_adv = x_adv.detach().add(grad.sign(), alpha=step_size).clamp(low, high)
     return x_adv
 
 

@@ -195,6 +195,18 @@ def test_agreement_compares_values_the_ball_and_the_box():
     assert report.Agreement.of("fgsm", nan, nan, x, 0.1).max_abs_diff == 0.0  # NaN where fgsmkit has NaN too
 
 
+def test_nan_against_a_number_is_off_and_the_json_stays_valid(tmp_path):
+    # NaN compares False with the tolerance: it counted as agreeing ("0% off" next to DISAGREES),
+    # and json.dumps wrote the literal NaN, which is not JSON.
+    x = torch.full((4,), 0.5)
+    found = report.Agreement.of("fgsm", torch.tensor([math.nan, 0.5, 0.5, 0.5]), x, x, 0.1)
+    assert found.fraction_off == 0.25 and not found.agrees
+    path = tmp_path / "results.json"
+    report.write_json(path, {}, [report.WorkloadResult(SMALL["maxout-128"], {}, {"fgsm": {"nan": found}})], {})
+    document = json.loads(path.read_text(), parse_constant=lambda literal: pytest.fail(f"{literal} in the JSON"))
+    assert document["workloads"][0]["agreement_max_abs_diff"]["fgsm"] == {"nan": None}
+
+
 def test_an_attack_that_differs_by_design_is_timed_but_not_checked():
     from fgsmkit.benchmarking import cli
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,8 @@ class Agreement:
     ``max_abs_diff`` is the largest absolute difference, ``fraction_off`` the fraction of
     elements that differ by more than :data:`TOLERANCE`, ``inside`` whether the output lies in
     the eps-ball around ``x`` and in the box [0, 1]; all are None when the outputs cannot be
-    compared (another shape, not a tensor). NaN where fgsmkit's output has NaN too counts as equal.
+    compared (another shape, not a tensor). NaN where fgsmkit's output has NaN too counts as equal;
+    NaN against a number is off, and makes ``max_abs_diff`` NaN (null in the JSON).
     ``compared=False`` marks a contender that computes another output by design: it is timed,
     not checked.
 
@@ -61,9 +63,10 @@ class Agreement:
             return cls(attack, None, None, None)
         output = output.detach().to(reference)
         diff = (output - reference).abs().masked_fill(output.isnan() & reference.isnan(), 0.0)
+        off = (diff > TOLERANCE) | diff.isnan()  # NaN compares False with the tolerance, yet is off
         # NaN compares False, so a NaN output is never inside.
         inside = bool(((output - x).abs() <= eps + TOLERANCE).all() and ((output >= 0) & (output <= 1)).all())
-        return cls(attack, float(diff.max()), float((diff > TOLERANCE).double().mean()), inside)
+        return cls(attack, float(diff.max()), float(off.double().mean()), inside)
 
     def describe(self) -> str:
         if not self.compared:
@@ -284,6 +287,20 @@ def table(result: WorkloadResult) -> str:
 
 
 def write_json(path: Path, meta: dict[str, Any], results: list[WorkloadResult], skipped: dict[str, str]) -> None:
+    """The results as a JSON document at ``path``; NaN and infinities (a NaN output's difference)
+    are written as null."""
     document = {"meta": meta, "skipped_peers": skipped, "workloads": [r.to_json() for r in results]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    path.write_text(json.dumps(_finite_or_none(document), indent=2, allow_nan=False) + "\n")
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: JSON has no such numbers
+    (``json.dumps`` would write the literals ``NaN`` and ``Infinity``, which parsers reject)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value

@@ -138,7 +138,7 @@ def test_a_folder_not_made_by_a_run_is_refused_and_an_earlier_runs_folder_resume
     (mine / "report.md").write_text("my own notes")
     assert main([*SMOKE, "--out", str(mine)]) == 2
     printed, err = capsys.readouterr()
-    assert err.startswith(f"error: --out {mine} holds files of its own (report.md)") and "] epoch " not in printed
+    assert err.startswith(f"error: --out {mine} holds files a run would write over (report.md)") and "] epoch " not in printed
     assert [p.name for p in mine.iterdir()] == ["report.md"] and (mine / "report.md").read_text() == "my own notes"
     # A run marks its folder; a folder of a run made before the mark was written is resumed too.
     assert (smoke_run[0] / cli.folders.MARKER).is_file()
@@ -147,6 +147,21 @@ def test_a_folder_not_made_by_a_run_is_refused_and_an_earlier_runs_folder_resume
     (earlier / cli.folders.MARKER).unlink()
     assert main([*SMOKE, "--out", str(earlier)]) == 0
     assert "already trained" in capsys.readouterr().out and (earlier / cli.folders.MARKER).is_file()
+
+
+def test_a_folder_with_files_a_run_does_not_write_is_used(tmp_path: Path) -> None:
+    # Only what a run would write over stands in its way: a log redirected into the folder, a
+    # .gitignore, or the empty checkpoints folder of a run stopped before it marked its folder.
+    out = tmp_path / "logs"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "run.log").write_text("started\n")
+    (out / ".gitignore").write_text("*\n")
+    assert cli.folders.prepare(out, [0]) is None
+    several = tmp_path / "several"
+    (several / "seed-2" / "checkpoints").mkdir(parents=True)
+    assert cli.folders.prepare(several, [0, 2]) is None
+    (several / "seed-2" / "figure2.png").write_bytes(b"mine")
+    assert "holds files a run would write over (figure2.png)" in cli.folders.prepare(several, [0, 2])
 
 
 @pytest.mark.parametrize("in_the_way", ["seed-1", "seed-0/checkpoints"])
@@ -392,6 +407,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(smoke_run: tuple[Path,
     assert numbers(json.loads((out / "report.json").read_text())) == numbers(uninterrupted)
 
 
+def test_download_with_the_embedded_sample_is_refused_by_name() -> None:
+    # The sample is embedded: nothing to download, and nothing said so.
+    with pytest.raises(ValueError, match=r"download=True needs data='auto' or 'full'"):
+        load_splits(PRESETS["smoke"], "sample", download=True)
+
+
 def test_without_full_mnist_the_sample_is_used_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
     import fgsmkit.datasets
 
@@ -481,6 +502,8 @@ def test_the_report_of_an_unfinished_run_says_so_and_does_not_blame_matplotlib(t
     text = markdown.read_text()
     assert "**Incomplete: 3 of 12 experiments" in text and "pip install" not in text
     assert json.loads(data.read_text())["complete"] is False
+    markdown, _ = report.write_report(tmp_path, meta, PRESETS["full"].notes, rows, None, progress=(12, 12))
+    assert "**Incomplete: all 12 experiments run, the figures not drawn yet." in markdown.read_text()
     markdown, data = report.write_report(tmp_path, meta, PRESETS["full"].notes, rows, ["figure2.png"])
     assert "Incomplete" not in markdown.read_text() and json.loads(data.read_text())["complete"] is True
 

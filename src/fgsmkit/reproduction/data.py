@@ -98,7 +98,7 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
         embedded sample otherwise; ``"full"`` fails without all 60,000 / 10,000 images of full
         MNIST; ``"sample"`` always uses the embedded sample.
     download : bool
-        Let :func:`~fgsmkit.datasets.load_mnist` download missing files; when that fails the
+        Let :func:`~fgsmkit.datasets.load_mnist` download missing files (not with ``"sample"``); when that fails the
         run stops, rather than falling back to the embedded sample.
     log : callable
         Where to say which data is used.
@@ -112,6 +112,8 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
     """
     if data not in ("auto", "full", "sample"):
         raise ValueError(f"data must be 'auto', 'full' or 'sample'; got {data!r}")
+    if download and data == "sample":
+        raise ValueError("download=True needs data='auto' or 'full'; the sample is embedded, nothing to download")
     full, reason = find_full_mnist(download) if data in ("auto", "full") else (None, "")
     if full is not None:
         (train_x, train_y), (test_x, test_y) = full

@@ -16,6 +16,7 @@ from . import experiments
 from .settings import PRESETS
 
 MARKER = ".fgsmkit-reproduce"
+REPORT_FILES = ("report.md", "report.json", "spread.md", "spread.json")
 MARKER_TEXT = "This folder holds a run of `fgsmkit reproduce`; the same command, run again, resumes it.\n"
 
 
@@ -59,15 +60,26 @@ def _where(out: Path, path: Path) -> str:
 
 
 def _foreign(out: Path, folder: Path) -> str | None:
-    """Why ``folder`` (``out``, or a seed's folder in it) cannot take the run; None if it can."""
+    """Why ``folder`` (``out``, or a seed's folder in it) cannot take the run; None if it can.
+
+    Only files the run would write over stand in its way: a log redirected into the folder, a
+    ``.gitignore``, or the empty ``checkpoints`` of a run stopped before it marked the folder do not.
+    """
     if not folder.is_dir() or is_run_folder(folder):
         return None
-    names = sorted(p.name for p in folder.iterdir())
+    names = sorted(p.name for p in folder.iterdir() if _written_by_runs(p))
     if not names:
         return None
     listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    return (f"{_where(out, folder)} holds files of its own ({listed}), not a run of fgsmkit reproduce, and the "
-            "run would write over files of the same names; give a new or empty folder")
+    return (f"{_where(out, folder)} holds files a run would write over ({listed}), and no run of fgsmkit "
+            "reproduce made them; give a new folder, or one without them")
+
+
+def _written_by_runs(path: Path) -> bool:
+    """Whether a run writes ``path`` (a file of its folder, or a non-empty ``checkpoints``)."""
+    if path.name == "checkpoints":
+        return not path.is_dir() or any(path.iterdir())
+    return path.name in REPORT_FILES or (path.name.startswith("figure") and path.suffix == ".png")
 
 
 def is_run_folder(folder: Path) -> bool:

@@ -87,7 +87,9 @@ def _unfinished(progress: tuple[int, int] | None) -> list[str]:
     if progress is None:
         return []
     done, total = progress
-    return [f"**Incomplete: {done} of {total} experiments run so far. The run is still going, or was stopped; "
+    so_far = (f"all {total} experiments run, the figures not drawn yet" if done == total
+              else f"{done} of {total} experiments run so far")
+    return [f"**Incomplete: {so_far}. The run is still going, or was stopped; "
             "the same command, run again, resumes it and completes this report.**", ""]
 
 

@@ -91,12 +91,38 @@ def attack_on_rank_zero_only(rank: int) -> dict:
     return result
 
 
+class Routed(nn.Module):
+    """Takes another branch for the clean pass than for the adversarial one, as routing or
+    LayerDrop may: the clean input requires grad inside AdversarialLoss, the adversarial one not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = make_model()
+        self.clean_branch, self.other_branch = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.clean_branch if x.requires_grad else self.other_branch)(self.trunk(x))
+
+
+def clean_only_parameter(rank: int) -> dict:
+    """find_unused_parameters=True with a parameter only the clean pass uses: refused by name,
+    before DDP's backward fails on it."""
+    ddp = DistributedDataParallel(Routed(), find_unused_parameters=True)
+    x, y = make_batches()[0]
+    try:
+        fk.AdversarialLoss(alpha=0.5, eps=0.1)(ddp, x[rank * 4:(rank + 1) * 4], y[rank * 4:(rank + 1) * 4])
+    except ValueError as error:
+        return {"error": str(error)}
+    return {"error": ""}
+
+
 SCENARIOS = {
     "train": train,
     "train_unused": lambda rank: train(rank, find_unused_parameters=True),
     "train_static": lambda rank: train(rank, static_graph=True),
     "train_bfloat16_autocast": lambda rank: train(rank, autocast=torch.bfloat16),
     "attack_on_rank_zero_only": attack_on_rank_zero_only,
+    "clean_only_parameter": clean_only_parameter,  # last: its DDP wrapper never runs a backward
 }
 
 if __name__ == "__main__":

@@ -105,6 +105,13 @@ def test_an_attack_on_one_rank_issues_no_collective(ranks):
     torch.testing.assert_close(rank0["x_adv"], rank0["expected"], rtol=0, atol=0)
 
 
+def test_a_parameter_only_the_clean_pass_uses_is_named_under_find_unused_parameters(ranks):
+    # DDP sees only the adversarial forward and marks that parameter unused; the clean gradient
+    # arriving for it failed in backward with "Expected to mark a variable ready only once".
+    for result in ranks["clean_only_parameter"]:
+        assert "clean_branch.weight" in result["error"] and "find_unused_parameters=True" in result["error"]
+
+
 def test_local_model_unwraps_ddp_only():
     from fgsmkit.gradient import local_model
 

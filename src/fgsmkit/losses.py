@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import _validation
 from .constraints import make_ball, sample_rows
@@ -127,6 +128,34 @@ def _graph_leaves(loss: Tensor, skip: Tensor, since: int) -> tuple[list[Tensor],
                 leaves.append(leaf)
                 accumulators.append(node)
     return leaves, accumulators
+
+
+def _refuse_parameters_ddp_marks_unused(model: nn.Module, clean_model: nn.Module, clean: Tensor,
+                                        adversarial_term: Tensor, x_leaf: Tensor) -> None:
+    """Raise where ``model`` is a ``DistributedDataParallel(find_unused_parameters=True)`` and a
+    parameter of it takes part in the clean pass only.
+
+    DDP sees only the adversarial forward, marks such a parameter unused (ready, with no
+    gradient), and its backward then fails when the clean gradient arrives for it. Two walks
+    over the graphs, for such wrappers only.
+    """
+    wrapper = getattr(model, "_orig_mod", model)  # what torch.compile wrapped
+    if not (isinstance(wrapper, DistributedDataParallel) and wrapper.find_unused_parameters):
+        return
+    clean_leaves, _ = _graph_leaves(clean, x_leaf, since=0) or ([], [])
+    adversarial_leaves, _ = _graph_leaves(adversarial_term, x_leaf, since=0) or ([], [])
+    reached = {id(t) for t in adversarial_leaves}
+    names = {id(p): name for name, p in clean_model.named_parameters()}
+    missing = [names[id(t)] for t in clean_leaves if id(t) in names and id(t) not in reached]
+    if missing:
+        listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        which = f"parameter {listed} takes" if len(missing) == 1 else f"parameters {listed} take"
+        raise ValueError(
+            f"model is DistributedDataParallel(find_unused_parameters=True), and its {which} part in the clean "
+            "pass but not in the adversarial one; DDP sees only the adversarial forward and marks such parameters "
+            "unused, so its backward would fail when their clean gradients arrive. Give both passes the same "
+            "routing (or the same dropped layers)"
+        )
 
 
 class AdversarialLoss(nn.Module):
@@ -289,6 +318,8 @@ class AdversarialLoss(nn.Module):
         adv_logits = model(x_adv)
         self.adversarial_logits = adv_logits.detach()
         adversarial_term = (1.0 - alpha) * _mean(self.loss_fn(adv_logits, y), x.shape[0])
+        if training and alpha > 0:
+            _refuse_parameters_ddp_marks_unused(model, clean_model, clean, adversarial_term, x_leaf)
         if weight_grads is None:  # the clean term is back-propagated through its own graph
             clean_term = alpha * clean if training and alpha > 0 else alpha * clean.detach()
             return clean_term + adversarial_term

@@ -1,8 +1,8 @@
 """The run's folders: ``--out``, each seed's folder in it, and the mark a run leaves in them.
 
 A run writes ``report.md``, ``report.json``, the figures and ``checkpoints/`` into its folder,
-replacing files of those names, so it takes only a new or empty folder, or one of an earlier run
-(which it resumes). A run marks its folders with :data:`MARKER` before it trains anything;
+replacing files of those names, so it refuses a folder where such files were made by something
+else; other files (a log, a ``.gitignore``) are left alone, and an earlier run's folder is resumed. A run marks its folders with :data:`MARKER` before it trains anything;
 folders of runs made before the mark existed are known by what they hold.
 """
 
@@ -12,11 +12,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from . import experiments
+from . import experiments, report
 from .settings import PRESETS
 
 MARKER = ".fgsmkit-reproduce"
-REPORT_FILES = ("report.md", "report.json", "spread.md", "spread.json")
 MARKER_TEXT = "This folder holds a run of `fgsmkit reproduce`; the same command, run again, resumes it.\n"
 
 
@@ -79,7 +78,9 @@ def _written_by_runs(path: Path) -> bool:
     """Whether a run writes ``path`` (a file of its folder, or a non-empty ``checkpoints``)."""
     if path.name == "checkpoints":
         return not path.is_dir() or any(path.iterdir())
-    return path.name in REPORT_FILES or (path.name.startswith("figure") and path.suffix == ".png")
+    if path.name in report.REPORT_FILES + report.SPREAD_FILES:
+        return True
+    return path.name.startswith("figure") and path.suffix == ".png"
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -87,7 +88,7 @@ def is_run_folder(folder: Path) -> bool:
     left (a report or checkpoints of one, or seed folders of one)."""
     if (folder / MARKER).is_file():
         return True
-    if any(_written_by_a_run(folder / name) for name in ("report.json", "spread.json")):
+    if any(_written_by_a_run(folder / name) for name in (report.REPORT_FILES[1], report.SPREAD_FILES[1])):
         return True
     if _holds_model_checkpoints(folder / "checkpoints"):
         return True

@@ -12,6 +12,10 @@ from fgsmkit._atomic import replaced_atomically
 
 from .experiments import Row
 
+# What a run writes into its folder besides the figures and checkpoints (reproduction.folders
+# reads these names to tell a run's folder from the user's own).
+REPORT_FILES = ("report.md", "report.json")
+SPREAD_FILES = ("spread.md", "spread.json")
 FIGURES_HINT = 'Figures need matplotlib: pip install "fgsmkit[figures]", then run the same command again.'
 
 
@@ -74,7 +78,7 @@ def write_report(out: str | os.PathLike[str], meta: dict[str, Any], notes: Seque
         lines += [f"![{name}]({name})" for name in figures]
     if meta.get("discussion"):
         lines += ["", "## Where ours differs from the paper", ""] + [f"- {d}" for d in meta["discussion"]]
-    markdown, data = out / "report.md", out / "report.json"
+    markdown, data = (out / name for name in REPORT_FILES)
     _write_text(markdown, "\n".join(lines) + "\n")
     _write_text(data, json.dumps({"meta": meta, "complete": progress is None, "notes": list(notes),
                                   "rows": list(rows), "figures": None if figures is None else list(figures)},
@@ -132,7 +136,7 @@ def write_spread(out: str | os.PathLike[str], meta: dict[str, Any], runs: Mappin
         lines.append(f"| {r['experiment']} | {r['metric']} | {format_value(r['paper'], paper=True)} | "
                      + " | ".join(format_value(v) for v in r["ours"])
                      + f" | {format_value(r['mean'])} | {spread_of} | {r['notes']} |")
-    markdown, data = out / "spread.md", out / "spread.json"
+    markdown, data = (out / name for name in SPREAD_FILES)
     _write_text(markdown, "\n".join(lines) + "\n")
     _write_text(data, json.dumps({"meta": meta, "seeds": seeds, "rows": spread}, indent=2) + "\n")
     return markdown, data

@@ -150,15 +150,20 @@ def local_model(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]
     collectives: it broadcasts buffers (BatchNorm statistics) from rank 0, which hangs an attack
     that runs on one rank only (e.g. evaluation on rank 0) and reorders the others' collectives.
     """
-    inner = getattr(model, "_orig_mod", model)  # what torch.compile wrapped
+    inner = compiled_from(model)
     return inner.module if isinstance(inner, DistributedDataParallel) else model
+
+
+def compiled_from(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """What ``torch.compile`` wrapped into ``model``, or ``model`` itself."""
+    return getattr(model, "_orig_mod", model)
 
 
 def innermost_module(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """The module inside any torch.compile, DistributedDataParallel and DataParallel wrappers:
     the one that knows what its outputs mean (its probabilities, say)."""
     while True:
-        inner = getattr(model, "_orig_mod", model)
+        inner = compiled_from(model)
         if isinstance(inner, (DistributedDataParallel, nn.DataParallel)):
             inner = inner.module
         if inner is model:

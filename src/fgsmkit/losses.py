@@ -14,8 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import _validation
 from .constraints import make_ball, sample_rows
-from .gradient import (LossFn, Objective, autograd_usable, check_first_gradient, cross_entropy, local_model,
-                       logits_of, model_state_kept, rescaled_dims)
+from .gradient import (LossFn, Objective, autograd_usable, check_first_gradient, compiled_from, cross_entropy,
+                       local_model, logits_of, model_state_kept, rescaled_dims)
 
 
 def _check_alpha(alpha: object) -> float:
@@ -139,7 +139,7 @@ def _refuse_parameters_ddp_marks_unused(model: nn.Module, clean_model: nn.Module
     gradient), and its backward then fails when the clean gradient arrives for it. Two walks
     over the graphs, for such wrappers only.
     """
-    wrapper = getattr(model, "_orig_mod", model)  # what torch.compile wrapped
+    wrapper = compiled_from(model)
     if not (isinstance(wrapper, DistributedDataParallel) and wrapper.find_unused_parameters):
         return
     clean_leaves, _ = _graph_leaves(clean, x_leaf, since=0) or ([], [])

@@ -111,7 +111,13 @@ class Ball:
         raise NotImplementedError
 
     def project(self, x_adv: Tensor) -> Tensor:
-        """The point of the ball (and box) nearest to ``x_adv``."""
+        """``x_adv`` projected onto the ball (its nearest point there), then clipped to the box.
+
+        For the L-inf ball this is the nearest point of their intersection. For the L2 ball it
+        is what PGD has always done (Madry et al., and every peer library), not the nearest
+        point of the intersection, which would need a search per sample; both stay in the ball
+        and the box.
+        """
         raise NotImplementedError
 
     def fast_gradient_step(self, direction: Tensor) -> Tensor:

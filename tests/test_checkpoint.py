@@ -88,3 +88,29 @@ def test_a_good_checkpoint_is_not_called_damaged_when_torch_refuses_for_another_
     monkeypatch.setattr(torch, "load", refuses)
     with pytest.raises(RuntimeError, match="Attempting to deserialize object on a CUDA device"):
         fk.load_checkpoint(path, map_location="cuda")
+
+
+def test_files_of_other_formats_are_called_damaged_not_a_runtime_error(tmp_path) -> None:
+    # Old-style pickles and NumPy archives reached torch's zip reader, whose RuntimeError
+    # ("Invalid magic number", "inline_container") escaped the documented ValueError.
+    import pickle
+
+    with open(tmp_path / "pickled.pt", "wb") as handle:
+        pickle.dump({"epoch": 3}, handle, protocol=2)
+    np.savez(tmp_path / "arrays.npz", w=np.ones(3))
+    for name in ("pickled.pt", "arrays.npz"):
+        with pytest.raises(ValueError, match=rf"{name} cannot be read as a checkpoint"):
+            fk.load_checkpoint(tmp_path / name)
+
+
+def test_a_checkpoint_whose_tensor_bytes_were_changed_is_damaged(tmp_path) -> None:
+    # torch.load does not check the archive's CRCs: a flipped byte in a tensor loaded silently,
+    # and a reproduction resumed from it would have evaluated a model nobody trained.
+    path = tmp_path / "run.pt"
+    fk.save_checkpoint({"w": torch.zeros(1000)}, path)
+    content = bytearray(path.read_bytes())
+    start = content.index(bytes(400))  # inside the tensor's 4000 zero bytes
+    content[start + 200] = 1
+    path.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r"run.pt cannot be read as a checkpoint: it is damaged.*CRC"):
+        fk.load_checkpoint(path)

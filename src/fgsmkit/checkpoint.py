@@ -6,6 +6,7 @@ import errno
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     <All keys matched successfully>
     """
     path = Path(path)
+    _check_archive(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -117,9 +119,30 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             raise
         raise _damaged(path, error) from error  # a seek past the end of a truncated archive
     except RuntimeError as error:  # also raised for good files (a CUDA map_location without CUDA)
-        if not any(sign in str(error) for sign in ("PytorchStreamReader", "legacy .tar format")):
+        # Signs of bytes that are not a torch.save archive: torch's zip reader, old-style pickles
+        # ("Invalid magic number") and other zip files (a NumPy .npz, "inline_container").
+        signs = ("PytorchStreamReader", "legacy .tar format", "Invalid magic number", "inline_container")
+        if not any(sign in str(error) for sign in signs):
             raise
         raise _damaged(path, error) from error
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a zip archive (what torch.save writes) whose stored checksums do not match its bytes.
+
+    torch.load does not check them: a changed byte in a tensor would load as a wrong weight.
+    Reading the file once more costs milliseconds for the models here. Other files are left to
+    torch.load, which says what is wrong with them.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            corrupt = archive.testzip()
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise _damaged(path, error) from error
+    if corrupt is not None:
+        raise _damaged(path, zipfile.BadZipFile(f"CRC check failed for {corrupt}"))
 
 
 def _damaged(path: Path, error: BaseException) -> ValueError:

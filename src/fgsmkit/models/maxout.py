@@ -25,7 +25,10 @@ def max_norm_(weight: Tensor, max_norm: float) -> None:
     """Rescale, in place, each row of ``weight`` (one unit's incoming weights) to norm <= ``max_norm``.
 
     This is the maxout paper's max column norm constraint (its weights are stored transposed),
-    applied after each optimizer step.
+    applied after each optimizer step. It is :func:`torch.renorm`: a rescaled row's norm is
+    ``max_norm`` up to the rounding of its entries in ``weight``'s dtype (up to a relative
+    1.3e-7 over it in float32, 3e-3 in bfloat16), and a row left just over it is rescaled
+    again, by as little, on the next call.
 
     Parameters
     ----------

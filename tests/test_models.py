@@ -310,3 +310,17 @@ def test_zoo_models_export_copy_and_pickle_to_the_same_function(name: str) -> No
     exported = torch.export.export(model, (x,)).module()
     for other in (exported, copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert torch.equal(other(x), model(x))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_input_of_another_dtype_than_the_parameters_is_refused_by_name(name: str, dtype: torch.dtype) -> None:
+    # The RBF network returned float32 logits for float16 input, and failed on float64 input
+    # with torch's "addmv input tensors must have the same dtype"; the others named no argument.
+    model = ZOO[name]()
+    with pytest.raises(TypeError, match=rf"{type(model).__name__} has float32 parameters but x is {dtype}; "
+                                        r"convert x \(x.to\(torch.float32\)\) or the model"):
+        model(torch.rand(2, 784).to(dtype))
+    if dtype == torch.float16:  # under autocast the layers cast such inputs themselves
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(torch.rand(2, 784).to(dtype)).shape[0] == 2

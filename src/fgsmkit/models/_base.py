@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
+from ..gradient import autocast_enabled
 
 
 def check_class_count(num_classes: object) -> int:
@@ -49,11 +50,18 @@ class Classifier(nn.Module):
     in_features: int
 
     def flat(self, x: Tensor) -> Tensor:
-        """``x`` as ``(batch, in_features)``; a clear error for any other number of features."""
+        """``x`` as ``(batch, in_features)``; a clear error for any other number of features, or
+        another dtype than the parameters' (unless autocast casts it)."""
         if x.ndim < 1 or math.prod(x.shape[1:]) != self.in_features:
             raise ValueError(
                 f"{type(self).__name__} expects {self.in_features} features per sample; "
                 f"got input of shape {tuple(x.shape)}"
+            )
+        weight = next(self.parameters(), None)
+        if weight is not None and x.dtype != weight.dtype and not autocast_enabled(x.device.type):
+            raise TypeError(
+                f"{type(self).__name__} has {str(weight.dtype).removeprefix('torch.')} parameters but x is {x.dtype}; "
+                f"convert x (x.to({weight.dtype})) or the model (model.to({x.dtype}))"
             )
         return x.reshape(x.shape[0], self.in_features)
 

@@ -549,3 +549,42 @@ def test_rubbish_noise_does_not_depend_on_batch_size() -> None:
     assert expected.shape == (2300, 3)
     for batch_size in (1, 7, 999, 1001, 2300, 5000):
         assert torch.equal(noise_for(batch_size), expected), batch_size
+
+
+def _hand_written_fgsm(model, x, y):
+    """An attack written to the documented ``attack(model, x, y)`` contract, as users write it:
+    it relies on autograd being on."""
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), x)
+    return (x + 0.25 * grad.sign()).clamp(0, 1).detach()
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_a_hand_written_attack_runs_the_same_inside_no_grad_and_inference_mode(context) -> None:
+    # An evaluation loop usually runs under no_grad; evaluate_attack called the attack in it, and
+    # the attack's autograd.grad failed ("element 0 of tensors does not require grad").
+    torch.manual_seed(0)
+    model = fk.models.SoftmaxRegression(4, 3)
+    x, y = torch.rand(32, 4), torch.randint(0, 3, (32,))
+    expected = evaluate_attack(model, _hand_written_fgsm, x, y, keep_examples=True)
+    with context():
+        got = evaluate_attack(model, _hand_written_fgsm, x, y, keep_examples=True)
+    assert torch.equal(got.examples, expected.examples)
+    assert got.adversarial_error == expected.adversarial_error > got.clean_error
+
+
+def test_zoo_models_in_bfloat16_give_the_probabilities_of_their_logits_in_float32() -> None:
+    # A bfloat16 zoo model's probabilities were taken in bfloat16 (8 bits), a plain callable's in
+    # float32: the same model scored differently against a threshold when wrapped in a lambda.
+    torch.manual_seed(0)
+    model = fk.models.SoftmaxRegression(784, 10).to(torch.bfloat16)
+    with torch.no_grad():
+        model.linear.weight.mul_(20)
+    x = torch.randn(500, 784, dtype=torch.bfloat16)
+    ours = model.predict_proba(x)
+    assert ours.dtype == torch.float32
+    assert torch.equal(ours, torch.softmax(model(x).float(), dim=1))
+    assert mean_confidence(model, x) == mean_confidence(lambda v: model(v), x)
+    generator = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert (rubbish_rate(model, 300, 784, threshold=0.9, generator=generator())
+            == rubbish_rate(lambda v: model(v), 300, 784, threshold=0.9, generator=generator(), dtype=torch.bfloat16))

@@ -277,6 +277,8 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
         Maps a batch of inputs to logits of shape ``(batch, classes)``.
     attack : callable
         ``attack(model, x, y) -> x_adv``, for example ``functools.partial(fgsmkit.fgsm, eps=0.25)``.
+        It is called with autograd on (also inside ``no_grad`` or ``inference_mode``) and gets
+        copies of each batch.
     x, y : Tensor
         Clean inputs and their true class indices.
     batch_size : int
@@ -314,9 +316,12 @@ def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch
         for x_batch, y_batch in zip(x.split(batch_size), y.split(batch_size)):
             # The attack may switch the model's mode or update its statistics: undone before
             # the scoring pass, which sees the model as the clean pass did.
-            with model_state_kept(model, eval_mode=False):
-                # A copy: an attack may write into its input, a view of the caller's x.
-                x_adv = _checked_attack_output(attack(model, x_batch.clone(), y_batch), x_batch)
+            # Autograd on, whatever the caller's mode: an attack written to the attack(model, x, y)
+            # contract takes its own input gradient (fgsmkit's attacks turn it on themselves).
+            with model_state_kept(model, eval_mode=False), torch.inference_mode(False), torch.enable_grad():
+                # Copies: an attack may write into its input, a view of the caller's x (and
+                # inference-mode tensors cannot be saved for a backward).
+                x_adv = _checked_attack_output(attack(model, x_batch.clone(), y_batch.clone()), x_batch)
             with torch.no_grad():
                 predicted, confidence = _predicted_class(model, _logits(model, x_adv))
             wrong.append(predicted != y_batch)
@@ -357,9 +362,9 @@ def _checked_attack_output(x_adv: object, x: Tensor) -> Tensor:
 def _probabilities(model: Model, logits: Tensor) -> Tensor:
     """The same probabilities as ``predict_proba``: the model's own, or softmax / sigmoid."""
     classifier = innermost_module(model)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if isinstance(classifier, Classifier):
         return classifier.probabilities(logits)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if logits.shape[1] == 1:
         return torch.cat([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)
     return torch.softmax(logits, dim=1)

@@ -70,6 +70,8 @@ class Classifier(nn.Module):
         return torch.softmax(logits, dim=1)
 
     def predict_proba(self, x: Tensor) -> Tensor:
-        """Class probabilities of shape ``(batch, classes)``, computed without autograd."""
+        """Class probabilities of shape ``(batch, classes)``, computed without autograd, from the
+        logits in at least float32 (a bfloat16 softmax keeps 8 bits)."""
         with torch.no_grad():
-            return self.probabilities(self(x))
+            logits = self(x)
+            return self.probabilities(logits.to(torch.promote_types(logits.dtype, torch.float32)))

@@ -624,7 +624,8 @@ def test_fashion_mnist_never_loads_mnist_files_from_a_flat_folder(tmp_path, monk
     # Before: both datasets use the same file names, so load_fashion_mnist returned these MNIST digits.
     monkeypatch.setenv("FGSMKIT_DATA", str(tmp_path / "env"))
     copy_embedded_sample(tmp_path / "env")
-    assert torch.equal(load_mnist(split="test", download=False)[1], mnist_sample("test")[1])
+    with pytest.warns(UserWarning, match="embedded MNIST sample"):
+        assert torch.equal(load_mnist(split="test", download=False)[1], mnist_sample("test")[1])
     with pytest.raises(DatasetNotFoundError) as caught:
         load_fashion_mnist(split="test", download=False)
     path = tmp_path / "env" / "t10k-images-idx3-ubyte.gz"
@@ -635,7 +636,8 @@ def test_a_folder_of_the_other_dataset_is_skipped_for_the_next_one(tmp_path) -> 
     copy_embedded_sample(tmp_path)
     fashion = write_split(tmp_path / "FashionMNIST" / "raw", 4, seed=3)
     assert load_fashion_mnist(tmp_path, "test", download=False)[1].tolist() == fashion.tolist()
-    assert torch.equal(load_mnist(tmp_path, "test", download=False)[1], mnist_sample("test")[1])
+    with pytest.warns(UserWarning, match="embedded MNIST sample"):
+        assert torch.equal(load_mnist(tmp_path, "test", download=False)[1], mnist_sample("test")[1])
 
 
 def test_fashion_mnist_is_downloaded_beside_mnist_files_in_a_flat_root(tmp_path, server, published) -> None:
@@ -712,7 +714,8 @@ def test_mnist_files_load_through_a_remote_of_any_name(tmp_path) -> None:
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         shutil.copy(Path(sample.__file__).parent / "data" / "mnist_sample" / name, tmp_path / name)
     private = RemoteFiles(name="mnist-private", mirrors=("http://127.0.0.1:9/mnist/",))
-    x, y = load_mnist(tmp_path, "test", download=False, remote=private)
+    with pytest.warns(UserWarning, match="embedded MNIST sample"):
+        x, y = load_mnist(tmp_path, "test", download=False, remote=private)
     assert torch.equal(y, mnist_sample("test")[1])
     with pytest.raises(DatasetNotFoundError, match=re.escape(f"{tmp_path / 't10k-images-idx3-ubyte.gz'} holds MNIST")):
         load_fashion_mnist(tmp_path, "test", download=False,
@@ -728,3 +731,16 @@ def test_read_idx_names_file_contents_passed_as_a_path(tmp_path) -> None:
         with pytest.raises(TypeError, match=re.escape("source holds a file's contents, not a path; wrap them: "
                                                       "read_idx(io.BytesIO(data))")):
             read_idx(contents)
+
+
+@pytest.mark.parametrize("split, count", [("train", 8000), ("test", 2000)])
+def test_the_embedded_samples_files_found_on_disk_are_named_as_the_sample(tmp_path, split, count) -> None:
+    # A folder holding the sample's files (copied out of the package, or a 10,000-digit subset made
+    # the same way) loaded silently as "the official test set": 2,000 digits drawn from the MNIST
+    # training set, so a model trained on full MNIST would be tested on digits it has seen.
+    copy_embedded_sample(tmp_path)
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(tmp_path))} holds fgsmkit's embedded MNIST sample "
+                                         rf"\({count:,} {split} digits, drawn from the MNIST training set\), "
+                                         rf"not the official {split} set"):
+        x, y = load_mnist(tmp_path, split, download=False)
+    assert torch.equal(y, mnist_sample(split)[1]) and x.shape[0] == count

@@ -23,13 +23,15 @@ SHA-256 is that of a known file of another dataset (the published MNIST and Fash
 files, the embedded MNIST sample) is certain to be that dataset: a folder holding one is
 skipped, and named in the error if no other folder holds the split. Uncompressed copies
 cannot be told apart this way, so keep those in ``<Name>/raw`` when the two datasets share
-a folder.
+a folder. The embedded sample's own files load as MNIST with a ``UserWarning``: they hold
+8,000 / 2,000 digits drawn from the MNIST training set, not the official splits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 from torch import Tensor
@@ -78,6 +80,7 @@ KNOWN_FILES: dict[str, tuple[str, str]] = {
     **{digest: (MNIST.name, f"the published {name}") for name, digest in MNIST.sha256.items()},
     **{digest: (FASHION_MNIST.name, f"the published {name}") for name, digest in FASHION_MNIST.sha256.items()},
 }
+SAMPLE_DIGESTS = frozenset(SAMPLE_FILES.values())
 
 PathLike = str | os.PathLike[str]
 
@@ -235,6 +238,16 @@ def _load(dataset: str, remote: RemoteFiles, root: PathLike | None, split: str, 
         if not download:
             raise DatasetNotFoundError(_missing_message(remote, split, folders, names, skipped, None))
         found = _download(dataset, remote, split, folders, names, skipped, seconds)
+    if dataset == MNIST.name and any(_digest(path) in SAMPLE_DIGESTS for path in found):
+        # A model trained on full MNIST would be tested on digits it has seen.
+        count = "8,000" if split == "train" else "2,000"
+        warnings.warn(
+            f"{found[0].parent} holds fgsmkit's embedded MNIST sample ({count} {split} digits, drawn from the "
+            f"MNIST training set), not the official {split} set; load it with "
+            f"fgsmkit.datasets.mnist_sample({split!r}) to say so, or put the official files there",
+            UserWarning,
+            stacklevel=3,
+        )
     images, labels = (read_idx(path) for path in found)
     return as_tensors(images, labels, f"{remote.name} {split} files in {found[0].parent}")
 
@@ -256,15 +269,20 @@ def _find(dataset: str, remote: RemoteFiles, folders: list[Path],
 def _foreign(dataset: str, remote: RemoteFiles, path: Path) -> str | None:
     """Why ``path`` is certainly another dataset's file, or None when it may be ``dataset``'s (or
     one of ``remote``'s own files)."""
-    with path.open("rb") as handle:
-        if handle.read(2) != GZIP_MAGIC:
-            return None  # every known digest is of a gzip file: nothing to hash
-        handle.seek(0)
-        digest = hashlib.sha256(handle.read()).hexdigest()
-    owner = KNOWN_FILES.get(digest)
+    digest = _digest(path)
+    owner = None if digest is None else KNOWN_FILES.get(digest)
     if owner is None or owner[0] == dataset or digest in remote.sha256.values():
         return None
     return f"{path} holds {owner[0]} ({owner[1]}), not {dataset}"
+
+
+def _digest(path: Path) -> str | None:
+    """The SHA-256 of a gzip file, None for any other (every known digest is of a gzip file)."""
+    with path.open("rb") as handle:
+        if handle.read(2) != GZIP_MAGIC:
+            return None
+        handle.seek(0)
+        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def _existing(folder: Path, name: str) -> Path | None:

@@ -57,6 +57,41 @@ def test_the_step_does_not_depend_on_the_loss_reduction() -> None:
     torch.testing.assert_close((l2_mean - x).norm(dim=1), torch.full((24,), 0.5, dtype=torch.float64))
 
 
+def test_a_mean_loss_fn_moves_a_confident_sample_as_its_per_sample_twin() -> None:
+    # A margin of 100 in float32: the other class's probability, e^-100 (about 4e-44), is
+    # subnormal; the mean's gradient, divided by a batch of 256, would flush to zero unless the
+    # reduction is undone before the gradient goes back through the model.
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[50.0, 50.0, 0.0, 0.0], [-50.0, -50.0, 0.0, 0.0]]))
+        model.bias.zero_()
+    x, y = torch.full((256, 4), 0.5), torch.zeros(256, dtype=torch.long)
+    per_sample = fk.fgsm(model, x, y, eps=0.1, loss_fn=lambda z, t: F.cross_entropy(z, t, reduction="none"))
+    mean = fk.fgsm(model, x, y, eps=0.1, loss_fn=lambda z, t: F.cross_entropy(z, t))
+    assert (per_sample != x).any(dim=1).all()
+    assert torch.equal(mean, per_sample)
+
+
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+@pytest.mark.parametrize("steps", [1, 2, 5])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_a_walk_on_logistic_regression_is_its_closed_form(norm: float, steps: int, per_sample: bool) -> None:
+    # The input gradient of the logistic loss is (sigmoid(w.x + b) - y) w: its direction never
+    # changes along the walk, so `steps` steps of `step_size` move exactly steps * step_size along
+    # it. This pins the step count and the L2 step's length, which the ball alone does not.
+    torch.manual_seed(4)
+    model = fk.models.LogisticRegression(20).double()
+    x = torch.rand(8, 20, dtype=torch.float64) * 0.5 + 0.25
+    y = torch.tensor([0, 1] * 4)
+    w = model.linear.weight.detach()[0]
+    away = -(2 * y - 1).double()[:, None]  # untargeted: against the label
+    unit = w.sign() if norm == math.inf else w / w.norm()
+    step = torch.linspace(0.001, 0.004, 8, dtype=torch.float64) if per_sample else 0.003
+    expected = x + steps * (step[:, None] if per_sample else step) * away * unit
+    walked = fk.pgd(model, x, y, eps=1.0, step_size=step, steps=steps, norm=norm, random_start=False, clip=None)
+    torch.testing.assert_close(walked, expected, rtol=0, atol=1e-12)
+
+
 def test_a_loss_fn_that_edits_the_logits_in_place_gets_their_gradient() -> None:
     # A margin loss (CosFace-style) subtracts from the true class's logit in place, which plain
     # autograd accepts on a model's output.

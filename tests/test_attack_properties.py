@@ -489,3 +489,25 @@ def test_adversarial_loss_updates_batchnorm_twice_and_leaves_everything_else_unt
     assert torch.equal(x.grad, torch.ones_like(x))
     loss.backward()
     assert torch.equal(x.grad, torch.ones_like(x))  # the loss has no graph to the caller's x
+
+
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_the_model_only_sees_points_inside_the_ball_and_the_box(norm: float, restarts: int) -> None:
+    # The result is projected at every step, so a random start outside the box or the ball left
+    # no trace in it; the model, though, was run on pixels below 0.
+    model = small_mlp()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 12, generator=g, dtype=torch.float64)
+    x[:, :6] = x[:, :6].round()  # half the entries on a side of the box, where a random start leaves it
+    y = torch.randint(0, 4, (64,), generator=g)
+    eps = 0.3 if norm == math.inf else 1.0
+    fk.pgd(model, x, y, eps=eps, step_size=eps / 4, steps=3, norm=norm, restarts=restarts, generator=g)
+    assert len(seen) >= 3 * restarts
+    for point in seen:
+        assert ((point >= 0) & (point <= 1)).all()
+        delta = (point - x).flatten(1)
+        size = delta.abs().amax(dim=1) if norm == math.inf else delta.norm(dim=1)
+        assert (size <= eps * (1 + 1e-12)).all()

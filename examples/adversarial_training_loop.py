@@ -5,13 +5,17 @@ The loop is the one you already have; two lines change: the criterion becomes
 model, ``criterion(model, x, y)``. The clean logits it keeps give the training accuracy without
 another forward pass.
 
-After every epoch the model, the optimizer and the epoch are saved with
+After every epoch the model, the optimizer, the epoch and the settings of the run are saved with
 ``fk.save_checkpoint`` (atomically: a run killed while saving keeps the previous checkpoint).
 Run it again with more epochs and it resumes from the checkpoint:
 
     python examples/adversarial_training_loop.py --epochs 2
     python examples/adversarial_training_loop.py --epochs 4      # resumes at epoch 3
     python examples/adversarial_training_loop.py --small          # a quick check
+
+It resumes only a run of the same settings (``--small``, ``--eps``, ``--alpha``, ``--seed``):
+a checkpoint of other ones is refused, since continuing it would train on other data or towards
+another objective. ``--small`` has a checkpoint of its own, ``adversarial_training-small.pt``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 
 import torch
 
@@ -33,17 +38,49 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="total epochs (default: 4, or 2 with --small)")
     parser.add_argument("--eps", type=float, default=0.25)
     parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--checkpoint", default="adversarial_training.pt", help="checkpoint file (resumed if present)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint file, resumed if present (default: adversarial_training.pt, "
+                             "or adversarial_training-small.pt with --small)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1; got {args.epochs}")
+    if args.checkpoint is None:
+        args.checkpoint = "adversarial_training-small.pt" if args.small else "adversarial_training.pt"
     return args
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """What defines the run (its data, objective and initial weights): a checkpoint continues
+    only a run of the same. The number of epochs is not one of them."""
+    return {"small": args.small, "eps": args.eps, "alpha": args.alpha, "seed": args.seed}
+
+
+def check_resumable(state: dict, settings: dict, path: str) -> None:
+    """Refuse, naming the differences, a checkpoint written with other settings."""
+    saved = state.get("settings")
+    if saved == settings:
+        return
+    if saved is None:
+        reason = f"{path} does not record the settings it was trained with, so it cannot be told from another run"
+    else:
+        differences = "; ".join(
+            f"--{name} {saved.get(name)!r} there, {value!r} here"
+            for name, value in settings.items() if saved.get(name) != value
+        )
+        reason = f"{path} was trained with other settings ({differences}); resuming it would continue that other run"
+    sys.exit(f"{reason}. Pass another --checkpoint, or delete {path} to start over.")
 
 
 def main() -> None:
     args = parse_args()
     epochs = args.epochs if args.epochs is not None else (2 if args.small else 4)
+    settings = run_settings(args)
+    state = None
+    if os.path.exists(args.checkpoint):
+        state = fk.load_checkpoint(args.checkpoint)   # weights_only=True: loading runs no code
+        check_resumable(state, settings, args.checkpoint)
+
     torch.manual_seed(args.seed)
     x_train, y_train = mnist_sample("train")
     x_test, y_test = mnist_sample("test")
@@ -55,8 +92,7 @@ def main() -> None:
     criterion = fk.AdversarialLoss(alpha=args.alpha, eps=args.eps)   # was: torch.nn.CrossEntropyLoss()
 
     start = 0
-    if os.path.exists(args.checkpoint):
-        state = fk.load_checkpoint(args.checkpoint)   # weights_only=True: loading runs no code
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
@@ -87,7 +123,7 @@ def main() -> None:
         )
         fk.save_checkpoint(
             {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "rng": torch.get_rng_state()},
+             "rng": torch.get_rng_state(), "settings": settings},
             args.checkpoint,
         )
         print(f"saved checkpoint {args.checkpoint}")

@@ -106,6 +106,26 @@ def test_adversarial_training_loop_resumes_where_it_stopped(outputs) -> None:
     assert _percent(r"train accuracy clean ([\d.]+)%", last(uninterrupted)) > 0.2
 
 
+def test_adversarial_training_loop_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
+    script = str(EXAMPLES / "adversarial_training_loop.py")
+    _run([script, "--small", "--epochs", "1"], tmp_path)
+    # The quick check has a checkpoint of its own: it never resumes (or spoils) the full run's.
+    checkpoint = tmp_path / "adversarial_training-small.pt"
+    assert checkpoint.exists() and not (tmp_path / "adversarial_training.pt").exists()
+    saved = checkpoint.read_bytes()
+    refused = subprocess.run(
+        [sys.executable, script, "--small", "--epochs", "2", "--eps", "0.1", "--alpha", "0.9"],
+        cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    assert refused.returncode != 0, f"resumed a run of other settings:\n{refused.stdout}{refused.stderr}"
+    assert "epoch 2/2" not in refused.stdout
+    message = refused.stderr
+    assert "adversarial_training-small.pt" in message
+    assert "eps" in message and "alpha" in message and "seed" not in message, message
+    assert "--checkpoint" in message and "delete" in message, message
+    assert checkpoint.read_bytes() == saved, "the refused run changed the checkpoint"
+
+
 def test_robustness_curve_adversarial_training_lowers_fgsm_error(outputs) -> None:
     (out,) = outputs["curve"].result(timeout=TIMEOUT_S)
     rows = re.findall(r"^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%$", out, re.M)

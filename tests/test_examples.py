@@ -128,13 +128,20 @@ def test_adversarial_training_loop_refuses_a_checkpoint_of_other_settings(tmp_pa
 
 def test_robustness_curve_adversarial_training_lowers_fgsm_error(outputs) -> None:
     (out,) = outputs["curve"].result(timeout=TIMEOUT_S)
-    rows = re.findall(r"^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%$", out, re.M)
-    assert [float(eps) for eps, _, _ in rows] == [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
-    plain = [float(p) / 100 for _, p, _ in rows]
-    adversarial = [float(a) / 100 for _, _, a in rows]
+    rows = re.findall(r"^\s*([\d.]+)" + r"\s+([\d.]+)%" * 4 + "$", out, re.M)
+    assert [float(eps) for eps, *_ in rows] == [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+    columns = [[float(row[i]) / 100 for row in rows] for i in range(1, 5)]
+    plain, plain_iterative, adversarial, adversarial_iterative = columns
     assert plain[-1] > plain[0] + 0.5, "FGSM should fool the plainly trained network"
     at = 5  # eps = 0.25, the budget it was trained with
     assert adversarial[at] < plain[at] - 0.1
+    # At eps = 0 no attack moves the input: both columns are the clean error.
+    assert plain_iterative[0] == plain[0] and adversarial_iterative[0] == adversarial[0]
+    # The iterative attack is the stronger one at the largest budget, for both models...
+    assert plain_iterative[-1] >= plain[-1] and adversarial_iterative[-1] >= adversarial[-1]
+    # ... and FGSM alone overstates how robust the FGSM-trained model is.
+    assert adversarial_iterative[at] > adversarial[at] + 0.1
+    assert "FGSM alone overstates" in out
 
 
 def test_targeted_attack_reaches_the_targets(outputs) -> None:

@@ -104,6 +104,10 @@ def test_adversarial_training_loop_resumes_where_it_stopped(outputs) -> None:
     # Stopping after epoch 1 and resuming gives exactly the run that never stopped.
     assert last(resumed) == last(uninterrupted)
     assert _percent(r"train accuracy clean ([\d.]+)%", last(uninterrupted)) > 0.2
+    # The evaluation reports the stronger, iterative attack beside FGSM.
+    fgsm = _percent(r"FGSM ([\d.]+)%, iterative", last(uninterrupted))
+    iterative = _percent(r"iterative FGSM ([\d.]+)%$", last(uninterrupted))
+    assert iterative >= fgsm
 
 
 def test_adversarial_training_loop_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:

@@ -105,8 +105,6 @@ def main() -> None:
     fgsm = functools.partial(fk.fgsm, eps=args.eps)
     iterative = functools.partial(fk.iterative_fgsm, eps=args.eps, step_size=2.5 * args.eps / args.steps,
                                   steps=args.steps)
-    if args.eps == 0:   # the ball is x alone, which no step can leave (and a step of 0 is refused)
-        iterative = fgsm
 
     start = 0
     if state is not None:

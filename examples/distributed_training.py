@@ -108,8 +108,7 @@ def main() -> None:
         # FGSM alone overstates the robustness of a model trained on FGSM examples: the
         # iterative attack (10 steps in the same budget) gives the error to judge it by.
         x_adv = fk.fgsm(model.module, x_part, y_part, eps=args.eps)
-        x_iterative = (fk.iterative_fgsm(model.module, x_part, y_part, eps=args.eps, step_size=args.eps / 4, steps=10)
-                       if args.eps > 0 else x_adv)  # with eps = 0 no step can leave x
+        x_iterative = fk.iterative_fgsm(model.module, x_part, y_part, eps=args.eps, step_size=args.eps / 4, steps=10)
         with torch.no_grad():
             clean_wrong = (model.module(x_part).argmax(dim=1) != y_part).sum().item()
             adv_wrong = (model.module(x_adv).argmax(dim=1) != y_part).sum().item()

@@ -259,3 +259,32 @@ def test_adversarial_loss_names_logits_on_another_device() -> None:
 
     with pytest.raises(ValueError, match=r"model returned logits on meta but x is on cpu"):
         fk.AdversarialLoss(eps=0.1)(OnMeta(), X, Y)
+
+
+@pytest.mark.parametrize("attack", [fk.iterative_fgsm, fk.pgd])
+def test_a_sweep_from_eps_zero_with_the_rule_of_thumb_step_returns_x(attack) -> None:
+    # step_size = 2.5 * eps / steps is 0 at eps = 0: refused for a number, accepted for the same
+    # zeros per sample, so a robustness sweep that starts at eps = 0 crashed on its first point.
+    for eps in (0.0, torch.zeros(4)):
+        got = attack(MODEL, X, Y, eps=eps, step_size=2.5 * eps / 10, steps=10)
+        assert torch.equal(got, X) and got is not X
+    with pytest.raises(ValueError, match=r"step_size must be > 0"):  # where eps is not 0, it still must be
+        attack(MODEL, X, Y, eps=0.1, step_size=0.0, steps=10)
+    with pytest.raises(ValueError, match=r"step_size must be > 0"):
+        attack(MODEL, X, Y, eps=torch.tensor([0.0, 0.1, 0.0, 0.0]), step_size=0.0, steps=10)
+
+
+@pytest.mark.parametrize("norm", ["L2", "l2", "2", "Linf", "inf"])
+def test_a_norm_given_as_a_string_is_refused_with_the_number_to_pass(norm) -> None:
+    # "inf" and "Linf" were taken silently and "L2" refused, with no word of strings.
+    with pytest.raises(ValueError, match=r"norm must be the number 2 or float\('inf'\), not a string; got "
+                                         rf"'{norm}'. Pass norm={'2' if '2' in norm else 'math.inf'}"):
+        fk.fgsm(MODEL, X, Y, eps=0.1, norm=norm)
+
+
+def test_the_clip_error_prints_the_value_outside_the_box_exactly() -> None:
+    # Printed with 6 digits, an entry one ulp above 1 read "observed range [..., 1]".
+    x = X.clone()
+    x[0, 0] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
+    with pytest.raises(ValueError, match=r"observed range \[.*, 1\.0000001192092896\]"):
+        fk.fgsm(MODEL, x, Y, eps=0.1)

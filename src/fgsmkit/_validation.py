@@ -113,7 +113,7 @@ def check_inputs(x: object, clip: object = None) -> Box | None:
         outside = bool(((x < box.low) | (x > box.high)).any())
     if outside:
         raise ValueError(
-            f"x must lie inside clip={_describe(clip)}; observed range [{x_low:.6g}, {x_high:.6g}]. "
+            f"x must lie inside clip={_describe(clip)}; observed range [{x_low!r}, {x_high!r}]. "
             "Rescale x to the box, or pass the right clip (clip=None for no box)"
         )
     return box
@@ -244,7 +244,10 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: 
         number = float(value)
         if not math.isfinite(number):
             raise ValueError(f"{name} must be finite; got {value}")
-        if (number <= 0) if positive else (number < 0):
+        # A step of 0 is no step where the ball is x alone (eps = 0 everywhere): the rule of
+        # thumb 2.5 * eps / steps gives it at the start of a sweep over eps.
+        no_room = positive and number == 0 and eps is not None and not bool(eps.ne(0).any())
+        if ((number <= 0) if positive else (number < 0)) and not no_room:
             raise ValueError(f"{name} must be {relation}; got {value}")
         if number > largest:
             raise ValueError(_too_large(name, value, x.dtype, norm))
@@ -400,8 +403,9 @@ def check_positive_int(value: object, name: str) -> int:
 
 
 def check_norm(norm: object) -> float:
-    if isinstance(norm, str) and norm.lower() in ("inf", "linf"):
-        norm = math.inf
+    if isinstance(norm, str):  # other libraries' names ("Linf", "L2"): one convention here, numbers
+        number = "2" if "2" in norm else "math.inf"
+        raise ValueError(f"norm must be the number 2 or float('inf'), not a string; got {norm!r}. Pass norm={number}")
     if not is_number(norm) or float(norm) not in SUPPORTED_NORMS:  # type: ignore[arg-type]
         raise ValueError(f"norm must be 2 or float('inf'); got {norm!r}")
     return float(norm)

@@ -37,8 +37,8 @@ def iterative_fgsm(
     model, x, y, eps, targeted, loss_fn, clip, eval_mode, backend
         As in :func:`fgsm`.
     step_size : float or Tensor
-        Size of each step (> 0), a float or one per sample (0 allowed where that sample's ``eps``
-        is 0, as ``2.5 * eps / steps`` gives).
+        Size of each step (> 0), a float or one per sample; 0 is allowed where ``eps`` is 0 (for
+        a float, where every sample's is), as ``2.5 * eps / steps`` gives.
     steps : int
         Number of steps (>= 1).
 
@@ -97,8 +97,8 @@ def pgd(
     model, x, y, eps, targeted, norm, loss_fn, clip, eval_mode, backend
         As in :func:`fgsm`.
     step_size : float or Tensor
-        Size of each step (> 0), a float or one per sample (0 allowed where that sample's ``eps``
-        is 0, as ``2.5 * eps / steps`` gives).
+        Size of each step (> 0), a float or one per sample; 0 is allowed where ``eps`` is 0 (for
+        a float, where every sample's is), as ``2.5 * eps / steps`` gives.
     steps : int
         Number of steps per restart (>= 1).
     random_start : bool

@@ -128,8 +128,8 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
                               "pass --download, set $FGSMKIT_DATA, or use --data sample")
     else:
         (train_x, train_y), (test_x, test_y) = embedded_sample()
-        source = ("the embedded MNIST sample (8,000 train / 2,000 test; full MNIST was not found"
-                  + (f": {reason}" if reason else "") + ")")
+        why = f"full MNIST: {reason.rstrip('.')}" if reason else "full MNIST was not found"
+        source = f"the embedded MNIST sample (8,000 train / 2,000 test; {why})"
     val_x, val_y = train_x[-settings.val_size:], train_y[-settings.val_size:]
     train_x, train_y = train_x[:-settings.val_size], train_y[:-settings.val_size]
     if settings.train_limit is not None:

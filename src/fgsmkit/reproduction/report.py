@@ -152,7 +152,7 @@ def _heading(meta: dict[str, Any], seeds: list[int] | None) -> list[str]:
         lines += [f"**These are {name} runs: small data and few epochs, to check that everything runs. Their "
                   "numbers are not a reproduction.**" if seeds else
                   f"**This is the {name} run: small data and few epochs, to check that everything runs. Its "
-                  "numbers are not a reproduction; run without `--quick` for that.**", ""]
+                  f"numbers are not a reproduction; run without `--{name}` for that.**", ""]
     made = [("command", f"`{meta['command']}`"), ("data", meta["data"]),
             *([] if seeds else [("seed", meta["seed"])]),
             ("machine", meta["machine"]), ("date", meta["date"]), ("wall time", meta["wall_time"])]

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
-from typing import Union
+from typing import TYPE_CHECKING, Any, SupportsFloat, Union
 
+import numpy as np
 import torch
 from numpy import bool_ as np_bool
 from torch import Tensor, nn
 
 from .constraints import Box, sample_rows
 
-Number = Union[int, float]
-Bound = Union[Number, Tensor]
+if TYPE_CHECKING:
+    from .gradient import LossFn
+
+# Types of the public arguments, as wide as the checks below take them. SupportsFloat covers
+# Python and NumPy numbers and 0-d tensors; a clip Bound may also be a tensor that broadcasts
+# against x. Count is an int, NumPy's too: not SupportsIndex, which a 0-d tensor satisfies but
+# check_positive_int refuses.
+Bound = Union[SupportsFloat, Tensor]
 Clip = Union[tuple[Bound, Bound], None]
+Count = Union[int, np.integer[Any]]
 
 SUPPORTED_NORMS = (2.0, math.inf)
 
@@ -469,7 +476,7 @@ def _describe(clip: object) -> str:
     return "(low, high)"
 
 
-def check_loss_fn(loss_fn: object) -> Callable | None:
+def check_loss_fn(loss_fn: LossFn | None) -> LossFn | None:
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(logits, y) or None; got {type(loss_fn).__name__}")
     return loss_fn

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, SupportsFloat
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import _validation
+from ._validation import Clip
 from .constraints import make_ball, sample_rows
 from .gradient import (LossFn, Objective, autograd_usable, check_first_gradient, compiled_from, cross_entropy,
                        local_model, logits_of, model_state_kept, rescaled_dims)
@@ -187,16 +188,17 @@ class AdversarialLoss(nn.Module):
     Parameters
     ----------
     alpha : float
-        Weight of the clean loss, in ``[0, 1]``. ``alpha=1`` is plain training.
+        Weight of the clean loss, in ``[0, 1]``. ``alpha=1`` is plain training. A NumPy number
+        or a 0-d tensor is taken as its value.
     eps : float
-        Size of the FGSM perturbation (>= 0).
+        Size of the FGSM perturbation (>= 0); a NumPy number or a 0-d tensor too.
     loss_fn : callable, optional
         ``loss_fn(logits, y)``, per-sample or mean; per-sample losses are averaged. Default:
         cross-entropy computed in at least float32.
     norm : float
         ``float('inf')`` (the paper's sign step) or ``2`` (fast gradient L2 step).
     clip : tuple or None
-        Valid input range ``(low, high)``, or None.
+        Valid input range ``(low, high)``, or None: bounds as in :func:`~fgsmkit.fgsm`.
 
     Attributes
     ----------
@@ -218,19 +220,20 @@ class AdversarialLoss(nn.Module):
     torch.Size([8, 3])
     """
 
-    def __init__(self, alpha: float = 0.5, eps: float = 0.25, *, loss_fn: LossFn | None = None,
-                 norm: float = math.inf, clip: tuple | None = (0.0, 1.0)) -> None:
+    def __init__(self, alpha: SupportsFloat = 0.5, eps: SupportsFloat = 0.25, *, loss_fn: LossFn | None = None,
+                 norm: float = math.inf, clip: Clip = (0.0, 1.0)) -> None:
         super().__init__()
         self.alpha = _check_alpha(alpha)
         self.eps = _validation.finite_at_least_zero(eps, "eps")
         # The default averages like a plain training loop's F.cross_entropy (the same value up to
         # rounding; the gradient differs where PyTorch's cancels, see gradient.cross_entropy).
-        self.loss_fn = _validation.check_loss_fn(loss_fn) or functools.partial(cross_entropy, reduction="mean")
+        self.loss_fn: LossFn = (_validation.check_loss_fn(loss_fn)
+                                or functools.partial(cross_entropy, reduction="mean"))
         self.checks_labels = loss_fn is None
         self.norm = _validation.check_norm(norm)
         if clip is not None:  # what can be checked before x is known (its shape, dtype, device)
             _validation.check_clip_pair(clip)
-        self.clip = clip
+        self.clip: Clip = clip
         self.clean_logits: Tensor | None = None
         self.adversarial_logits: Tensor | None = None
         self.checked = False  # the input gradient is checked (a device sync) on the first call only
@@ -358,7 +361,7 @@ class AdversarialLoss(nn.Module):
         return direction, None
 
 
-def adversarial_logistic_loss(w: Tensor, b: float | Tensor, x: Tensor, y: Tensor, eps: float) -> Tensor:
+def adversarial_logistic_loss(w: Tensor, b: float | Tensor, x: Tensor, y: Tensor, eps: SupportsFloat) -> Tensor:
     r"""Logistic loss on the worst-case L-inf perturbation, in closed form (section 5).
 
     For labels :math:`y \in \{-1, +1\}` the FGSM example of logistic regression is
@@ -384,7 +387,7 @@ def adversarial_logistic_loss(w: Tensor, b: float | Tensor, x: Tensor, y: Tensor
     y : Tensor
         Labels in ``{-1, +1}``, shape ``(batch,)``.
     eps : float
-        Size of the perturbation (>= 0).
+        Size of the perturbation (>= 0); a NumPy number or a 0-d tensor too.
 
     Returns
     -------

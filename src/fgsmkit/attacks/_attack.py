@@ -4,12 +4,13 @@ method's single step or run the walk."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, SupportsFloat
 
 import torch
 from torch import Tensor
 
 from .. import _validation
+from .._validation import Clip, Count
 from ..constraints import Ball, Box, make_ball
 from ..gradient import LossFn, Objective, local_model, model_state_kept
 from . import _backends
@@ -36,11 +37,11 @@ def fast_gradient_method(
     x: Tensor,
     y: Tensor | None,
     *,
-    eps: float | Tensor,
+    eps: SupportsFloat | Tensor,
     norm: float,
     targeted: bool,
     loss_fn: LossFn | None,
-    clip: tuple | None,
+    clip: Clip,
     eval_mode: bool,
     backend: str = "auto",
 ) -> Tensor:
@@ -56,15 +57,15 @@ def projected_gradient_ascent(
     x: Tensor,
     y: Tensor | None,
     *,
-    eps: float | Tensor,
-    step_size: float | Tensor,
-    steps: int,
+    eps: SupportsFloat | Tensor,
+    step_size: SupportsFloat | Tensor,
+    steps: Count,
     norm: float,
     random_start: bool,
-    restarts: int,
+    restarts: Count,
     targeted: bool,
     loss_fn: LossFn | None,
-    clip: tuple | None,
+    clip: Clip,
     generator: torch.Generator | None,
     eval_mode: bool,
     backend: str = "auto",
@@ -90,8 +91,8 @@ def projected_gradient_ascent(
         objective, ball, checked.walk, step_t, steps, random_start, restarts, generator))
 
 
-def _check_shared(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor | None, eps: float | Tensor,
-                  norm: float, targeted: bool, loss_fn: LossFn | None, clip: tuple | None, eval_mode: bool,
+def _check_shared(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor | None, eps: SupportsFloat | Tensor,
+                  norm: float, targeted: bool, loss_fn: LossFn | None, clip: Clip, eval_mode: bool,
                   backend: str) -> _Checked:
     """Check the arguments that every attack takes."""
     box = _validation.check_inputs(x, clip)

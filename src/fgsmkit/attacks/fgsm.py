@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import SupportsFloat
 
 from torch import Tensor
 
+from .._validation import Clip
 from ..gradient import LossFn
 from ._attack import fast_gradient_method
 
@@ -16,11 +18,11 @@ def fgsm(
     x: Tensor,
     y: Tensor | None = None,
     *,
-    eps: float | Tensor,
+    eps: SupportsFloat | Tensor,
     targeted: bool = False,
     norm: float = math.inf,
     loss_fn: LossFn | None = None,
-    clip: tuple[float | Tensor, float | Tensor] | None = (0.0, 1.0),
+    clip: Clip = (0.0, 1.0),
     eval_mode: bool = False,
     backend: str = "auto",
 ) -> Tensor:
@@ -42,7 +44,8 @@ def fgsm(
         True labels, or target classes when ``targeted``. None uses the model's own predictions,
         which avoids label leaking.
     eps : float or Tensor
-        Size of the perturbation: a float, or a tensor of shape ``(batch,)`` (one per sample).
+        Size of the perturbation: a number (a NumPy number or a 0-d tensor too), or a tensor of
+        shape ``(batch,)`` (one per sample).
         ``eps=0`` returns ``x`` unchanged without running the model (the labels' shape, dtype
         and device are checked, their range against the model's classes is not).
     targeted : bool
@@ -53,8 +56,8 @@ def fgsm(
         ``loss_fn(logits, y)`` returning per-sample losses or their mean. Default: cross-entropy
         (computed in at least float32). The step does not depend on the reduction.
     clip : tuple or None
-        ``(low, high)`` bounds of valid inputs, floats or tensors that broadcast against ``x``;
-        None for no bounds. ``x`` must lie inside them.
+        ``(low, high)`` bounds of valid inputs, numbers (NumPy's too) or tensors that broadcast
+        against ``x``; None for no bounds. ``x`` must lie inside them.
     eval_mode : bool
         Run the model in eval mode during the attack (its mode is restored afterwards).
     backend : {"auto", "eager", "compile", "cuda_graph"}

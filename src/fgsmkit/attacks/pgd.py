@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import SupportsFloat
 
 import torch
 from torch import Tensor
 
+from .._validation import Clip, Count
 from ..gradient import LossFn
 from ._attack import projected_gradient_ascent
 
@@ -17,12 +19,12 @@ def iterative_fgsm(
     x: Tensor,
     y: Tensor | None = None,
     *,
-    eps: float | Tensor,
-    step_size: float | Tensor,
-    steps: int,
+    eps: SupportsFloat | Tensor,
+    step_size: SupportsFloat | Tensor,
+    steps: Count,
     targeted: bool = False,
     loss_fn: LossFn | None = None,
-    clip: tuple[float | Tensor, float | Tensor] | None = (0.0, 1.0),
+    clip: Clip = (0.0, 1.0),
     eval_mode: bool = False,
     backend: str = "auto",
 ) -> Tensor:
@@ -37,10 +39,11 @@ def iterative_fgsm(
     model, x, y, eps, targeted, loss_fn, clip, eval_mode, backend
         As in :func:`fgsm`.
     step_size : float or Tensor
-        Size of each step (> 0), a float or one per sample; 0 is allowed where ``eps`` is 0 (for
-        a float, where every sample's is), as ``2.5 * eps / steps`` gives.
+        Size of each step (> 0), a number (NumPy's or a 0-d tensor too) or one per sample; 0 is
+        allowed where ``eps`` is 0 (for a number, where every sample's is), as
+        ``2.5 * eps / steps`` gives.
     steps : int
-        Number of steps (>= 1).
+        Number of steps (>= 1); a NumPy integer too.
 
     Returns
     -------
@@ -68,15 +71,15 @@ def pgd(
     x: Tensor,
     y: Tensor | None = None,
     *,
-    eps: float | Tensor,
-    step_size: float | Tensor,
-    steps: int,
+    eps: SupportsFloat | Tensor,
+    step_size: SupportsFloat | Tensor,
+    steps: Count,
     norm: float = math.inf,
     random_start: bool = True,
-    restarts: int = 1,
+    restarts: Count = 1,
     targeted: bool = False,
     loss_fn: LossFn | None = None,
-    clip: tuple[float | Tensor, float | Tensor] | None = (0.0, 1.0),
+    clip: Clip = (0.0, 1.0),
     generator: torch.Generator | None = None,
     eval_mode: bool = False,
     backend: str = "auto",
@@ -97,15 +100,16 @@ def pgd(
     model, x, y, eps, targeted, norm, loss_fn, clip, eval_mode, backend
         As in :func:`fgsm`.
     step_size : float or Tensor
-        Size of each step (> 0), a float or one per sample; 0 is allowed where ``eps`` is 0 (for
-        a float, where every sample's is), as ``2.5 * eps / steps`` gives.
+        Size of each step (> 0), a number (NumPy's or a 0-d tensor too) or one per sample; 0 is
+        allowed where ``eps`` is 0 (for a number, where every sample's is), as
+        ``2.5 * eps / steps`` gives.
     steps : int
-        Number of steps per restart (>= 1).
+        Number of steps per restart (>= 1); a NumPy integer too.
     random_start : bool
         Start from a point drawn uniformly from the ball (clipped to ``clip``).
     restarts : int
-        Number of random starts (>= 1); needs ``random_start=True`` when above 1, and a
-        ``loss_fn`` that returns per-sample losses.
+        Number of random starts (>= 1; a NumPy integer too); needs ``random_start=True`` when
+        above 1, and a ``loss_fn`` that returns per-sample losses.
     generator : torch.Generator, optional
         Source of the random starts, on the device of ``x``, for reproducible attacks.
 

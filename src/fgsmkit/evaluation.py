@@ -11,7 +11,8 @@ of the logits, a single logit column being read as binary logistic regression
 ``DistributedDataParallel`` or ``DataParallel`` keeps its own probabilities. The predicted
 class is the one with the largest logit (the most probable one, read where probabilities
 cannot underflow into ties) and the *confidence* is its probability. NaN or infinite logits
-raise a ``ValueError``.
+raise a ``ValueError``. Counts and sizes (``n``, ``batch_size``, ``sample_shape``) may be
+NumPy integers.
 
 Transfer error, the error of model B on adversarial examples made on model A (the paper's
 section 8), needs no function of its own:
@@ -32,17 +33,21 @@ import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict, TypeVar
 
 import torch
 from torch import Tensor
 
 from . import _validation
+from ._validation import Count
 from .gradient import check_logits_finite, innermost_module, model_state_kept, predicted_labels
 from .models import Classifier
 
 Model = Callable[[Tensor], Tensor]
-Attack = Callable[[Model, Tensor, Tensor], Tensor]
+# evaluate_attack's model and its attack's first parameter share one type: an attack written for
+# nn.Modules (or for one model class) fits a model of that type, a lambda or a partial fits any.
+ModelT = TypeVar("ModelT", bound=Model)
+Attack = Callable[[ModelT, Tensor, Tensor], Tensor]
 
 # rubbish_rate draws its noise in blocks of this many inputs, whatever the batch size, so that
 # the draws do not depend on it. It is the default batch size, at which the draws are those of
@@ -86,7 +91,16 @@ class AttackReport:
     examples: Tensor | None = None
 
 
-def error_rate(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000, eval_mode: bool = False) -> float:
+class AgreementOnMistakes(TypedDict):
+    """What :func:`agreement_on_mistakes` returns, for type checkers: a plain dict at runtime."""
+
+    a_mistakes: int
+    agreement_on_a_mistakes: float
+    both_mistakes: int
+    agreement_when_both_err: float
+
+
+def error_rate(model: Model, x: Tensor, y: Tensor, *, batch_size: Count = 1000, eval_mode: bool = False) -> float:
     """Fraction of ``x`` that ``model`` misclassifies.
 
     Parameters
@@ -102,6 +116,11 @@ def error_rate(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000, ev
     eval_mode : bool
         Run the model in eval mode (its mode is restored afterwards).
 
+    Returns
+    -------
+    float
+        The fraction of misclassified samples, in [0, 1].
+
     Examples
     --------
     >>> import torch
@@ -115,11 +134,28 @@ def error_rate(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000, ev
     return _mean((predicted != y).double())
 
 
-def confidence_on_mistakes(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000,
+def confidence_on_mistakes(model: Model, x: Tensor, y: Tensor, *, batch_size: Count = 1000,
                            eval_mode: bool = False) -> float:
     """Mean probability of the predicted class over the examples ``model`` misclassifies.
 
-    Returns nan when there are no mistakes. Parameters as in :func:`error_rate`.
+    Parameters
+    ----------
+    model : callable
+        Maps a batch of inputs to logits of shape ``(batch, classes)``.
+    x : Tensor
+        Inputs, batch first, at least one sample.
+    y : Tensor
+        True class indices, shape ``(batch,)``.
+    batch_size : int
+        Samples per forward pass.
+    eval_mode : bool
+        Run the model in eval mode (its mode is restored afterwards).
+
+    Returns
+    -------
+    float
+        The mean probability of the predicted class over the misclassified samples; nan when
+        there are none.
 
     Examples
     --------
@@ -133,10 +169,24 @@ def confidence_on_mistakes(model: Model, x: Tensor, y: Tensor, *, batch_size: in
     return _mean(confidence[predicted != y])
 
 
-def mean_confidence(model: Model, x: Tensor, *, batch_size: int = 1000, eval_mode: bool = False) -> float:
+def mean_confidence(model: Model, x: Tensor, *, batch_size: Count = 1000, eval_mode: bool = False) -> float:
     """Mean probability of the predicted class over ``x``.
 
-    Parameters as in :func:`error_rate`; no labels are needed.
+    Parameters
+    ----------
+    model : callable
+        Maps a batch of inputs to logits of shape ``(batch, classes)``.
+    x : Tensor
+        Inputs, batch first, at least one sample (no labels are needed).
+    batch_size : int
+        Samples per forward pass.
+    eval_mode : bool
+        Run the model in eval mode (its mode is restored afterwards).
+
+    Returns
+    -------
+    float
+        The mean probability of the predicted class.
 
     Examples
     --------
@@ -149,8 +199,8 @@ def mean_confidence(model: Model, x: Tensor, *, batch_size: int = 1000, eval_mod
     return _mean(_predictions(model, x, None, batch_size, eval_mode).confidence)
 
 
-def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000,
-                          eval_mode: bool = False) -> dict[str, float]:
+def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, *, batch_size: Count = 1000,
+                          eval_mode: bool = False) -> AgreementOnMistakes:
     """How often model B picks the same wrong class as model A (the paper's sections 7-8).
 
     Typically ``x`` holds adversarial examples made on model A.
@@ -165,11 +215,12 @@ def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, 
     Returns
     -------
     dict
-        ``"a_mistakes"``: how many examples A misclassifies;
-        ``"agreement_on_a_mistakes"``: the fraction of A's mistakes on which B predicts the same
-        class as A; ``"both_mistakes"``: how many examples both misclassify;
-        ``"agreement_when_both_err"``: the fraction of those on which they predict the same
-        class. A fraction with nothing to count is nan.
+        ``"a_mistakes"`` (int): how many examples A misclassifies;
+        ``"agreement_on_a_mistakes"`` (float): the fraction of A's mistakes on which B predicts
+        the same class as A; ``"both_mistakes"`` (int): how many examples both misclassify;
+        ``"agreement_when_both_err"`` (float): the fraction of those on which they predict the
+        same class. A fraction with nothing to count is nan. Type checkers see the
+        ``TypedDict`` ``fgsmkit.evaluation.AgreementOnMistakes``.
 
     Examples
     --------
@@ -202,8 +253,8 @@ def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, 
     }
 
 
-def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, threshold: float = 0.5,
-                 generator: torch.Generator | None = None, batch_size: int = 1000, eval_mode: bool = False,
+def rubbish_rate(model: Model, n: Count, sample_shape: Count | Sequence[Count], *, threshold: float = 0.5,
+                 generator: torch.Generator | None = None, batch_size: Count = 1000, eval_mode: bool = False,
                  device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> tuple[float, float]:
     """How often the model confidently classifies Gaussian noise (the paper's rubbish inputs).
@@ -267,7 +318,7 @@ def rubbish_rate(model: Model, n: int, sample_shape: int | Sequence[int], *, thr
     return _mean(rubbish.double()), _mean(confidence[rubbish])
 
 
-def evaluate_attack(model: Model, attack: Attack, x: Tensor, y: Tensor, *, batch_size: int = 1000,
+def evaluate_attack(model: ModelT, attack: Attack[ModelT], x: Tensor, y: Tensor, *, batch_size: Count = 1000,
                     eval_mode: bool = False, keep_examples: bool = False) -> AttackReport:
     """Attack ``x`` batch by batch and measure the clean and adversarial error.
 

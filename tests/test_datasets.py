@@ -682,10 +682,11 @@ def docstring_section(function: object, title: str) -> str:
     return match.group(1) if match else ""
 
 
-@pytest.mark.parametrize("function", [datasets.load_mnist, datasets.mnist_sample, datasets.read_idx,
-                                      datasets.search_folders, datasets.write_idx], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("function", [datasets.load_fashion_mnist, datasets.load_mnist, datasets.mnist_sample,
+                                      datasets.read_idx, datasets.search_folders, datasets.write_idx],
+                         ids=lambda f: f.__name__)
 def test_every_parameter_is_documented(function) -> None:
-    # Before: search_folders had no Parameters section.
+    # Before: search_folders and load_fashion_mnist had no Parameters section.
     documented = set(re.findall(r"^(\w+) :", docstring_section(function, "Parameters"), re.M))
     assert set(inspect.signature(function).parameters) <= documented
 
@@ -744,3 +745,26 @@ def test_the_embedded_samples_files_found_on_disk_are_named_as_the_sample(tmp_pa
                                          rf"not the official {split} set"):
         x, y = load_mnist(tmp_path, split, download=False)
     assert torch.equal(y, mnist_sample(split)[1]) and x.shape[0] == count
+
+
+# --- the package ----------------------------------------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+
+def test_fgsmkit_datasets_is_imported_on_first_use() -> None:
+    # `import fgsmkit` stays light: fgsmkit.datasets is imported by its first attribute access
+    # (type checkers see it through an import under TYPE_CHECKING, which must not run).
+    import fgsmkit
+
+    code = ("import sys, fgsmkit\n"
+            "assert 'fgsmkit.datasets' not in sys.modules, 'imported with fgsmkit'\n"
+            "assert fgsmkit.datasets is sys.modules['fgsmkit.datasets']\n"
+            "x, y = fgsmkit.datasets.mnist_sample('test')\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # The child imports the same fgsmkit as these tests, installed or not.
+    package_root = str(Path(fgsmkit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -7,6 +7,7 @@ training is a criterion (:class:`AdversarialLoss`); the paper's models are in
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 from . import evaluation, models
 from .attacks import fgsm, iterative_fgsm, pgd
@@ -17,6 +18,9 @@ __version__ = "0.1.0"
 
 # Loaded on first attribute access, so that `import fgsmkit` stays light.
 _LAZY_MODULES = ("datasets",)
+
+if TYPE_CHECKING:  # type checkers see the lazily loaded modules as the attributes they become
+    from . import datasets
 
 
 def __getattr__(name: str) -> object:

@@ -13,13 +13,27 @@ import math
 import os
 import struct
 import zlib
-from typing import BinaryIO, Union
+from typing import Protocol, Union
 
 import numpy as np
 
 from .._validation import check_flag
 
-PathOrFile = Union[str, bytes, "os.PathLike[str]", BinaryIO]
+
+class SupportsReadBytes(Protocol):
+    """A file object open for binary reading, such as ``open(path, "rb")``, ``gzip.open(...)``,
+    ``ZipFile.open(...)`` or ``io.BytesIO``: :func:`read_idx` calls its ``read()``."""
+
+    def read(self) -> bytes | bytearray | memoryview: ...
+
+
+class SupportsWriteBytes(Protocol):
+    """A file object open for binary writing (:func:`write_idx` calls its ``write(data)``)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+_Path = Union[str, bytes, "os.PathLike[str]"]
 _PATHS = (str, bytes, os.PathLike)
 
 # Type code -> big-endian dtype, from the format's definition (0x0A is unassigned).
@@ -35,15 +49,17 @@ _CODES = {dtype.newbyteorder("="): code for code, dtype in IDX_DTYPES.items()}
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_idx(source: PathOrFile) -> np.ndarray:
+def read_idx(source: _Path | SupportsReadBytes) -> np.ndarray:
     """Read an IDX file, gzip-compressed or raw, into a NumPy array.
 
     Parameters
     ----------
     source : path-like or binary file object
         The file to read: a ``str``, ``bytes`` or ``os.PathLike`` path, or a file object
-        opened in binary mode (``"rb"``). Compression is detected from the gzip magic bytes,
-        so a raw file named ``*.gz`` (or a compressed one without the suffix) is read correctly.
+        opened in binary mode (``"rb"``; anything whose ``read()`` returns bytes, such as
+        ``gzip.open(...)`` or ``ZipFile.open(...)``). Compression is detected from the gzip
+        magic bytes, so a raw file named ``*.gz`` (or a compressed one without the suffix) is
+        read correctly.
 
     Returns
     -------
@@ -132,14 +148,14 @@ def _parse(data: bytes, name: str) -> np.ndarray:
     return values.astype(dtype.newbyteorder("="))
 
 
-def write_idx(target: PathOrFile, array: np.ndarray, compress: bool | None = None) -> None:
+def write_idx(target: _Path | SupportsWriteBytes, array: np.ndarray, compress: bool | None = None) -> None:
     """Write ``array`` as an IDX file.
 
     Parameters
     ----------
     target : path-like or binary file object
         Where to write: a ``str``, ``bytes`` or ``os.PathLike`` path, or a file object opened
-        in binary mode.
+        in binary mode (anything with a ``write(data)`` that takes bytes).
     array : numpy.ndarray
         Values of dtype ``uint8``, ``int8``, ``int16``, ``int32``, ``float32`` or ``float64``,
         with fewer than 2**32 entries along each dimension. (IDX allows 255 dimensions; a

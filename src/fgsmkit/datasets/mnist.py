@@ -162,6 +162,29 @@ def load_fashion_mnist(
     Same conventions, search order and errors as :func:`load_mnist`; the torchvision-style
     folder is ``<dir>/FashionMNIST/raw`` and the defaults come from :data:`FASHION_MNIST`.
 
+    Parameters
+    ----------
+    root : path-like, optional
+        Folder searched first; a download goes to ``root/FashionMNIST/raw``. See the module
+        documentation for the full search order.
+    split : {"train", "test"}
+        The official training or test set.
+    download : bool
+        Download the split's two files when no folder holds them. With False, a missing
+        dataset raises at once and nothing touches the network.
+    remote : RemoteFiles
+        Mirrors and checksums; :data:`FASHION_MNIST` by default. Replace it to use a private
+        mirror.
+    timeout : float
+        Seconds a mirror may keep the client waiting, as in :func:`load_mnist`.
+
+    Returns
+    -------
+    images : Tensor
+        float32, shape ``(N, 1, 28, 28)``, pixel values in [0, 1] (byte value / 255).
+    labels : Tensor
+        int64, shape ``(N,)``, the class indices 0-9.
+
     Examples
     --------
     >>> from fgsmkit.datasets import FASHION_MNIST, load_fashion_mnist, search_folders

@@ -594,3 +594,54 @@ def test_l2_norms_at_the_top_of_the_range_are_finite(dtype):
     step = L2Ball(torch.zeros(1, 3, dtype=dtype), torch.tensor(1.0, dtype=dtype), None).step(
         torch.tensor([[largest, 1.0, 0.0]], dtype=dtype), torch.tensor(1.0, dtype=dtype))
     assert step[0, 0].item() == 1.0
+
+
+class _DropoutNet(nn.Module):
+    """Dropout, then a linear layer; records each forward's dropout mask and input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.drop, self.linear = nn.Dropout(0.5), nn.Linear(16, 3)
+        self.masks: list[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        h = self.drop(x)
+        self.masks.append(h.detach() != 0)
+        return self.linear(h)
+
+
+def _run_under(autocast: bool, call) -> tuple[_DropoutNet, torch.Tensor]:
+    """``call(model)`` on a fresh dropout net, from one seed, with or without bfloat16 autocast;
+    the model and the random number generator's state afterwards."""
+    model = _DropoutNet().train()
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        call(model)
+    return model, torch.get_rng_state()
+
+
+def _loss(model: nn.Module) -> None:
+    fk.AdversarialLoss(0.5, 0.1)(model, torch.rand(8, 16), torch.arange(8) % 3)
+
+
+def _fgsm(model: nn.Module) -> None:
+    fk.fgsm(model, torch.rand(8, 16), torch.arange(8) % 3, eps=0.1)
+
+
+@pytest.mark.parametrize(("call", "adversarial_passes"), [(_loss, 1), (_fgsm, 0)], ids=["loss", "fgsm"])
+def test_extra_low_precision_passes_draw_the_dropout_masks_of_the_first(call, adversarial_passes) -> None:
+    # Under autocast the input gradient takes passes of its own (rescaled per sample, the even and
+    # the odd samples apart). They drew new dropout masks, so AdversarialLoss built its FGSM
+    # example for another noisy network than the one its clean loss was computed for (61.6% of
+    # the signs agreed with that network's gradient).
+    model, state = _run_under(True, call)
+    float32_model, float32_state = _run_under(False, call)
+    extra = model.masks[1:len(model.masks) - adversarial_passes]
+    assert len(model.masks) > len(float32_model.masks) and extra
+    assert all(torch.equal(mask, model.masks[0]) for mask in extra)
+    # ... and they use up no random numbers: the generator ends where the float32 path leaves it.
+    assert torch.equal(model.masks[0], float32_model.masks[0])
+    assert torch.equal(state, float32_state)

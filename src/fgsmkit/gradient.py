@@ -246,6 +246,38 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
                     buffer.data.copy_(copy)
 
 
+class RandomDraws:
+    """Where the random number generators stood when a forward pass began (the CPU's, and the
+    CUDA device's for a CUDA ``device``): a pass run inside :meth:`again` draws the same numbers,
+    dropout's masks say, and leaves the generators as it found them.
+
+    The input gradient sometimes needs passes of its own (rescaled for float16 or bfloat16); run
+    this way they see the noisy network of the first pass, the one the loss was computed for.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = self._states()
+
+    def _states(self) -> tuple[Tensor, Tensor | None]:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _restore(self, states: tuple[Tensor, Tensor | None]) -> None:
+        torch.set_rng_state(states[0])
+        if states[1] is not None:
+            torch.cuda.set_rng_state(states[1], self.device)
+
+    @contextlib.contextmanager
+    def again(self) -> Iterator[None]:
+        now = self._states()
+        self._restore(self.start)
+        try:
+            yield
+        finally:
+            self._restore(now)
+
+
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` ("cpu", "cuda", ...)."""
     try:
@@ -336,6 +368,8 @@ class Objective:
         self.rescaled_over: tuple[int, ...] | None = None
         self.rescaling_decided = False
         self.samples_checked = False
+        # Where the first gradient's forward pass began: passes of its own repeat its random draws.
+        self.draws: RandomDraws | None = None
 
     def decide_rescaling(self, dims: tuple[int, ...] | None) -> None:
         """Fix :attr:`rescaled_over` to ``dims``, from :func:`rescaled_dims` (a caller that has
@@ -366,10 +400,12 @@ class Objective:
         # gradient is needed all the same.
         with torch.inference_mode(False), torch.enable_grad():
             x = autograd_usable(x).detach().requires_grad_(True)
+            if not self.checked:  # only the first gradient may take passes of its own
+                self.draws = RandomDraws(x.device)
             logits = self._logits(x)
             grad = self.input_gradient(x, logits)
         if not self.checked:
-            self.checked = True
+            self.checked, self.draws = True, None
             check_first_gradient(grad, logits)
         # NaN entries are left in: the step treats them as zero (see constraints.Ball.step).
         return -grad if self.targeted else grad
@@ -452,9 +488,11 @@ class Objective:
 
     def forward_again(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """A new leaf with ``x``'s values and the model's logits at it: a graph of its own, for a
-        gradient that the graph at hand cannot give (a compiled graph is back-propagated once)."""
+        gradient that the graph at hand cannot give (a compiled graph is back-propagated once).
+        With :attr:`draws` set, the pass repeats the first pass's random draws (its dropout masks)."""
         leaf = x.detach().requires_grad_(True)
-        return leaf, logits_of(self.model, leaf)
+        with self.draws.again() if self.draws is not None else contextlib.nullcontext():
+            return leaf, logits_of(self.model, leaf)
 
     @staticmethod
     def _laid_out_like(grad: Tensor, x: Tensor) -> Tensor:

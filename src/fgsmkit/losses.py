@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import _validation
 from ._validation import Clip
 from .constraints import make_ball, sample_rows
-from .gradient import (LossFn, Objective, autograd_usable, check_first_gradient, compiled_from, cross_entropy,
+from .gradient import (LossFn, Objective, RandomDraws, autograd_usable, check_first_gradient, compiled_from, cross_entropy,
                        local_model, logits_of, model_state_kept, rescaled_dims)
 
 
@@ -290,6 +290,7 @@ class AdversarialLoss(nn.Module):
         with torch.inference_mode(False), torch.enable_grad():
             x_leaf, y = autograd_usable(x).detach().requires_grad_(True), autograd_usable(y)
             x_in = x_leaf.clone()  # its node is this call's first: what is older was built before
+            draws = RandomDraws(x.device)  # a pass of the input gradient's own repeats these
             logits = _validation.check_logits(logits_of(clean_model, x_in), x)
             _validation.check_label_range(label_range, logits.shape[1])
             clean = _mean(self.loss_fn(logits, y), x.shape[0])
@@ -309,7 +310,7 @@ class AdversarialLoss(nn.Module):
                 found = None
             params, accumulators = found or ([], [])
             direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, alpha,
-                                                            None if found is None else params)
+                                                            None if found is None else params, draws)
         if not self.checked:
             self.checked = True
             check_first_gradient(direction)
@@ -334,9 +335,11 @@ class AdversarialLoss(nn.Module):
         return clean_term + adversarial_term
 
     def _clean_gradients(self, clean_model: nn.Module, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
-                         alpha: float, params: list[Tensor] | None) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
+                         alpha: float, params: list[Tensor] | None,
+                         draws: RandomDraws) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
         """The clean loss's input gradient (only its direction is used) and the weight gradients of
         ``params``, or None (also for ``params=None``) where the clean term must keep its graph.
+        ``draws`` are the clean pass's random draws, which a pass of the gradient's own repeats.
         """
         if not logits.requires_grad:
             # The model cut the graph (no_grad or detach inside it): no input gradient, and the
@@ -356,6 +359,7 @@ class AdversarialLoss(nn.Module):
         # the graphs whose clean gradients cannot be handed over (params=None).
         objective = Objective(clean_model, y, self.loss_fn, targeted=False)
         objective.decide_rescaling(rescaled_over)
+        objective.draws = draws  # the same dropout masks as the clean loss's
         with model_state_kept(clean_model, eval_mode=False):
             direction = objective.input_gradient(*objective.forward_again(x_in))
         return direction, None

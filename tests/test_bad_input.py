@@ -288,3 +288,19 @@ def test_the_clip_error_prints_the_value_outside_the_box_exactly() -> None:
     x[0, 0] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
     with pytest.raises(ValueError, match=r"observed range \[.*, 1\.0000001192092896\]"):
         fk.fgsm(MODEL, x, Y, eps=0.1)
+
+
+def test_restarts_take_one_loss_per_sample_in_a_column_too() -> None:
+    # A loss_fn returning shape (batch, 1) is one loss per sample: accepted for a single walk, but
+    # restarts refused it with "needs a loss_fn that returns one loss per sample".
+    def per_sample(logits, y):
+        return nn.functional.cross_entropy(logits, y, reduction="none")
+
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    column = fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, restarts=3, generator=g(),
+                    loss_fn=lambda logits, y: per_sample(logits, y)[:, None])
+    assert torch.equal(column, fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, restarts=3, generator=g(),
+                                      loss_fn=per_sample))
+    with pytest.raises(ValueError, match=r"one loss per sample .*; got shape \(4, 2\)"):
+        fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, restarts=3,
+               loss_fn=lambda logits, y: per_sample(logits, y)[:, None].expand(4, 2))

@@ -133,14 +133,15 @@ def summed_loss(per_sample_or_scalar: Tensor, batch: int) -> Tensor:
 
 
 def per_sample_for_restarts(loss: Tensor, batch: int) -> Tensor:
-    """``loss``, the per-sample losses that restarts compare; an error naming the fix where
-    ``loss_fn`` reduced them (or returned more than one per sample)."""
-    if loss.ndim != 1 or loss.shape[0] != batch:
+    """``loss`` as the per-sample losses that restarts compare, shape ``(batch,)`` (a column of
+    them too); an error naming the fix where ``loss_fn`` reduced them (or returned more than one
+    per sample)."""
+    if loss.ndim == 0 or loss.shape[0] != batch or loss.numel() != batch:
         raise ValueError(
             "restarts > 1 needs a loss_fn that returns one loss per sample "
-            "(e.g. reduction='none') to pick each sample's strongest restart"
+            f"(e.g. reduction='none') to pick each sample's strongest restart; got shape {tuple(loss.shape)}"
         )
-    return loss
+    return loss.reshape(batch)
 
 
 def local_model(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:

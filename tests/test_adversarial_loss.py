@@ -393,6 +393,10 @@ def test_bad_settings_are_rejected(kwargs: dict, message: str) -> None:
         ("alpha", 1.5, r"alpha must be a float in \[0, 1\]"),
         ("alpha", math.nan, r"alpha must be a float in \[0, 1\]"),
         ("norm", 1, r"norm must be 2 or float\('inf'\)"),
+        # The constructor refuses a per-sample eps (the batch size is not known); written later it
+        # was taken as one per sample of whatever batch came.
+        ("eps", torch.full((32,), 0.1), r"eps must be a finite float >= 0"),
+        ("eps", -0.1, r"eps must be a finite float >= 0"),
     ],
 )
 def test_settings_changed_after_construction_are_checked_on_the_call(setting: str, value: float,

@@ -279,6 +279,7 @@ class AdversarialLoss(nn.Module):
         label_range = _validation.class_label_range(y) if self.checks_labels else None
         # Settings are attributes a schedule may change between calls: checked on every call.
         alpha, norm = _check_alpha(self.alpha), _validation.check_norm(self.norm)
+        eps = _validation.finite_at_least_zero(self.eps, "eps")
 
         # Weight gradients only when the loss will be back-propagated; the input gradient even
         # under no_grad or inference_mode (an adversarial validation loss needs it too).
@@ -314,8 +315,8 @@ class AdversarialLoss(nn.Module):
         if not self.checked:
             self.checked = True
             check_first_gradient(direction)
-        eps_t = _validation.check_eps(self.eps, x, norm)
-        _validation.check_overflow(x, box, norm, eps_t, _validation.named("eps", self.eps))
+        eps_t = _validation.check_eps(eps, x, norm)
+        _validation.check_overflow(x, box, norm, eps_t, _validation.named("eps", eps))
         ball = make_ball(norm, x, eps_t, box)
         x_adv = ball.fast_gradient_step(direction)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -304,3 +305,33 @@ def test_restarts_take_one_loss_per_sample_in_a_column_too() -> None:
     with pytest.raises(ValueError, match=r"one loss per sample .*; got shape \(4, 2\)"):
         fk.pgd(MODEL, X, Y, eps=0.1, step_size=0.02, steps=2, restarts=3,
                loss_fn=lambda logits, y: per_sample(logits, y)[:, None].expand(4, 2))
+
+
+@pytest.mark.parametrize("attack", [fk.fgsm, fk.iterative_fgsm, fk.pgd])
+def test_a_budget_wider_than_the_box_is_warned_about(attack) -> None:
+    # eps=8 meant in 0-255 pixel units on [0, 1] inputs: every input of the box is within reach,
+    # and the "attack" returned whatever maximises the loss, silently.
+    kwargs = {} if attack is fk.fgsm else dict(step_size=1.0, steps=2)
+    with pytest.warns(UserWarning, match=r"eps=8 is wider than clip=\(0.0, 1.0\) \(its width is 1\): every input "
+                                         r"in the box is within reach.*eps=8/255"):
+        attack(MODEL, X, Y, eps=8, **kwargs)
+    if attack is not fk.iterative_fgsm:  # the L2 ball reaches the whole box only past its diagonal, sqrt(12)
+        with pytest.warns(UserWarning, match=r"eps=4 is wider than clip=\(0.0, 1.0\) \(its diagonal is 3.464\)"):
+            attack(MODEL, X, Y, eps=4, norm=2, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attack(MODEL, X, Y, eps=1.0, **kwargs)  # as wide as the box: a choice, not a slip
+        attack(MODEL, X, Y, eps=8, clip=None, **kwargs)
+        if attack is not fk.iterative_fgsm:
+            attack(MODEL, X, Y, eps=3.0, norm=2, **kwargs)
+
+
+def test_a_model_that_ends_in_a_softmax_is_warned_about() -> None:
+    # The loss expects logits; probabilities saturate its gradient (the guide says not to do it).
+    probabilities = nn.Sequential(MODEL, nn.Softmax(dim=1))
+    with pytest.warns(UserWarning, match=r"model's outputs are probabilities .*each row sums to 1.*logits"):
+        fk.fgsm(probabilities, X, Y, eps=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fk.fgsm(nn.Sequential(MODEL, nn.LogSoftmax(dim=1)), X, Y, eps=0.1)  # log-probabilities are logits
+        fk.fgsm(MODEL, X, Y, eps=0.1)

@@ -120,7 +120,7 @@ def check_inputs(x: object, clip: object = None) -> Box | None:
         outside = bool(((x < box.low) | (x > box.high)).any())
     if outside:
         raise ValueError(
-            f"x must lie inside clip={_describe(clip)}; observed range [{x_low!r}, {x_high!r}]. "
+            f"x must lie inside clip={describe_clip(clip)}; observed range [{x_low!r}, {x_high!r}]. "
             "Rescale x to the box, or pass the right clip (clip=None for no box)"
         )
     return box
@@ -470,7 +470,7 @@ def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
     return bound
 
 
-def _describe(clip: object) -> str:
+def describe_clip(clip: object) -> str:
     if isinstance(clip, (tuple, list)) and all(isinstance(v, (int, float)) for v in clip):
         return f"({clip[0]}, {clip[1]})"
     return "(low, high)"

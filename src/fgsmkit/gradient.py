@@ -539,6 +539,8 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
     smallest_sum, *logit_range = torch.stack(extremes).tolist()
     if not all(math.isfinite(value) for value in logit_range):
         raise ValueError(NON_FINITE_LOGITS)
+    if logit_range and 0 <= logit_range[0] and logit_range[1] <= 1 and logits is not None:
+        _warn_if_probabilities(logits.detach())
     if smallest_sum > 0 or not grad.numel():  # False for NaN too; samples without features have no entries
         return
     # A sample's largest |entry| is NaN if any entry is (amax propagates NaN), zero only if all are.
@@ -550,7 +552,7 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
             "(e.g. log or sqrt at 0 inside the model or loss_fn); those entries are treated as zero "
             "and the inputs are not moved along them",
             RuntimeWarning,
-            stacklevel=_user_stacklevel(),
+            stacklevel=user_stacklevel(),
         )
     if zero_count:
         warnings.warn(
@@ -558,11 +560,25 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
             "non-differentiable or input-independent model); the gradient does not move those samples "
             "(they stay at x, or at pgd's random start), so they are not adversarial examples",
             RuntimeWarning,
-            stacklevel=_user_stacklevel(),
+            stacklevel=user_stacklevel(),
         )
 
 
-def _user_stacklevel() -> int:
+def _warn_if_probabilities(outputs: Tensor) -> None:
+    """Warn where a model's outputs, all in [0, 1], are rows that sum to 1: probabilities (a
+    softmax at its end), whose loss the attacks would take as that of logits."""
+    if outputs.shape[1] < 2 or not bool(((outputs.double().sum(dim=1) - 1).abs() < 1e-3).all()):
+        return
+    warnings.warn(
+        "model's outputs are probabilities (in [0, 1], each row sums to 1), but the loss expects logits; "
+        "drop the softmax at the end of the model (or take its log: log-probabilities are logits), or the "
+        "attack's gradient saturates",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning raised by this module's caller point at the first
     frame outside fgsmkit and torch (``nn.Module.__call__`` sits between a user and a loss)."""
     frame, level = sys._getframe(2), 2

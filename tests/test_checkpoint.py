@@ -114,3 +114,14 @@ def test_a_checkpoint_whose_tensor_bytes_were_changed_is_damaged(tmp_path) -> No
     path.write_bytes(bytes(content))
     with pytest.raises(ValueError, match=r"run.pt cannot be read as a checkpoint: it is damaged.*CRC"):
         fk.load_checkpoint(path)
+
+
+def test_a_checkpoint_saved_without_checksums_loads(tmp_path, monkeypatch) -> None:
+    # torch can be told to skip the checksums (every stored CRC is then 0), and torch.load reads
+    # such files; the CRC check called them damaged, and a reproduction would have retrained.
+    from torch.utils.serialization import config
+
+    monkeypatch.setattr(config.save, "compute_crc32", False)
+    path = tmp_path / "run.pt"
+    fk.save_checkpoint({"w": torch.arange(10.0)}, path)
+    assert torch.equal(fk.load_checkpoint(path)["w"], torch.arange(10.0))

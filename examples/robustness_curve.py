@@ -134,5 +134,6 @@ def main() -> None:
     if save_plot(args.out, curves, args.train_eps, steps):
         print(f"saved {args.out}")
 
+
 if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -266,7 +267,7 @@ def test_adversarial_loss_names_logits_on_another_device() -> None:
 def test_a_sweep_from_eps_zero_with_the_rule_of_thumb_step_returns_x(attack) -> None:
     # step_size = 2.5 * eps / steps is 0 at eps = 0: refused for a number, accepted for the same
     # zeros per sample, so a robustness sweep that starts at eps = 0 crashed on its first point.
-    for eps in (0.0, torch.zeros(4)):
+    for eps in (0.0, torch.zeros(4), torch.tensor(0.0)):
         got = attack(MODEL, X, Y, eps=eps, step_size=2.5 * eps / 10, steps=10)
         assert torch.equal(got, X) and got is not X
     with pytest.raises(ValueError, match=r"step_size must be > 0"):  # where eps is not 0, it still must be
@@ -275,11 +276,15 @@ def test_a_sweep_from_eps_zero_with_the_rule_of_thumb_step_returns_x(attack) -> 
         attack(MODEL, X, Y, eps=torch.tensor([0.0, 0.1, 0.0, 0.0]), step_size=0.0, steps=10)
 
 
-@pytest.mark.parametrize("norm", ["L2", "l2", "2", "Linf", "inf"])
-def test_a_norm_given_as_a_string_is_refused_with_the_number_to_pass(norm) -> None:
+@pytest.mark.parametrize(("norm", "advice"), [
+    ("L2", "Pass norm=2"), ("l2", "Pass norm=2"), ("2", "Pass norm=2"), ("Linf", "Pass norm=math.inf"),
+    ("inf", "Pass norm=math.inf"), ("L1", "Only the L2 and L-inf norms are supported"),
+    ("fro", "Only the L2 and L-inf norms are supported"),
+])
+def test_a_norm_given_as_a_string_is_refused_with_the_number_to_pass(norm, advice) -> None:
     # "inf" and "Linf" were taken silently and "L2" refused, with no word of strings.
     with pytest.raises(ValueError, match=r"norm must be the number 2 or float\('inf'\), not a string; got "
-                                         rf"'{norm}'. Pass norm={'2' if '2' in norm else 'math.inf'}"):
+                                         rf"'{norm}'. {advice}"):
         fk.fgsm(MODEL, X, Y, eps=0.1, norm=norm)
 
 
@@ -318,6 +323,8 @@ def test_a_budget_wider_than_the_box_is_warned_about(attack) -> None:
     if attack is not fk.iterative_fgsm:  # the L2 ball reaches the whole box only past its diagonal, sqrt(12)
         with pytest.warns(UserWarning, match=r"eps=4 is wider than clip=\(0.0, 1.0\) \(its diagonal is 3.464\)"):
             attack(MODEL, X, Y, eps=4, norm=2, **kwargs)
+    with pytest.warns(UserWarning, match=r"eps=8.0 is wider than clip=\(0.0, 1.0\)"):  # a 0-d tensor, NumPy bounds
+        attack(MODEL, X, Y, eps=torch.tensor(8.0), clip=(np.float32(0), np.float32(1)), **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         attack(MODEL, X, Y, eps=1.0, **kwargs)  # as wide as the box: a choice, not a slip
@@ -326,12 +333,27 @@ def test_a_budget_wider_than_the_box_is_warned_about(attack) -> None:
             attack(MODEL, X, Y, eps=3.0, norm=2, **kwargs)
 
 
-def test_a_model_that_ends_in_a_softmax_is_warned_about() -> None:
+def test_adversarial_loss_warns_about_a_budget_wider_than_the_box() -> None:
+    # Training on points only the box limits is where eps=8 meant as 8/255 does most harm.
+    with pytest.warns(UserWarning, match=r"eps=8.0 is wider than clip=\(0.0, 1.0\)"):
+        fk.AdversarialLoss(0.5, 8)(MODEL, X, Y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_model_that_ends_in_a_softmax_is_warned_about(dtype) -> None:
     # The loss expects logits; probabilities saturate its gradient (the guide says not to do it).
-    probabilities = nn.Sequential(MODEL, nn.Softmax(dim=1))
+    model = small_mlp(dtype=dtype)
+    x = X.to(dtype)
+    with torch.no_grad():  # confident: a bfloat16 softmax's rows then sum to 1 only within 2e-3
+        for parameter in model.parameters():
+            parameter.mul_(8)
+    probabilities = nn.Sequential(model, nn.Softmax(dim=1))
     with pytest.warns(UserWarning, match=r"model's outputs are probabilities .*each row sums to 1.*logits"):
-        fk.fgsm(probabilities, X, Y, eps=0.1)
+        fk.fgsm(probabilities, x, Y, eps=0.1)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        fk.fgsm(nn.Sequential(MODEL, nn.LogSoftmax(dim=1)), X, Y, eps=0.1)  # log-probabilities are logits
-        fk.fgsm(MODEL, X, Y, eps=0.1)
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # a float16 softmax this sure flattens a gradient
+        fk.fgsm(nn.Sequential(model, nn.LogSoftmax(dim=1)), x, Y, eps=0.1)  # log-probabilities are logits
+        fk.fgsm(model, x, Y, eps=0.1)
+        # A loss_fn written for probabilities takes them as they are.
+        fk.fgsm(probabilities, x, Y, eps=0.1, loss_fn=lambda p, t: nn.functional.nll_loss((p.float() + 1e-6).log(), t))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
+import warnings
 from typing import TYPE_CHECKING, Any, SupportsFloat, Union
 
 import numpy as np
@@ -263,9 +265,9 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: 
         raise TypeError(f"{name} must be a float or a tensor; got {type(value).__name__}")
     if values.numel():
         wrong_sign = values <= 0 if positive else values < 0
-        if positive and eps is not None and values.ndim == 1:
+        if positive and eps is not None and values.ndim <= 1:
             # A sample with no budget has nowhere to go: its step may be 0 (2.5 * eps / steps).
-            wrong_sign &= (values < 0) | (eps.reshape(-1) != 0)
+            wrong_sign = wrong_sign & ((values < 0) | (eps.reshape(-1) != 0))
             relation = "> 0 where eps > 0"
         # In float64: in the budget's own dtype the limit rounds too (float16's 65504 is 65536 in
         # bfloat16), and a budget that rounds to inf in x's dtype would pass.
@@ -411,8 +413,9 @@ def check_positive_int(value: object, name: str) -> int:
 
 def check_norm(norm: object) -> float:
     if isinstance(norm, str):  # other libraries' names ("Linf", "L2"): one convention here, numbers
-        number = "2" if "2" in norm else "math.inf"
-        raise ValueError(f"norm must be the number 2 or float('inf'), not a string; got {norm!r}. Pass norm={number}")
+        known = {"l2": "2", "2": "2", "linf": "math.inf", "inf": "math.inf"}.get(norm.lower())
+        advice = f"Pass norm={known}" if known else "Only the L2 and L-inf norms are supported"
+        raise ValueError(f"norm must be the number 2 or float('inf'), not a string; got {norm!r}. {advice}")
     if not is_number(norm) or float(norm) not in SUPPORTED_NORMS:  # type: ignore[arg-type]
         raise ValueError(f"norm must be 2 or float('inf'); got {norm!r}")
     return float(norm)
@@ -471,9 +474,44 @@ def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
 
 
 def describe_clip(clip: object) -> str:
-    if isinstance(clip, (tuple, list)) and all(isinstance(v, (int, float)) for v in clip):
-        return f"({clip[0]}, {clip[1]})"
+    """``clip`` as the user wrote it where its bounds are numbers (NumPy's as Python floats)."""
+    if isinstance(clip, (tuple, list)) and len(clip) == 2 and all(is_number(v) for v in clip):
+        low, high = (v if isinstance(v, (int, float)) else float(v) for v in clip)
+        return f"({low}, {high})"
     return "(low, high)"
+
+
+def warn_if_budget_reaches_the_whole_box(eps: object, clip: object, box: Box | None, norm: float, x: Tensor) -> None:
+    """Warn where a number ``eps`` (or a 0-d tensor) reaches every input of a box of number
+    bounds: a budget in 0-255 pixel units (8 for 8/255) on inputs in [0, 1], say. Such an attack
+    is bounded by the box alone."""
+    if box is None or box.numbers is None or x.ndim < 1 or not x.numel():
+        return
+    if isinstance(eps, Tensor) and eps.ndim > 0:
+        return  # per sample: a budget computed by the caller, not typed in
+    budget = finite_number(eps)
+    low, high = box.numbers
+    whole_box = (high - low) * (math.sqrt(math.prod(x.shape[1:])) if norm == 2 else 1.0)
+    if budget is None or budget <= whole_box:
+        return
+    shown = eps if is_number(eps) else budget
+    extent = f"its diagonal is {whole_box:.4g}" if norm == 2 else f"its width is {high - low:.4g}"
+    warnings.warn(
+        f"eps={shown} is wider than clip={describe_clip(clip)} ({extent}): every input in the box is within "
+        f"reach, so eps bounds nothing; for a budget in 0-255 pixel units on inputs in [0, 1], divide it by 255 "
+        f"(eps={shown}/255)",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by this module's caller point at the first
+    frame outside fgsmkit and torch (``nn.Module.__call__`` sits between a user and a loss)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in ("fgsmkit", "torch"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_loss_fn(loss_fn: LossFn | None) -> LossFn | None:

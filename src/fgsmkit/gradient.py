@@ -254,6 +254,8 @@ class RandomDraws:
 
     The input gradient sometimes needs passes of its own (rescaled for float16 or bfloat16); run
     this way they see the noisy network of the first pass, the one the loss was computed for.
+    Other generators (other CUDA devices' for ``nn.DataParallel`` replicas, MPS, XPU) are left
+    alone: saving every CUDA device's would create a context on each.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -407,7 +409,9 @@ class Objective:
             grad = self.input_gradient(x, logits)
         if not self.checked:
             self.checked, self.draws = True, None
-            check_first_gradient(grad, logits)
+            output_range = check_first_gradient(grad, logits)
+            if self.loss_fn is cross_entropy:  # a loss_fn of the user's may be written for probabilities
+                warn_if_probabilities(logits, output_range)
         # NaN entries are left in: the step treats them as zero (see constraints.Ball.step).
         return -grad if self.targeted else grad
 
@@ -522,7 +526,7 @@ def check_logits_finite(logits: Tensor) -> None:
         raise ValueError(NON_FINITE_LOGITS)
 
 
-def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
+def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> tuple[float, float] | None:
     """Raise if ``logits`` (those ``grad`` came from) hold NaN or inf; warn about samples whose
     input gradient is NaN somewhere or zero everywhere.
 
@@ -539,10 +543,13 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
     smallest_sum, *logit_range = torch.stack(extremes).tolist()
     if not all(math.isfinite(value) for value in logit_range):
         raise ValueError(NON_FINITE_LOGITS)
-    if logit_range and 0 <= logit_range[0] and logit_range[1] <= 1 and logits is not None:
-        _warn_if_probabilities(logits.detach())
-    if smallest_sum > 0 or not grad.numel():  # False for NaN too; samples without features have no entries
-        return
+    if not (smallest_sum > 0 or not grad.numel()):  # False for NaN too; samples without features have no entries
+        _warn_about_samples_in_trouble(grad)
+    return (logit_range[0], logit_range[1]) if logit_range else None
+
+
+def _warn_about_samples_in_trouble(grad: Tensor) -> None:
+    """Warn about the samples whose input gradient is NaN somewhere or zero everywhere."""
     # A sample's largest |entry| is NaN if any entry is (amax propagates NaN), zero only if all are.
     peak = sample_rows(grad).abs().amax(dim=1)
     nan_count, zero_count = torch.stack([torch.isnan(peak).sum(), (peak == 0).sum()]).tolist()
@@ -552,7 +559,7 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
             "(e.g. log or sqrt at 0 inside the model or loss_fn); those entries are treated as zero "
             "and the inputs are not moved along them",
             RuntimeWarning,
-            stacklevel=user_stacklevel(),
+            stacklevel=_validation.user_stacklevel(),
         )
     if zero_count:
         warnings.warn(
@@ -560,28 +567,24 @@ def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> None:
             "non-differentiable or input-independent model); the gradient does not move those samples "
             "(they stay at x, or at pgd's random start), so they are not adversarial examples",
             RuntimeWarning,
-            stacklevel=user_stacklevel(),
+            stacklevel=_validation.user_stacklevel(),
         )
 
 
-def _warn_if_probabilities(outputs: Tensor) -> None:
-    """Warn where a model's outputs, all in [0, 1], are rows that sum to 1: probabilities (a
-    softmax at its end), whose loss the attacks would take as that of logits."""
-    if outputs.shape[1] < 2 or not bool(((outputs.double().sum(dim=1) - 1).abs() < 1e-3).all()):
+def warn_if_probabilities(outputs: Tensor, output_range: tuple[float, float] | None) -> None:
+    """Warn where a model's outputs, all in [0, 1] (``output_range``, as read by
+    :func:`check_first_gradient`), are rows that sum to 1: probabilities (a softmax at its end),
+    which the default loss would take for logits."""
+    if output_range is None or output_range[0] < 0 or output_range[1] > 1 or outputs.shape[1] < 2:
+        return
+    # Each of the C roundings of a low-precision softmax may leave its row sum off by an ulp.
+    tolerance = max(1e-3, outputs.shape[1] * torch.finfo(outputs.dtype).eps)
+    if not bool(((outputs.detach().double().sum(dim=1) - 1).abs() <= tolerance).all()):
         return
     warnings.warn(
         "model's outputs are probabilities (in [0, 1], each row sums to 1), but the loss expects logits; "
-        "drop the softmax at the end of the model (or take its log: log-probabilities are logits), or the "
-        "attack's gradient saturates",
+        "drop the softmax at the end of the model (or take its log: log-probabilities are logits), or pass "
+        "a loss_fn written for probabilities",
         UserWarning,
-        stacklevel=user_stacklevel(),
+        stacklevel=_validation.user_stacklevel(),
     )
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning raised by this module's caller point at the first
-    frame outside fgsmkit and torch (``nn.Module.__call__`` sits between a user and a loss)."""
-    frame, level = sys._getframe(2), 2
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in ("fgsmkit", "torch"):
-        frame, level = frame.f_back, level + 1
-    return level

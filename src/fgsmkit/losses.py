@@ -316,6 +316,7 @@ class AdversarialLoss(nn.Module):
             self.checked = True
             check_first_gradient(direction)
         eps_t = _validation.check_eps(eps, x, norm)
+        _validation.warn_if_budget_reaches_the_whole_box(eps, self.clip, box, norm, x)
         _validation.check_overflow(x, box, norm, eps_t, _validation.named("eps", eps))
         ball = make_ball(norm, x, eps_t, box)
         x_adv = ball.fast_gradient_step(direction)

@@ -3,8 +3,6 @@ method's single step or run the walk."""
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable
 from typing import NamedTuple, SupportsFloat
 
@@ -14,7 +12,7 @@ from torch import Tensor
 from .. import _validation
 from .._validation import Clip, Count
 from ..constraints import Ball, Box, make_ball
-from ..gradient import LossFn, Objective, local_model, model_state_kept, user_stacklevel
+from ..gradient import LossFn, Objective, local_model, model_state_kept
 from . import _backends
 from ._walk import Walk, keep_stronger
 
@@ -106,7 +104,7 @@ def _check_shared(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor | None
     targeted = _validation.check_flag(targeted, "targeted")
     eval_mode = _validation.check_flag(eval_mode, "eval_mode")
     loss_fn = _validation.check_loss_fn(loss_fn)
-    _warn_if_budget_reaches_the_whole_box(eps, clip, box, norm, x)
+    _validation.warn_if_budget_reaches_the_whole_box(eps, clip, box, norm, x)
     backend = _backends.check_backend(backend, x, norm)
     walk = _backends.walk_for(backend, model)
     if targeted and y is None:
@@ -115,27 +113,6 @@ def _check_shared(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor | None
             "own predictions, and the attack would make it more sure of them"
         )
     return _Checked(x, y, box, norm, eps_t, targeted, loss_fn, eval_mode, backend, walk)
-
-
-def _warn_if_budget_reaches_the_whole_box(eps: object, clip: tuple | None, box: Box | None, norm: float,
-                                          x: Tensor) -> None:
-    """Warn where a number ``eps`` reaches every input of a box of number bounds: a budget in
-    0-255 pixel units (8 for 8/255) on inputs in [0, 1], say. Such an attack is not bounded by
-    eps, only by the box."""
-    if box is None or box.numbers is None or not _validation.is_number(eps) or x.ndim < 1 or not x.numel():
-        return
-    low, high = box.numbers
-    whole_box = (high - low) * (math.sqrt(math.prod(x.shape[1:])) if norm == 2 else 1.0)
-    if float(eps) <= whole_box:  # type: ignore[arg-type]
-        return
-    extent = f"its diagonal is {whole_box:.4g}" if norm == 2 else f"its width is {high - low:.4g}"
-    warnings.warn(
-        f"eps={eps} is wider than clip={_validation.describe_clip(clip)} ({extent}): every input in the box is "
-        "within reach, so eps bounds nothing; for a budget in 0-255 pixel units on inputs in [0, 1], divide it "
-        f"by 255 (eps={eps}/255)",
-        UserWarning,
-        stacklevel=user_stacklevel(),
-    )
 
 
 def _attack(model: Callable[[Tensor], Tensor], checked: _Checked, eps: object,

@@ -23,8 +23,9 @@ SHA-256 is that of a known file of another dataset (the published MNIST and Fash
 files, the embedded MNIST sample) is certain to be that dataset: a folder holding one is
 skipped, and named in the error if no other folder holds the split. Uncompressed copies
 cannot be told apart this way, so keep those in ``<Name>/raw`` when the two datasets share
-a folder. The embedded sample's own files load as MNIST with a ``UserWarning``: they hold
-8,000 / 2,000 digits drawn from the MNIST training set, not the official splits.
+a folder. Byte-for-byte copies of the embedded sample's gzip files load as MNIST with a
+``UserWarning``: they hold 8,000 / 2,000 digits drawn from the MNIST training set, not the
+official splits (uncompressed or recompressed copies are not recognised).
 """
 
 from __future__ import annotations

@@ -58,9 +58,12 @@ class Classifier(nn.Module):
                 f"got input of shape {tuple(x.shape)}"
             )
         weight = next(self.parameters(), None)
-        if weight is not None and x.dtype != weight.dtype and not autocast_enabled(x.device.type):
+        # Autocast casts the other floating dtypes for the layers itself, but never float64.
+        if (weight is not None and x.dtype != weight.dtype
+                and (x.dtype == torch.float64 or not autocast_enabled(x.device.type))):
+            names = [str(dtype).removeprefix("torch.") for dtype in (weight.dtype, x.dtype)]
             raise TypeError(
-                f"{type(self).__name__} has {str(weight.dtype).removeprefix('torch.')} parameters but x is {x.dtype}; "
+                f"{type(self).__name__} has {names[0]} parameters but x is {names[1]}; "
                 f"convert x (x.to({weight.dtype})) or the model (model.to({x.dtype}))"
             )
         return x.reshape(x.shape[0], self.in_features)

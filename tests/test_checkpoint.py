@@ -116,12 +116,13 @@ def test_a_checkpoint_whose_tensor_bytes_were_changed_is_damaged(tmp_path) -> No
         fk.load_checkpoint(path)
 
 
-def test_a_checkpoint_saved_without_checksums_loads(tmp_path, monkeypatch) -> None:
+def test_a_checkpoint_saved_without_checksums_loads(tmp_path) -> None:
     # torch can be told to skip the checksums (every stored CRC is then 0), and torch.load reads
     # such files; the CRC check called them damaged, and a reproduction would have retrained.
     from torch.utils.serialization import config
 
-    monkeypatch.setattr(config.save, "compute_crc32", False)
     path = tmp_path / "run.pt"
-    fk.save_checkpoint({"w": torch.arange(10.0)}, path)
+    with config.patch({"save.compute_crc32": False}):  # monkeypatch's undo deletes torch's setting
+        fk.save_checkpoint({"w": torch.arange(10.0)}, path)
     assert torch.equal(fk.load_checkpoint(path)["w"], torch.arange(10.0))
+    assert config.save.compute_crc32

@@ -519,3 +519,22 @@ def test_the_backends_recorded_are_the_backends_timed():
     assert cli._backends("compile", cpu, quick=False) == ["eager", "compile"]
     assert cli._backends("compile,eager,compile", cpu, quick=False) == ["eager", "compile"]
     assert cli._backends(None, cpu, quick=True) == ["eager"]
+
+
+def test_compare_commits_times_this_checkout_against_another_commit_in_one_process() -> None:
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs a git checkout of the repository")
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "compare_commits.py"), "HEAD", "--rounds", "3"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    ratios = re.findall(r"^(AdversarialLoss step|fgsm): this / HEAD = ([\d.]+) \(median of 3", done.stdout, re.M)
+    assert [name for name, _ in ratios] == ["AdversarialLoss step", "fgsm"], done.stdout
+    assert all(0.2 < float(ratio) < 5 for _, ratio in ratios)  # the same code against itself

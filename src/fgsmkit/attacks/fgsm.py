@@ -76,7 +76,9 @@ def fgsm(
     -------
     Tensor
         The adversarial examples: a new tensor with the shape, dtype and device of ``x`` and no
-        autograd history.
+        autograd history, inside ``clip``. With ``norm=inf``, ``x - eps <= x_adv <= x + eps``
+        holds exactly when evaluated in ``x``'s dtype; ``(x_adv - x).abs()`` can exceed ``eps``
+        by the rounding of ``x + eps``, half a unit in the last place of ``x``.
 
     Examples
     --------

@@ -48,7 +48,8 @@ def iterative_fgsm(
     Returns
     -------
     Tensor
-        The adversarial examples, shaped, typed and placed like ``x``.
+        The adversarial examples, shaped, typed and placed like ``x``, inside ``clip`` and the
+        eps-ball (exactly as :func:`fgsm` states it).
 
     Examples
     --------
@@ -116,7 +117,8 @@ def pgd(
     Returns
     -------
     Tensor
-        The adversarial examples, shaped, typed and placed like ``x``.
+        The adversarial examples, shaped, typed and placed like ``x``, inside ``clip`` and the
+        eps-ball (for ``norm=inf`` exactly as :func:`fgsm` states it).
 
     Examples
     --------

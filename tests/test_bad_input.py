@@ -357,3 +357,19 @@ def test_a_model_that_ends_in_a_softmax_is_warned_about(dtype) -> None:
         fk.fgsm(model, x, Y, eps=0.1)
         # A loss_fn written for probabilities takes them as they are.
         fk.fgsm(probabilities, x, Y, eps=0.1, loss_fn=lambda p, t: nn.functional.nll_loss((p.float() + 1e-6).log(), t))
+
+
+def test_float_labels_get_the_advice_that_fits_the_function() -> None:
+    # Only an attack or AdversarialLoss takes a loss_fn; the metrics and rbf_detector_loss told
+    # their users to pass one all the same.
+    from fgsmkit.evaluation import error_rate
+    from fgsmkit.models import rbf_detector_loss
+
+    with pytest.raises(TypeError, match=r"y must hold integer class indices; got dtype torch.float32. Use y.long\(\) "
+                                        r"\(or pass a loss_fn that takes these targets\)"):
+        fk.fgsm(MODEL, X, Y.float(), eps=0.1)
+    with pytest.raises(TypeError, match=r"\(or pass a loss_fn that takes these targets\)"):
+        fk.AdversarialLoss(0.5, 0.1)(MODEL, X, Y.float())
+    for call in (lambda: error_rate(MODEL, X, Y.float()), lambda: rbf_detector_loss(torch.zeros(4, 4), Y.float())):
+        with pytest.raises(TypeError, match=r"y must hold integer class indices; got dtype torch.float32. Use y.long\(\)$"):
+            call()

@@ -144,17 +144,19 @@ def check_labels(y: object, x: Tensor) -> Tensor | None:
 
 
 def check_class_labels(y: Tensor, num_outputs: int) -> None:
-    """Check labels for the default loss, once the model's output width is known."""
+    """Check labels for a metric, once the model's output width is known."""
+    check_index_dtype(y)  # before class_label_range, whose advice names a loss_fn a metric does not take
     check_label_range(class_label_range(y), num_outputs)
 
 
-def check_index_dtype(y: Tensor) -> None:
-    """Check that ``y`` has an integer dtype, as class indices do (reads no values)."""
+LOSS_FN_ADVICE = " (or pass a loss_fn that takes these targets)"
+
+
+def check_index_dtype(y: Tensor, advice: str = "") -> None:
+    """Check that ``y`` has an integer dtype, as class indices do (reads no values); ``advice``
+    ends the message (:data:`LOSS_FN_ADVICE` where the caller takes a ``loss_fn``)."""
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise TypeError(
-            f"y must hold integer class indices; got dtype {y.dtype}. Use y.long() "
-            "(or pass a loss_fn that takes these targets)"
-        )
+        raise TypeError(f"y must hold integer class indices; got dtype {y.dtype}. Use y.long(){advice}")
 
 
 def class_label_range(y: Tensor) -> tuple[int, int] | None:
@@ -165,7 +167,7 @@ def class_label_range(y: Tensor) -> tuple[int, int] | None:
     """
     if y.ndim != 1:
         raise ValueError(f"y must be a 1-D tensor of class indices; got shape {tuple(y.shape)}")
-    check_index_dtype(y)
+    check_index_dtype(y, LOSS_FN_ADVICE)  # the attacks and AdversarialLoss read labels for the default loss
     if not y.numel():
         return None
     low, high = torch.stack(torch.aminmax(y)).tolist()  # one pass, one host sync

@@ -274,11 +274,14 @@ def test_a_sweep_from_eps_zero_with_the_rule_of_thumb_step_returns_x(attack) -> 
         attack(MODEL, X, Y, eps=0.1, step_size=0.0, steps=10)
     with pytest.raises(ValueError, match=r"step_size must be > 0"):
         attack(MODEL, X, Y, eps=torch.tensor([0.0, 0.1, 0.0, 0.0]), step_size=0.0, steps=10)
+    with pytest.raises(ValueError, match=r"step_size must be > 0 \(or 0 where eps is 0\); got -1.0"):
+        attack(MODEL, X, Y, eps=torch.zeros(4), step_size=torch.tensor(-1.0), steps=10)
 
 
 @pytest.mark.parametrize(("norm", "advice"), [
     ("L2", "Pass norm=2"), ("l2", "Pass norm=2"), ("2", "Pass norm=2"), ("Linf", "Pass norm=math.inf"),
-    ("inf", "Pass norm=math.inf"), ("L1", "Only the L2 and L-inf norms are supported"),
+    ("inf", "Pass norm=math.inf"), ("L-inf", "Pass norm=math.inf"), ("l_2", "Pass norm=2"),
+    ("L1", "Only the L2 and L-inf norms are supported"),
     ("fro", "Only the L2 and L-inf norms are supported"),
 ])
 def test_a_norm_given_as_a_string_is_refused_with_the_number_to_pass(norm, advice) -> None:
@@ -331,6 +334,8 @@ def test_a_budget_wider_than_the_box_is_warned_about(attack) -> None:
         attack(MODEL, X, Y, eps=8, clip=None, **kwargs)
         if attack is not fk.iterative_fgsm:
             attack(MODEL, X, Y, eps=3.0, norm=2, **kwargs)
+        with pytest.raises(ValueError, match="targeted=True needs y"):  # refused: no warning before the error
+            attack(MODEL, X, None, eps=8, targeted=True, **kwargs)
 
 
 def test_adversarial_loss_warns_about_a_budget_wider_than_the_box() -> None:
@@ -355,6 +360,9 @@ def test_a_model_that_ends_in_a_softmax_is_warned_about(dtype) -> None:
         warnings.simplefilter("ignore", RuntimeWarning)  # a float16 softmax this sure flattens a gradient
         fk.fgsm(nn.Sequential(model, nn.LogSoftmax(dim=1)), x, Y, eps=0.1)  # log-probabilities are logits
         fk.fgsm(model, x, Y, eps=0.1)
+        # Outputs in [0, 1] whose rows do not sum to 1 (1,000 small ReLU outputs in bfloat16).
+        relu = nn.Sequential(nn.Linear(12, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.Sigmoid()).to(dtype)
+        fk.fgsm(lambda v: relu(v) / 40, x, Y, eps=0.1)
         # A loss_fn written for probabilities takes them as they are.
         fk.fgsm(probabilities, x, Y, eps=0.1, loss_fn=lambda p, t: nn.functional.nll_loss((p.float() + 1e-6).log(), t))
 

@@ -126,3 +126,24 @@ def test_a_checkpoint_saved_without_checksums_loads(tmp_path) -> None:
         fk.save_checkpoint({"w": torch.arange(10.0)}, path)
     assert torch.equal(fk.load_checkpoint(path)["w"], torch.arange(10.0))
     assert config.save.compute_crc32
+
+
+def test_a_damaged_compressed_member_is_called_damaged(tmp_path) -> None:
+    # A checkpoint re-zipped with deflate (by an archiver, say) and then damaged raised zlib.error.
+    import zipfile
+
+    path = tmp_path / "run.pt"
+    fk.save_checkpoint({"w": torch.zeros(1000)}, path)
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry))
+    assert torch.equal(fk.load_checkpoint(deflated)["w"], torch.zeros(1000))  # torch reads deflate too
+    content = bytearray(deflated.read_bytes())
+    with zipfile.ZipFile(deflated) as archive:
+        entry = archive.getinfo(next(name for name in archive.namelist() if name.endswith("data/0")))
+    start = entry.header_offset + 30 + len(entry.filename) + len(entry.extra)
+    content[start + entry.compress_size // 2] ^= 0xFF
+    deflated.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r"deflated.pt cannot be read as a checkpoint: it is damaged"):
+        fk.load_checkpoint(deflated)

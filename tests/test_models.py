@@ -318,8 +318,8 @@ def test_input_of_another_dtype_than_the_parameters_is_refused_by_name(name: str
     # The RBF network returned float32 logits for float16 input, and failed on float64 input
     # with torch's "addmv input tensors must have the same dtype"; the others named no argument.
     model = ZOO[name]()
-    name = str(dtype).removeprefix("torch.")
-    refusal = rf"{type(model).__name__} has float32 parameters but x is {name}; convert x \(x.to\(torch.float32\)\)"
+    dtype_name = str(dtype).removeprefix("torch.")
+    refusal = rf"{type(model).__name__} has float32 parameters but x is {dtype_name}; convert x \(x.to\(torch.float32\)\)"
     with pytest.raises(TypeError, match=refusal):
         model(torch.rand(2, 784).to(dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -328,3 +328,6 @@ def test_input_of_another_dtype_than_the_parameters_is_refused_by_name(name: str
         else:  # but never float64 ones
             with pytest.raises(TypeError, match=refusal):
                 model(torch.rand(2, 784).to(dtype))
+        # nor float64 weights
+        with pytest.raises(TypeError, match=rf"{type(model).__name__} has float64 parameters but x is float32"):
+            ZOO[name]().double()(torch.rand(2, 784))

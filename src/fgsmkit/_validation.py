@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import sys
 import warnings
 from typing import TYPE_CHECKING, Any, SupportsFloat, Union
@@ -270,7 +271,7 @@ def _check_budget(value: object, name: str, x: Tensor, *, positive: bool, norm: 
         if positive and eps is not None and values.ndim <= 1:
             # A sample with no budget has nowhere to go: its step may be 0 (2.5 * eps / steps).
             wrong_sign = wrong_sign & ((values < 0) | (eps.reshape(-1) != 0))
-            relation = "> 0 where eps > 0"
+            relation = "> 0 (or 0 where eps is 0)"
         # In float64: in the budget's own dtype the limit rounds too (float16's 65504 is 65536 in
         # bfloat16), and a budget that rounds to inf in x's dtype would pass.
         checks = [torch.isfinite(values).all(), ~wrong_sign.any(), (values.double() <= largest).all()]
@@ -415,7 +416,8 @@ def check_positive_int(value: object, name: str) -> int:
 
 def check_norm(norm: object) -> float:
     if isinstance(norm, str):  # other libraries' names ("Linf", "L2"): one convention here, numbers
-        known = {"l2": "2", "2": "2", "linf": "math.inf", "inf": "math.inf"}.get(norm.lower())
+        key = re.sub(r"[\s_-]", "", norm.lower()).removeprefix("l")  # "L-inf", "l_2", "L2 " alike
+        known = {"2": "2", "2.0": "2", "inf": "math.inf", "infinity": "math.inf", "\u221e": "math.inf"}.get(key)
         advice = f"Pass norm={known}" if known else "Only the L2 and L-inf norms are supported"
         raise ValueError(f"norm must be the number 2 or float('inf'), not a string; got {norm!r}. {advice}")
     if not is_number(norm) or float(norm) not in SUPPORTED_NORMS:  # type: ignore[arg-type]
@@ -476,9 +478,9 @@ def _bound_tensor(value: object, name: str, x: Tensor) -> Tensor:
 
 
 def describe_clip(clip: object) -> str:
-    """``clip`` as the user wrote it where its bounds are numbers (NumPy's as Python floats)."""
+    """``clip`` as the user wrote it where its bounds are numbers."""
     if isinstance(clip, (tuple, list)) and len(clip) == 2 and all(is_number(v) for v in clip):
-        low, high = (v if isinstance(v, (int, float)) else float(v) for v in clip)
+        low, high = (v if isinstance(v, (int, float)) else str(v) for v in clip)  # NumPy's as NumPy prints them
         return f"({low}, {high})"
     return "(low, high)"
 

@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ def _check_archive(path: Path) -> None:
                     with archive.open(entry) as member:  # raises BadZipFile at the end on a mismatch
                         while member.read(1 << 20):
                             pass
-    except (zipfile.BadZipFile, EOFError) as error:
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as error:  # bad CRC, cut, bad deflate
         raise _damaged(path, error) from error
 
 

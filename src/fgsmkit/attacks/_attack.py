@@ -104,7 +104,6 @@ def _check_shared(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor | None
     targeted = _validation.check_flag(targeted, "targeted")
     eval_mode = _validation.check_flag(eval_mode, "eval_mode")
     loss_fn = _validation.check_loss_fn(loss_fn)
-    _validation.warn_if_budget_reaches_the_whole_box(eps, clip, box, norm, x)
     backend = _backends.check_backend(backend, x, norm)
     walk = _backends.walk_for(backend, model)
     if targeted and y is None:
@@ -112,6 +111,7 @@ def _check_shared(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor | None
             "targeted=True needs y, the target classes; with y=None the targets would be the model's "
             "own predictions, and the attack would make it more sure of them"
         )
+    _validation.warn_if_budget_reaches_the_whole_box(eps, clip, box, norm, x)  # once nothing is refused
     return _Checked(x, y, box, norm, eps_t, targeted, loss_fn, eval_mode, backend, walk)
 
 

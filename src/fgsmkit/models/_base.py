@@ -58,9 +58,11 @@ class Classifier(nn.Module):
                 f"got input of shape {tuple(x.shape)}"
             )
         weight = next(self.parameters(), None)
-        # Autocast casts the other floating dtypes for the layers itself, but never float64.
+        # Autocast casts the other floating dtypes for the layers itself, but never float64 (in x
+        # or in the weights) and never integers.
         if (weight is not None and x.dtype != weight.dtype
-                and (x.dtype == torch.float64 or not autocast_enabled(x.device.type))):
+                and (torch.float64 in (x.dtype, weight.dtype) or not x.is_floating_point()
+                     or not autocast_enabled(x.device.type))):
             names = [str(dtype).removeprefix("torch.") for dtype in (weight.dtype, x.dtype)]
             raise TypeError(
                 f"{type(self).__name__} has {names[0]} parameters but x is {names[1]}; "

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .._validation import check_flag, finite_number
+from .._validation import check_flag, finite_number, user_stacklevel
 from ._tensors import as_tensors, check_split
 from .download import RemoteFiles, fetch
 from .idx import GZIP_MAGIC, read_idx
@@ -257,12 +257,12 @@ def _load(dataset: str, remote: RemoteFiles, root: PathLike | None, split: str, 
         raise ValueError(f"timeout must be a positive, finite number of seconds; got {timeout!r}")
     names = split_files(split)
     folders = search_folders(remote, root)
-    found, skipped = _find(dataset, remote, folders, names)
+    found, skipped, is_sample = _find(dataset, remote, folders, names)
     if found is None:
         if not download:
             raise DatasetNotFoundError(_missing_message(remote, split, folders, names, skipped, None))
         found = _download(dataset, remote, split, folders, names, skipped, seconds)
-    if dataset == MNIST.name and any(_digest(path) in SAMPLE_DIGESTS for path in found):
+    if dataset == MNIST.name and is_sample:
         # A model trained on full MNIST would be tested on digits it has seen.
         count = "8,000" if split == "train" else "2,000"
         warnings.warn(
@@ -270,30 +270,32 @@ def _load(dataset: str, remote: RemoteFiles, root: PathLike | None, split: str, 
             f"MNIST training set), not the official {split} set; load it with "
             f"fgsmkit.datasets.mnist_sample({split!r}) to say so, or put the official files there",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     images, labels = (read_idx(path) for path in found)
     return as_tensors(images, labels, f"{remote.name} {split} files in {found[0].parent}")
 
 
 def _find(dataset: str, remote: RemoteFiles, folders: list[Path],
-          names: tuple[str, ...]) -> tuple[tuple[Path, ...] | None, list[str]]:
-    """The first folder's files of the split that are not another dataset's, and the files skipped."""
+          names: tuple[str, ...]) -> tuple[tuple[Path, ...] | None, list[str], bool]:
+    """The first folder's files of the split that are not another dataset's, the files skipped, and
+    whether the files found are the embedded sample's (each file hashed once for both questions)."""
     skipped: list[str] = []
     for folder in folders:
         paths = [_existing(folder, name) for name in names]
         if all(path is not None for path in paths):
-            foreign = [note for path in paths if (note := _foreign(dataset, remote, path))]  # type: ignore[arg-type]
+            digests = [_digest(path) for path in paths]  # type: ignore[arg-type]
+            foreign = [note for path, digest in zip(paths, digests)
+                       if (note := _foreign(dataset, remote, path, digest))]  # type: ignore[arg-type]
             if not foreign:
-                return tuple(paths), skipped  # type: ignore[arg-type]
+                return tuple(paths), skipped, not SAMPLE_DIGESTS.isdisjoint(digests)  # type: ignore[arg-type]
             skipped += foreign
-    return None, skipped
+    return None, skipped, False
 
 
-def _foreign(dataset: str, remote: RemoteFiles, path: Path) -> str | None:
-    """Why ``path`` is certainly another dataset's file, or None when it may be ``dataset``'s (or
-    one of ``remote``'s own files)."""
-    digest = _digest(path)
+def _foreign(dataset: str, remote: RemoteFiles, path: Path, digest: str | None) -> str | None:
+    """Why ``path`` (whose :func:`_digest` is ``digest``) is certainly another dataset's file, or
+    None when it may be ``dataset``'s (or one of ``remote``'s own files)."""
     owner = None if digest is None else KNOWN_FILES.get(digest)
     if owner is None or owner[0] == dataset or digest in remote.sha256.values():
         return None
@@ -323,7 +325,7 @@ def _download(dataset: str, remote: RemoteFiles, split: str, folders: list[Path]
     paths = []
     for name in names:
         existing = _existing(destination, name)
-        if existing is not None and _foreign(dataset, remote, existing) is None:
+        if existing is not None and _foreign(dataset, remote, existing, _digest(existing)) is None:
             paths.append(existing)
             continue
         try:

@@ -576,9 +576,11 @@ def warn_if_probabilities(outputs: Tensor, output_range: tuple[float, float] | N
     which the default loss would take for logits."""
     if output_range is None or output_range[0] < 0 or output_range[1] > 1 or outputs.shape[1] < 2:
         return
-    # Each output is rounded relative to its own size, so a row's sum stays within about one
-    # rounding of 1 whatever the number of classes (3e-3 in bfloat16).
-    tolerance = max(1e-3, 2 * torch.finfo(outputs.dtype).eps)
+    # A softmax accumulates its row in at least float32 (an error growing with the number of
+    # classes: 6e-7 for 1,000), then rounds each output to its dtype (about one rounding of the
+    # row's sum: 3e-3 in bfloat16). A looser bound would take more logit models for probabilities.
+    classes = outputs.shape[1]
+    tolerance = 2 * torch.finfo(outputs.dtype).eps + classes * torch.finfo(torch.float32).eps
     if not bool(((outputs.detach().double().sum(dim=1) - 1).abs() <= tolerance).all()):
         return
     warnings.warn(

@@ -114,8 +114,9 @@ def test_pgd_fuzz(problem, data, eps, norm, step_size, steps, restarts, random_s
     model, x, y = problem
     eps = per_sample_or_scalar(data.draw, eps, x.shape[0])
     x_before, y_before = x.clone(), y.clone()
-    # A step of 0 is allowed where the ball is x alone (every sample's eps is 0).
-    no_room = not bool(torch.as_tensor(eps).ne(0).any())
+    # A step of 0 is allowed where the ball is x alone (every sample's eps is 0 in x's dtype:
+    # 1e-82 is 0 in float32, not in float64).
+    no_room = not bool(torch.as_tensor(eps, dtype=torch.float64).to(x.dtype).ne(0).any())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

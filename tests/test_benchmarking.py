@@ -479,6 +479,30 @@ def test_foolbox_leaves_the_model_where_the_inputs_are(monkeypatch):
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
+@pytest.mark.skipif("cleverhans" not in {p.name for p in AVAILABLE}, reason="cleverhans is not importable")
+def test_cleverhans_pgd_runs_where_numpy_cannot_read_its_sanity_checks(monkeypatch):
+    # Its PGD ends, by default, with np.all() over 0-d tensors, which NumPy cannot read on CUDA
+    # (cleverhans issue #1248): a --device cuda run lost the peer and exited 1. A CPU stand-in:
+    # an np.all that fails as it does on CUDA tensors.
+    import types
+
+    import numpy as np
+    from cleverhans.torch.attacks import projected_gradient_descent as module
+
+    def all_of_cuda_tensors(values):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                        "to host memory first.")
+
+    monkeypatch.setattr(module, "np", types.SimpleNamespace(inf=np.inf, all=all_of_cuda_tensors))
+    w = SMALL["maxout-128"]
+    model, x, y = w.make("cpu")
+    (cleverhans,) = (p for p in AVAILABLE if p.name == "cleverhans")
+    theirs = cleverhans.build(model, x, y, w)["pgd"]()
+    ours = fk.pgd(model, x, y, eps=w.eps, step_size=w.step_size, steps=w.steps, random_start=False)
+    assert report.Agreement.of("pgd", theirs, ours, x, w.eps).agrees
+    assert "sanity_checks=False" in cleverhans.note
+
+
 def test_on_cuda_the_table_drops_cpu_time_and_shows_the_memory_reserved_by_the_first_call():
     w = SMALL["maxout-128"]
     timings = {"pgd/fgsmkit[cuda_graph]": timing.Timing(wall=[1.0], cpu=[1.0], peak_memory=2**20,

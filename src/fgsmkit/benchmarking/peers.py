@@ -80,8 +80,11 @@ def _cleverhans(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str
 
     return {
         "fgsm": lambda: fast_gradient_method(model, x, w.eps, math.inf, clip_min=0.0, clip_max=1.0, y=y),
+        # sanity_checks=False everywhere: its default ends with np.all() over CUDA tensors, which
+        # raises on CUDA (cleverhans issue #1248); off on CPU too, so both devices time the same work.
         "pgd": lambda: projected_gradient_descent(model, x, w.eps, w.step_size, w.steps, math.inf,
-                                                  clip_min=0.0, clip_max=1.0, y=y, rand_init=False),
+                                                  clip_min=0.0, clip_max=1.0, y=y, rand_init=False,
+                                                  sanity_checks=False),
     }
 
 
@@ -120,7 +123,9 @@ PEERS = (
     Peer("torchattacks", "torchattacks", ("torchattacks",), _torchattacks),
     Peer("foolbox", "foolbox", ("foolbox",), _foolbox),
     Peer("advertorch", "advertorch", ("advertorch.attacks",), _advertorch),
-    Peer("cleverhans", "cleverhans", ("cleverhans.torch.attacks.fast_gradient_method",), _cleverhans),
+    Peer("cleverhans", "cleverhans", ("cleverhans.torch.attacks.fast_gradient_method",), _cleverhans,
+         note="its PGD runs with sanity_checks=False on every device: the default's final assert "
+              "fails on CUDA (cleverhans issue #1248)"),
     Peer("ART", "adversarial-robustness-toolbox", ("art.attacks.evasion", "art.estimators.classification"), _art),
     Peer("adv-lib", "adv-lib", ("adv_lib.attacks",), _adv_lib,
          note="adv-lib has no FGSM, and its pgd_linf returns for each sample the last iterate that "

@@ -245,6 +245,27 @@ def test_a_shrunk_workload_describes_its_own_batch():
         "small CNN (2 conv + 2 linear), CIFAR-shaped 3x32x32, batch 16")
 
 
+@pytest.mark.parametrize("name", list(SMALL))
+def test_the_shrunk_pgd_check_catches_a_missing_or_wrong_projection(name):
+    # 3 steps of the full workloads' step size stayed inside the ball (3 x 0.01 against eps 0.25),
+    # so a PGD that never projected, or projected onto a ball 10x too wide, agreed with fgsmkit.
+    w = SMALL[name]
+    model, x, y = w.make("cpu")
+    ours = fk.pgd(model, x, y, eps=w.eps, step_size=w.step_size, steps=w.steps, random_start=False)
+    correct = contenders.hand_pgd(model, x, y, w.eps, w.step_size, w.steps)
+    assert report.Agreement.of("pgd", correct, ours, x, w.eps).agrees
+    for eps in (10 * w.eps, math.inf):  # a ball 10x too wide, and no ball at all (the box clip only)
+        wrong = contenders.hand_pgd(model, x, y, eps, w.step_size, w.steps)
+        assert not report.Agreement.of("pgd", wrong, ours, x, w.eps).agrees
+
+
+def test_a_shrunk_workload_keeps_a_step_that_already_leaves_the_ball():
+    w = WORKLOADS["maxout-128"]
+    assert w.shrunk(8, 3).step_size == pytest.approx(2.5 * 0.25 / 3)
+    assert w.shrunk(8, 30).step_size == w.step_size  # 30 x 0.01 > 0.25 already
+    assert w.shrunk(8, 1).step_size == w.eps  # one step cannot leave the ball: no wider than eps
+
+
 def test_each_workload_starts_with_nothing_compiled(monkeypatch):
     # The compiled step of an earlier workload was reused, recompiled for dynamic shapes: compile
     # timings depended on which workloads ran before.

@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "left out with a line saying why where torch.compile fails; eager with --quick)")
     parser.add_argument("--no-peers", action="store_true", help="leave the peer libraries out")
     parser.add_argument("--quick", action="store_true",
-                        help=f"a smoke run: batch {QUICK_BATCH}, {QUICK_STEPS} PGD steps, 2 repeats")
+                        help=f"a smoke run: batch {QUICK_BATCH}, {QUICK_STEPS} PGD steps (each larger, so that "
+                             "they still reach the eps-ball's edge), 2 repeats")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"),
                         help="where to write the results (default: bench-results.json)")
 

@@ -62,8 +62,17 @@ class Workload:
         return f"{self.setting}, batch {self.batch}"
 
     def shrunk(self, batch: int, steps: int) -> Workload:
-        """The same workload at a smaller batch and fewer steps (for quick runs and tests)."""
-        return dataclasses.replace(self, batch=batch, steps=steps)
+        """The same workload at a smaller batch and fewer steps (for quick runs and tests).
+
+        Where the full PGD walks past the eps-ball (``steps * step_size > eps``) but the fewer
+        steps would not, the step grows to ``2.5 * eps / steps`` (never above ``eps``): the
+        projection onto the ball must still bind, or the PGD agreement check could not tell a
+        loop that projects onto the wrong ball, or onto none, from a correct one.
+        """
+        step_size = self.step_size
+        if self.steps * step_size > self.eps >= steps * step_size:
+            step_size = min(2.5 * self.eps / steps, self.eps)  # cleverhans refuses a step above eps
+        return dataclasses.replace(self, batch=batch, steps=steps, step_size=step_size)
 
 
 WORKLOADS: dict[str, Workload] = {

@@ -15,6 +15,7 @@ import argparse
 import importlib
 import io
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -26,10 +27,18 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# This checkout's package, not an installed copy, is the "this" side of every ratio (as in run.py).
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def module_name(rev: str) -> str:
+    """The name commit ``rev``'s package is imported as: ``fgsmkit_`` and ``rev``, each character
+    that cannot be in an identifier (``origin/HEAD``, ``HEAD~1``, ``v0.1``) replaced by ``_``."""
+    return "fgsmkit_" + re.sub(r"[^0-9A-Za-z_]", "_", rev)
 
 
 def import_commit(rev: str, folder: Path):
-    """The package of commit ``rev``, imported as ``fgsmkit_<rev>``."""
+    """The package of commit ``rev``, imported as :func:`module_name` ``(rev)``."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/fgsmkit"],
                              check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -37,7 +46,7 @@ def import_commit(rev: str, folder: Path):
             tar.extractall(folder, filter="data")
         else:
             tar.extractall(folder)
-    name = f"fgsmkit_{rev.replace('-', '_').replace('.', '_')}"
+    name = module_name(rev)
     (folder / "src" / "fgsmkit").rename(folder / name)
     sys.path.insert(0, str(folder))
     return importlib.import_module(name)

@@ -6,6 +6,7 @@ import inspect
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -566,20 +567,57 @@ def test_the_backends_recorded_are_the_backends_timed():
     assert cli._backends(None, cpu, quick=True) == ["eager"]
 
 
-def test_compare_commits_times_this_checkout_against_another_commit_in_one_process() -> None:
-    import os
-    import re
+def _needs_a_git_checkout() -> Path:
     import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("needs a git checkout of the repository")
+    return root
+
+
+def test_compare_commits_times_this_checkout_against_another_commit_in_one_process(tmp_path) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = _needs_a_git_checkout()
+    # An installed fgsmkit ahead of the checkout on the path: the script timed it as "this".
+    installed = tmp_path / "site-packages" / "fgsmkit"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("raise ImportError('the installed fgsmkit, not the checkout')\n")
+    path = os.pathsep.join(filter(None, [str(installed.parent), os.environ.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "compare_commits.py"), "HEAD", "--rounds", "3"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path})
     assert done.returncode == 0, done.stderr
     ratios = re.findall(r"^(AdversarialLoss step|fgsm): this / HEAD = ([\d.]+) \(median of 3", done.stdout, re.M)
     assert [name for name, _ in ratios] == ["AdversarialLoss step", "fgsm"], done.stdout
     assert all(0.2 < float(ratio) < 5 for _, ratio in ratios)  # the same code against itself
+
+
+def test_compare_commits_imports_a_revision_whose_name_is_no_identifier(tmp_path, monkeypatch) -> None:
+    # origin/HEAD became the module name "fgsmkit_origin/HEAD": the renamed folder's path and the
+    # import both failed.
+    import importlib.util
+    import sys
+
+    root = _needs_a_git_checkout()
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts its checkout's src/ first
+    spec = importlib.util.spec_from_file_location("compare_commits", root / "benchmarks" / "compare_commits.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    imported = set(sys.modules)
+    try:
+        # HEAD, named with a slash and braces: the youngest commit whose message matches ".".
+        package = script.import_commit("HEAD^{/.}", tmp_path)
+        assert package.__name__.isidentifier() and callable(package.fgsm)
+        assert Path(package.__file__).is_relative_to(tmp_path)
+    finally:
+        for name in set(sys.modules) - imported:
+            if name.startswith("fgsmkit_"):
+                del sys.modules[name]
+    assert script.module_name("origin/HEAD") == "fgsmkit_origin_HEAD"
+    assert script.module_name("HEAD~1").isidentifier() and script.module_name("v0.1-rc").isidentifier()

@@ -535,6 +535,24 @@ def test_on_cuda_the_table_drops_cpu_time_and_shows_the_memory_reserved_by_the_f
     assert timing.first_call(lambda: 7, torch.device("cpu")) == (7, None)
 
 
+def test_on_cuda_each_first_call_reserves_its_own_working_set(monkeypatch):
+    # Only the first contender's first call reserved the working set; every later one reused what
+    # it left in the allocator's cache and read as reserving nothing, so fgsmkit, checked first,
+    # was always the one charged. A stand-in for CUDA's caching allocator: a call grows the
+    # reserved memory to its working set, which stays reserved, free, until empty_cache().
+    reserved = [0]
+
+    def needs(size):
+        return lambda: reserved.__setitem__(0, max(reserved[0], size))
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: reserved.__setitem__(0, 0))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved[0])
+    cuda = torch.device("cuda")
+    timing.settle(needs(50), cuda)
+    assert [timing.first_call(needs(size), cuda)[1] for size in (100, 100, 60, 100)] == [100, 100, 60, 100]
+
+
 def test_a_json_write_that_fails_after_the_run_is_one_line_and_status_2(tmp_path, capsys, monkeypatch):
     # Paths that pass the check before the run can still fail at the end (/proc as root, a full
     # disk): the traceback lost the line saying so, and status 1 is for failed checks.

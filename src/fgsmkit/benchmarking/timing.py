@@ -77,27 +77,30 @@ def interleaved(runs: Mapping[str, Run], device: torch.device, repeats: int, war
 
 
 def settle(run: Run, device: torch.device) -> None:
-    """On CUDA, call ``run`` once, untimed, and release the allocator's cached memory.
+    """On CUDA, call ``run`` once, untimed. Nothing elsewhere.
 
-    The first use of the allocator and of cuBLAS's workspace reserves memory that would otherwise
-    count against whichever contender's :func:`first_call` came first. Nothing elsewhere.
+    The first use of CUDA reserves memory that stays reserved (cuBLAS's workspace is held, not
+    cached, so ``torch.cuda.empty_cache`` keeps it), which would otherwise count against whichever
+    contender's :func:`first_call` came first.
     """
     if device.type != "cuda":
         return
     run()
     torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
 
 
 def first_call(run: Run, device: torch.device) -> tuple[object, int | None]:
     """The output of ``run()`` and, on CUDA, how much the reserved memory grew during the call.
 
     Called on a contender's first call, it sees what a CUDA Graph's capture reserves for its
-    private pool, which the max-allocated peak of later calls misses.
+    private pool, which the max-allocated peak of later calls misses. The allocator's cache is
+    emptied first, so that each call reserves its own working set: otherwise only the first
+    contender's call reserved it, and every later one reused what it left cached.
     """
     if device.type != "cuda":
         return run(), None
     torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
     before = torch.cuda.memory_reserved(device)
     output = run()
     torch.cuda.synchronize(device)

@@ -489,6 +489,22 @@ def test_peers_fgsm_agrees_with_fgsmkit(peer):
     assert math.isfinite(float(theirs.sum()))
 
 
+@pytest.mark.parametrize("peer", AVAILABLE, ids=[p.name for p in AVAILABLE])
+def test_peers_leave_no_weight_gradients_on_the_shared_model(peer):
+    # foolbox, cleverhans and ART take the input gradient by loss.backward(), which also fills the
+    # weights' .grad: left on the model every contender shares, later calls added into them in
+    # place (or freed them) instead of forming them, so a call's time and memory depended on what
+    # ran before it.
+    w = SMALL["maxout-128"]
+    model, x, y = w.make("cpu")
+    for attack, run in peer.build(model, x, y, w).items():
+        if run is not None:
+            run()
+            assert all(p.grad is None for p in model.parameters()), attack
+    if peer.name in ("foolbox", "cleverhans", "ART"):
+        assert peers.WEIGHT_GRADIENTS in peer.note
+
+
 @pytest.mark.skipif("foolbox" not in {p.name for p in AVAILABLE}, reason="foolbox is not importable")
 def test_foolbox_leaves_the_model_where_the_inputs_are(monkeypatch):
     # Without device=, foolbox moves the model to cuda:0 whenever CUDA is available.

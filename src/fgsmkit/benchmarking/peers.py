@@ -5,6 +5,11 @@ plus a reason for each one that does not, so that the benchmark can say what it 
 :func:`versions` says which release of each was timed. All
 adapters run the same attack as fgsmkit: untargeted L-inf, cross-entropy on the true labels,
 inputs clipped to ``[0, 1]``, PGD from the clean input (no random start) with a fixed step.
+
+Some peers take the input gradient by ``loss.backward()``, which also forms every weight
+gradient into the ``.grad`` of the model all contenders share. Their calls set ``.grad`` back
+to None after each call (:func:`_dropping_weight_gradients`), so that no call finds gradients
+left by an earlier one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from .workloads import Workload
 
 Run = Callable[[], Tensor]
 Builder = Callable[[nn.Module, Tensor, Tensor, Workload], "dict[str, Run | None]"]
+# What a note says of a peer whose gradients come from loss.backward().
+WEIGHT_GRADIENTS = ("its input gradient comes from loss.backward(), which also forms every weight gradient "
+                    "(set back to None after each call, so that each call forms them anew, as the first did)")
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,30 @@ class Peer:
     uncompared: tuple[str, ...] = ()
 
 
+def _dropping_weight_gradients(model: nn.Module, runs: dict[str, Run]) -> dict[str, Run]:
+    """``runs``, each setting the ``.grad`` of ``model``'s parameters back to None after its call.
+
+    A peer whose ``loss.backward()`` forms the weight gradients leaves them on the model that
+    every contender shares: each later call of it (or of another such peer) then added into them
+    in place, or freed them, instead of forming them anew, so that its time and memory depended
+    on what ran before it. The benchmark's models start without gradients; dropping them after
+    each call starts every call from there. It is timed with the call: a few attribute writes,
+    and freeing the gradients, which every call of such a peer on a fresh model would cost too.
+    """
+    params = list(model.parameters())
+
+    def dropping(run: Run) -> Run:
+        def call() -> Tensor:
+            output = run()
+            for param in params:
+                param.grad = None
+            return output
+
+        return call
+
+    return {attack: dropping(run) for attack, run in runs.items()}
+
+
 def _torchattacks(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
     import torchattacks
 
@@ -57,10 +89,10 @@ def _foolbox(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, R
     fgsm = foolbox.attacks.LinfFastGradientAttack(random_start=False)
     pgd = foolbox.attacks.LinfProjectedGradientDescentAttack(
         abs_stepsize=w.step_size, steps=w.steps, random_start=False)
-    return {
+    return _dropping_weight_gradients(model, {
         "fgsm": lambda: fgsm(fmodel, x, y, epsilons=w.eps)[1],
         "pgd": lambda: pgd(fmodel, x, y, epsilons=w.eps)[1],
-    }
+    })
 
 
 def _advertorch(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
@@ -69,7 +101,7 @@ def _advertorch(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str
     fgsm = GradientSignAttack(model, eps=w.eps, clip_min=0.0, clip_max=1.0)
     pgd = LinfBasicIterativeAttack(model, eps=w.eps, nb_iter=w.steps, eps_iter=w.step_size,
                                    clip_min=0.0, clip_max=1.0)
-    return {"fgsm": lambda: fgsm.perturb(x, y), "pgd": lambda: pgd.perturb(x, y)}
+    return _dropping_weight_gradients(model, {"fgsm": lambda: fgsm.perturb(x, y), "pgd": lambda: pgd.perturb(x, y)})
 
 
 def _cleverhans(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
@@ -78,14 +110,14 @@ def _cleverhans(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str
     from cleverhans.torch.attacks.fast_gradient_method import fast_gradient_method
     from cleverhans.torch.attacks.projected_gradient_descent import projected_gradient_descent
 
-    return {
+    return _dropping_weight_gradients(model, {
         "fgsm": lambda: fast_gradient_method(model, x, w.eps, math.inf, clip_min=0.0, clip_max=1.0, y=y),
         # sanity_checks=False everywhere: its default ends with np.all() over CUDA tensors, which
         # raises on CUDA (cleverhans issue #1248); off on CPU too, so both devices time the same work.
         "pgd": lambda: projected_gradient_descent(model, x, w.eps, w.step_size, w.steps, math.inf,
                                                   clip_min=0.0, clip_max=1.0, y=y, rand_init=False,
                                                   sanity_checks=False),
-    }
+    })
 
 
 def _art(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
@@ -106,7 +138,7 @@ def _art(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run |
     def run(attack: object) -> Tensor:
         return torch.from_numpy(attack.generate(x.cpu().numpy(), y_np)).to(x.device)  # type: ignore[attr-defined]
 
-    return {"fgsm": lambda: run(fgsm), "pgd": lambda: run(pgd)}
+    return _dropping_weight_gradients(model, {"fgsm": lambda: run(fgsm), "pgd": lambda: run(pgd)})
 
 
 def _adv_lib(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, Run | None]:
@@ -121,12 +153,14 @@ def _adv_lib(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, R
 
 PEERS = (
     Peer("torchattacks", "torchattacks", ("torchattacks",), _torchattacks),
-    Peer("foolbox", "foolbox", ("foolbox",), _foolbox),
-    Peer("advertorch", "advertorch", ("advertorch.attacks",), _advertorch),
+    Peer("foolbox", "foolbox", ("foolbox",), _foolbox,
+         note=WEIGHT_GRADIENTS),
+    Peer("advertorch", "advertorch", ("advertorch.attacks",), _advertorch, note=WEIGHT_GRADIENTS),
     Peer("cleverhans", "cleverhans", ("cleverhans.torch.attacks.fast_gradient_method",), _cleverhans,
-         note="its PGD runs with sanity_checks=False on every device: the default's final assert "
-              "fails on CUDA (cleverhans issue #1248)"),
-    Peer("ART", "adversarial-robustness-toolbox", ("art.attacks.evasion", "art.estimators.classification"), _art),
+         note=f"in FGSM and in each PGD step {WEIGHT_GRADIENTS}; its PGD runs with sanity_checks=False on "
+              "every device: the default's final assert fails on CUDA (cleverhans issue #1248)"),
+    Peer("ART", "adversarial-robustness-toolbox", ("art.attacks.evasion", "art.estimators.classification"), _art,
+         note=WEIGHT_GRADIENTS),
     Peer("adv-lib", "adv-lib", ("adv_lib.attacks",), _adv_lib,
          note="adv-lib has no FGSM, and its pgd_linf returns for each sample the last iterate that "
               "fooled the model (else the clean input), not the final iterate: its PGD output "

@@ -3,8 +3,11 @@
 Every peer is optional. :func:`available` imports each one and returns the adapters that work,
 plus a reason for each one that does not, so that the benchmark can say what it skipped;
 :func:`versions` says which release of each was timed. All
-adapters run the same attack as fgsmkit: untargeted L-inf, cross-entropy on the true labels,
+adapters compute the same attack as fgsmkit: untargeted L-inf, cross-entropy on the true labels,
 inputs clipped to ``[0, 1]``, PGD from the clean input (no random start) with a fixed step.
+Each is timed through its library's public API, so its time also holds the work that API does
+besides the attack (checks, extra forward passes, the weights' gradients): each :class:`Peer`'s
+``note`` says what.
 
 Some peers take the input gradient by ``loss.backward()``, which also forms every weight
 gradient into the ``.grad`` of the model all contenders share. Their calls set ``.grad`` back
@@ -37,8 +40,9 @@ class Peer:
 
     ``build(model, x, y, workload)`` returns ``{"fgsm": run, "pgd": run}``; a value of None means
     the library has no such attack. ``note`` says what differs from fgsmkit's attack (a missing
-    attack, another output), for the reader of the results; ``uncompared`` names the attacks
-    whose output differs from fgsmkit's by design, which are timed but not checked against it.
+    attack, another output, work its API does besides the attack and that is timed with it), for
+    the reader of the results; ``uncompared`` names the attacks whose output differs from
+    fgsmkit's by design, which are timed but not checked against it.
     """
 
     name: str
@@ -154,13 +158,19 @@ def _adv_lib(model: nn.Module, x: Tensor, y: Tensor, w: Workload) -> dict[str, R
 PEERS = (
     Peer("torchattacks", "torchattacks", ("torchattacks",), _torchattacks),
     Peer("foolbox", "foolbox", ("foolbox",), _foolbox,
-         note=WEIGHT_GRADIENTS),
+         note="timed through its public __call__, which besides the attack checks the input's bounds twice "
+              "(four reads on the host), clips the result to the eps-ball again and runs one more forward pass "
+              f"to say which inputs are adversarial; {WEIGHT_GRADIENTS}"),
     Peer("advertorch", "advertorch", ("advertorch.attacks",), _advertorch, note=WEIGHT_GRADIENTS),
     Peer("cleverhans", "cleverhans", ("cleverhans.torch.attacks.fast_gradient_method",), _cleverhans,
-         note=f"in FGSM and in each PGD step {WEIGHT_GRADIENTS}; its PGD runs with sanity_checks=False on "
-              "every device: the default's final assert fails on CUDA (cleverhans issue #1248)"),
+         note=f"in FGSM and in each PGD step {WEIGHT_GRADIENTS}; each call also compares the input with the "
+              "box (two reductions, whose results go unused); its PGD runs with sanity_checks=False on every "
+              "device: the default's final assert fails on CUDA (cleverhans issue #1248)"),
     Peer("ART", "adversarial-robustness-toolbox", ("art.attacks.evasion", "art.estimators.classification"), _art,
-         note=WEIGHT_GRADIENTS),
+         note="it works on NumPy arrays, and the conversions are timed; it scans each step's gradient for NaN "
+              "(its FGSM for infinities too); its PGD computes the attack's success rate as an argument of a log "
+              "message, evaluated even when nothing is logged: two more forward passes (the clean and the "
+              f"adversarial batch) per call; {WEIGHT_GRADIENTS}"),
     Peer("adv-lib", "adv-lib", ("adv_lib.attacks",), _adv_lib,
          note="adv-lib has no FGSM, and its pgd_linf returns for each sample the last iterate that "
               "fooled the model (else the clean input), not the final iterate: its PGD output "

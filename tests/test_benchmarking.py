@@ -34,6 +34,9 @@ def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     meta = document["meta"]
     assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["repeats"] == 2
     assert meta["quick"] is True
+    from fgsmkit.benchmarking import cli
+
+    assert (meta["fgsmkit_commit"], meta["fgsmkit_dirty"]) == cli._checkout()
     assert set(meta["peer_versions"]) == {p.name for p in AVAILABLE}  # the peers that ran
     assert all(meta["peer_versions"].values())
     assert isinstance(document["skipped_peers"], dict)
@@ -599,6 +602,45 @@ def test_the_backends_recorded_are_the_backends_timed():
     assert cli._backends("compile", cpu, quick=False) == ["eager", "compile"]
     assert cli._backends("compile,eager,compile", cpu, quick=False) == ["eager", "compile"]
     assert cli._backends(None, cpu, quick=True) == ["eager"]
+
+
+def test_the_meta_names_the_commit_of_the_checkout_the_package_comes_from(tmp_path, monkeypatch):
+    # meta.fgsmkit gave the version only: every commit between two releases read the same.
+    import shutil
+    import subprocess
+
+    from fgsmkit.benchmarking import cli
+
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com",
+                               "-c", "commit.gpgsign=false", "-C", str(tmp_path), *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    package = tmp_path / "src" / "fgsmkit"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (tmp_path / ".gitignore").write_text("venv/\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    assert cli._checkout(package) == (git("rev-parse", "HEAD"), False)
+    (tmp_path / "results.json").write_text("{}")  # untracked: not a change to the code
+    assert cli._checkout(package) == (git("rev-parse", "HEAD"), False)
+    (package / "__init__.py").write_text("changed = True\n")
+    assert cli._checkout(package) == (git("rev-parse", "HEAD"), True)
+    # A copy installed in the checkout's ignored folders is not the checkout's code.
+    installed = tmp_path / "venv" / "site-packages" / "fgsmkit"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("")
+    assert cli._checkout(installed) == (None, None)
+    outside = tmp_path.parent / f"{tmp_path.name}-installed" / "fgsmkit"
+    outside.mkdir(parents=True)
+    assert cli._checkout(outside) == (None, None)
+    monkeypatch.setenv("PATH", "")  # no git at all
+    assert cli._checkout(package) == (None, None)
 
 
 def _needs_a_git_checkout() -> Path:

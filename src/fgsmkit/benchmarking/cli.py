@@ -16,6 +16,7 @@ import datetime
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -295,12 +296,49 @@ def _load_average() -> list[float] | None:
         return None
 
 
+def _checkout(package: Path | None = None) -> tuple[str | None, bool | None]:
+    """The commit of the git checkout that holds ``package``, and whether its tracked files differ
+    from that commit.
+
+    Parameters
+    ----------
+    package : Path, optional
+        The package's folder; by default that of the fgsmkit this module was imported from.
+
+    Returns
+    -------
+    tuple of (str or None, bool or None)
+        ``git rev-parse HEAD`` and whether ``git status`` shows changes to tracked files (untracked
+        ones, such as results, do not count); ``(None, None)`` where the package's ``__init__.py``
+        is tracked by no checkout (an installed copy, even one inside a checkout's ignored
+        folders) or git is missing.
+    """
+    folder = Path(__file__).resolve().parents[1] if package is None else package
+
+    def git(*args: str) -> str | None:
+        try:  # --no-optional-locks: status must not rewrite the checkout's index
+            done = subprocess.run(["git", "--no-optional-locks", "-C", str(folder), *args],
+                                  capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):  # no git, or it hung
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    if git("ls-files", "--error-unmatch", "--", "__init__.py") is None:
+        return None, None
+    head, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    if head is None or status is None:
+        return None, None
+    return head.strip(), bool(status.strip())
+
+
 def _meta(device: torch.device, repeats: int, fast_repeats: int, warmup: int,
           backends: Sequence[str], usable: Sequence[peers.Peer]) -> dict[str, Any]:
+    commit, dirty = _checkout()
     meta: dict[str, Any] = {
         "command": shlex.join(sys.argv),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "fgsmkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "fgsmkit": __version__, "fgsmkit_commit": commit, "fgsmkit_dirty": dirty,
+        "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "processor": _processor(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "device": str(device), "repeats": repeats, "fast_repeats": fast_repeats, "warmup": warmup,

@@ -490,6 +490,17 @@ def test_report_without_matplotlib_says_how_to_get_figures(tmp_path: Path) -> No
     assert json.loads(data.read_text())["rows"][0]["ours"] == 98.7654
 
 
+def test_the_papers_numbers_are_printed_as_the_paper_printed_them(smoke_run: tuple[Path, dict]) -> None:
+    # :g printed the paper's 16.0% (RBF agreeing with maxout's mistakes) as 16%.
+    from fgsmkit.reproduction.report import format_value
+
+    assert [format_value(v, paper=True) for v in (16.0, 99, 0.782, 98.35, 0)] == ["16.0%", "99%", "0.782%",
+                                                                                 "98.35%", "0%"]
+    markdown = (smoke_run[0] / "report.md").read_text()
+    assert "| RBF predicts maxout's class, over maxout's mistakes | 16.0% |" in markdown
+    assert "| 3. logistic regression, 3 vs 7 | FGSM error | 99% |" in markdown
+
+
 def test_the_report_of_an_unfinished_run_says_so_and_does_not_blame_matplotlib(tmp_path: Path) -> None:
     # The report rewritten after each experiment looked finished, and said that figures need
     # matplotlib even with matplotlib installed.

@@ -29,7 +29,11 @@ Row = dict[str, Any]
 
 
 def row(experiment: str, metric: str, paper: float | str | None, ours: float | None, notes: str = "") -> Row:
-    """One result: the paper's number (a percentage, or text) beside ours (a percentage)."""
+    """One result: the paper's number (a percentage, or text) beside ours (a percentage).
+
+    ``paper`` is written with the digits the paper printed (``16.0``, or the int ``99`` where it
+    printed none): the report prints it as written.
+    """
     return {"experiment": experiment, "metric": metric, "paper": paper,
             "ours": None if ours is None or math.isnan(ours) else round(float(ours), 4), "notes": notes}
 
@@ -162,7 +166,7 @@ def logistic_3v7(lab: Lab) -> list[Row]:
     name = "3. logistic regression, 3 vs 7"
     return [
         row(name, "clean test error", 1.6, pct(fgsm.clean_error)),
-        row(name, "FGSM error", 99.0, pct(fgsm.adversarial_error),
+        row(name, "FGSM error", 99, pct(fgsm.adversarial_error),
             "the FGSM step is eps * sign(w) towards the other class: Figure 2"),
     ]
 
@@ -328,7 +332,7 @@ def rubbish(lab: Lab) -> list[Row]:
     rows = []
     for key, label, paper_rate, paper_conf in (("maxout", "maxout", 98.35, 92.8),
                                                ("softmax", "softmax regression", 59.8, 70.8),
-                                               ("rbf", "RBF network", 0.0, None)):
+                                               ("rbf", "RBF network", 0, None)):
         # The same noise for every model: a fresh generator with the same seed.
         rate, confidence = evaluation.rubbish_rate(lab.model(key), s.rubbish_samples, (1, 28, 28),
                                                    generator=lab.generator("rubbish"), eval_mode=True)

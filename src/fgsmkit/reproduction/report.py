@@ -22,13 +22,16 @@ FIGURES_HINT = 'Figures need matplotlib: pip install "fgsmkit[figures]", then ru
 def format_value(value: float | str | None, paper: bool = False) -> str:
     """A percentage as printed in the table: the paper's as it printed it, ours to two decimals.
 
-    Text is kept as it is; a missing value is a dash.
+    The paper's numbers are written in :mod:`~fgsmkit.reproduction.experiments` with the digits
+    the paper printed (an int where it printed none: ``99``, ``16.0``, ``0.782``), and printed
+    as written. Text is kept as it is; a missing value is a dash.
     """
     if value is None:
         return "-"
     if isinstance(value, str):
         return value
-    return f"{value:g}%" if paper else f"{value:.2f}%"
+    # str, not :g, which drops a printed trailing zero (the paper's 16.0% became 16%).
+    return f"{value}%" if paper else f"{value:.2f}%"
 
 
 def format_row(r: Row) -> str:

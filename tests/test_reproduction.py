@@ -501,6 +501,17 @@ def test_the_papers_numbers_are_printed_as_the_paper_printed_them(smoke_run: tup
     assert "| 3. logistic regression, 3 vs 7 | FGSM error | 99% |" in markdown
 
 
+def test_the_notes_and_labels_say_what_was_measured(smoke_run: tuple[Path, dict]) -> None:
+    # The 3-vs-7 note gave the step as eps * sign(w), though the clip to [0, 1] is why its FGSM
+    # error stays below the paper's 99%; Figure 4's row said eps < 0 and eps > 0 for fits over
+    # eps <= 0 and eps >= 0.
+    rows = {(r["experiment"], r["metric"]): r for r in smoke_run[1]["rows"]}
+    logistic = rows[("3. logistic regression, 3 vs 7", "FGSM error")]
+    assert "clipped to [0, 1]" in logistic["notes"]
+    assert ("11. logits along the FGSM direction (Figure 4)",
+            "R^2 of two lines per logit (eps <= 0, eps >= 0), mean") in rows
+
+
 def test_the_report_of_an_unfinished_run_says_so_and_does_not_blame_matplotlib(tmp_path: Path) -> None:
     # The report rewritten after each experiment looked finished, and said that figures need
     # matplotlib even with matplotlib installed.

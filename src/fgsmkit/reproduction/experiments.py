@@ -167,7 +167,8 @@ def logistic_3v7(lab: Lab) -> list[Row]:
     return [
         row(name, "clean test error", 1.6, pct(fgsm.clean_error)),
         row(name, "FGSM error", 99, pct(fgsm.adversarial_error),
-            "the FGSM step is eps * sign(w) towards the other class: Figure 2"),
+            "the step eps * sign(w) towards the other class, clipped to [0, 1], which cancels it wherever "
+            "it would take a pixel at 0 or 1 out of range (the paper does not say it clipped): Figure 2"),
     ]
 
 
@@ -363,7 +364,7 @@ def logits_along_fgsm(lab: Lab) -> list[Row]:
     return [
         row(name, "R^2 of one straight line per logit, mean over the 10 logits", "piecewise linear (figure)",
             pct(straight), note),
-        row(name, "R^2 of two lines per logit (eps < 0, eps > 0), mean", "piecewise linear (figure)",
+        row(name, "R^2 of two lines per logit (eps <= 0, eps >= 0), mean", "piecewise linear (figure)",
             pct(two_pieces), note),
     ]
 

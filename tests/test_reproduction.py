@@ -510,6 +510,10 @@ def test_the_notes_and_labels_say_what_was_measured(smoke_run: tuple[Path, dict]
     assert "clipped to [0, 1]" in logistic["notes"]
     assert ("11. logits along the FGSM direction (Figure 4)",
             "R^2 of two lines per logit (eps <= 0, eps >= 0), mean") in rows
+    # The L1 row said "after N epochs" beside the training error of the epoch early stopping kept.
+    l1 = next(r for key, r in rows.items() if key[1].startswith("training error with L1 weight decay"))
+    kept = fk.load_checkpoint(smoke_run[0] / "checkpoints" / "maxout-l1.pt")
+    assert l1["notes"].startswith(f"kept epoch {kept['best_epoch']} of {kept['epoch']} ")
 
 
 def test_the_report_of_an_unfinished_run_says_so_and_does_not_blame_matplotlib(tmp_path: Path) -> None:

@@ -106,7 +106,8 @@ COMMON_NOTES = (
     "Noise controls (experiment 6): the same eq. (6) mixture with the FGSM step replaced by random "
     "+/-eps per pixel or U(-eps, eps) noise, clipped to [0, 1].",
     "L1 control (experiment 6): mean cross-entropy + .0025 x sum |W| of the first maxout layer, on top "
-    "of the plain maxout recipe; we report the training error it reaches.",
+    "of the plain maxout recipe; we report the training error of the epoch it keeps, as for every model "
+    "(the paper: the trained model is stuck above 5% training error).",
     "Softmax regression and logistic regression (3 vs 7): the same SGD, no dropout, no max norm.",
     "RBF network: one-vs-rest detector log-likelihood (fgsmkit.models.rbf_detector_loss), trained with "
     "Adam at learning rate .01, because SGD at .1 (with or without centres started at the class means) "

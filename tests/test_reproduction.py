@@ -325,6 +325,54 @@ def test_resuming_depends_on_the_data_not_on_how_it_was_described(tmp_path: Path
     assert (tmp_path / "softmax.pt").read_bytes() == kept
 
 
+def test_another_test_limit_keeps_the_trained_models(tmp_path: Path) -> None:
+    # test_limit is left out of the training fingerprint, but the data digest hashed the test
+    # split too: a run with another test_limit refused every checkpoint.
+    settings = PRESETS["smoke"]
+
+    def run(settings) -> list[str]:
+        said: list[str] = []
+        splits = load_splits(settings, "sample", log=lambda line: None)
+        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1), settings, 0,
+              tmp_path, log=said.append)
+        return said
+
+    run(settings)
+    assert any("already trained" in line for line in run(dataclasses.replace(settings, test_limit=150)))
+
+
+def test_checkpoints_whose_data_digest_covers_the_test_split_still_resume(tmp_path: Path) -> None:
+    # Checkpoints written before the digest left out the test split (the recorded run's) hold a
+    # SHA-256 of all six tensors: the same training data, so they resume.
+    import hashlib
+
+    settings = PRESETS["smoke"]
+    splits = load_splits(settings, "sample", log=lambda line: None)
+
+    def run() -> list[str]:
+        said: list[str] = []
+        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1), settings, 0,
+              tmp_path, log=said.append)
+        return said
+
+    run()
+    hashed = hashlib.sha256()
+    for t in (splits.train_x, splits.train_y, splits.val_x, splits.val_y, splits.test_x, splits.test_y):
+        hashed.update(f"{tuple(t.shape)} {t.dtype};".encode())
+        hashed.update(t.contiguous().numpy())
+    path = tmp_path / "softmax.pt"
+    state = fk.load_checkpoint(path)
+    fingerprint = json.loads(state["fingerprint"])
+    assert fingerprint["data"] != hashed.hexdigest()
+    fk.save_checkpoint(dict(state, fingerprint=json.dumps(dict(fingerprint, data=hashed.hexdigest()))), path)
+    assert any("already trained" in line for line in run())
+    # Another test split does not pass for the same data under the old digest.
+    fewer = dataclasses.replace(splits, test_x=splits.test_x[:50], test_y=splits.test_y[:50])
+    with pytest.raises(CheckpointConflict, match="other data"):
+        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), fewer, Recipe("plain", 1), settings, 0,
+              tmp_path, log=lambda line: None)
+
+
 def test_checkpoints_of_other_training_code_are_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The fingerprint held the recipe, settings, seed and data but not the code: a change to the
     # training that changes the weights resumed the old models beside newly trained ones.

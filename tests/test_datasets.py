@@ -742,9 +742,13 @@ def test_the_embedded_samples_files_found_on_disk_are_named_as_the_sample(tmp_pa
     copy_embedded_sample(tmp_path)
     with pytest.warns(UserWarning, match=rf"{re.escape(str(tmp_path))} holds fgsmkit's embedded MNIST sample "
                                          rf"\({count:,} {split} digits, drawn from the MNIST training set\), "
-                                         rf"not the official {split} set"):
+                                         rf"not the official {split} set") as caught:
         x, y = load_mnist(tmp_path, split, download=False)
     assert torch.equal(y, mnist_sample(split)[1]) and x.shape[0] == count
+    # A program (fgsmkit reproduce) can tell it from other warnings, and read where the files are.
+    from fgsmkit.datasets import SampleFilesWarning
+
+    assert [w.message.folder for w in caught if isinstance(w.message, SampleFilesWarning)] == [tmp_path]
 
 
 # --- the package ----------------------------------------------------------------------------

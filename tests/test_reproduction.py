@@ -492,6 +492,58 @@ def test_mnist_on_disk_is_described_by_what_was_found(monkeypatch: pytest.Monkey
     assert splits.source.startswith(name)
 
 
+def copy_embedded_sample(folder: Path) -> None:
+    """The shipped sample's gzip files, byte for byte, as MNIST files on disk."""
+    from importlib import resources
+
+    folder.mkdir(parents=True)
+    shipped = resources.files("fgsmkit.datasets") / "data" / "mnist_sample"
+    for prefix in ("train", "t10k"):
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            (folder / name).write_bytes((shipped / name).read_bytes())
+
+
+def test_the_embedded_samples_files_on_disk_are_named_as_the_sample(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Copies of the sample's files, found by load_mnist (which warns), were described in the
+    # report as "MNIST files on disk (8,000 train / 2,000 test ...)", and --download, which asks
+    # for full MNIST, ran on them without a word.
+    import warnings
+
+    from fgsmkit.reproduction.data import DataUnavailable
+
+    folder = tmp_path / "data"
+    copy_embedded_sample(folder)
+    monkeypatch.setenv("FGSMKIT_DATA", str(folder))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the description says it; the warning is not repeated
+        splits = load_splits(PRESETS["smoke"], "auto", log=lambda line: None)
+    assert splits.source.startswith(f"the embedded MNIST sample (8,000 train / 2,000 test; its files, found in {folder})")
+    sample = load_splits(PRESETS["smoke"], "sample", log=lambda line: None)
+    assert splits.digest == sample.digest
+    for data, download, refusal in (("auto", True, "--download asks for full MNIST"), ("full", False, "--data full")):
+        with pytest.raises(DataUnavailable, match=f"{refusal}.*the MNIST files in {folder} are the embedded sample's"):
+            load_splits(PRESETS["smoke"], data, download=download, log=lambda line: None)
+
+
+def test_download_refuses_mnist_files_on_disk_that_are_not_full_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
+    # --download downloads only missing files: with 1,000 / 500 images on disk it ran on those.
+    import fgsmkit.datasets
+    from fgsmkit.reproduction.data import DataUnavailable
+
+    def subset(root=None, split="train", download=True):
+        count = 1_000 if split == "train" else 500
+        return torch.zeros(count, 1, 28, 28), torch.arange(count) % 10
+
+    monkeypatch.setattr(fgsmkit.datasets, "load_mnist", subset)
+    with pytest.raises(DataUnavailable, match=r"--download asks for full MNIST .* hold 1,000 training / 500 test images"
+                                              r".*drop --download to run on them"):
+        load_splits(PRESETS["smoke"], "auto", download=True, log=lambda line: None)
+    assert load_splits(PRESETS["smoke"], "auto", log=lambda line: None).source.startswith("MNIST files on disk")
+
+
 def test_data_full_refuses_a_subset_of_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
     # A folder holding the first 1,000 / 500 images of MNIST ran as "--data full".
     import fgsmkit.datasets

@@ -7,7 +7,8 @@ and :func:`load_fashion_mnist` read the full datasets from disk or download them
 
 from .download import DownloadError, RemoteFiles
 from .idx import read_idx, write_idx
-from .mnist import FASHION_MNIST, MNIST, DatasetNotFoundError, load_fashion_mnist, load_mnist, search_folders
+from .mnist import (FASHION_MNIST, MNIST, DatasetNotFoundError, SampleFilesWarning, load_fashion_mnist, load_mnist,
+                    search_folders)
 from .sample import mnist_sample
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DownloadError",
     "RemoteFiles",
+    "SampleFilesWarning",
     "load_fashion_mnist",
     "load_mnist",
     "mnist_sample",

@@ -90,6 +90,19 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not on disk and could not be downloaded."""
 
 
+class SampleFilesWarning(UserWarning):
+    """:func:`load_mnist` read byte-for-byte copies of the embedded sample's files, from ``folder``.
+
+    They hold digits drawn from the MNIST training set (see :func:`mnist_sample`), not the
+    official split: a model trained on full MNIST would be tested on digits it has seen. The
+    ``folder`` attribute (a :class:`pathlib.Path`) says where they are.
+    """
+
+    def __init__(self, message: str, folder: Path) -> None:
+        super().__init__(message)
+        self.folder = folder
+
+
 def load_mnist(
     root: PathLike | None = None,
     split: str = "train",
@@ -266,10 +279,12 @@ def _load(dataset: str, remote: RemoteFiles, root: PathLike | None, split: str, 
         # A model trained on full MNIST would be tested on digits it has seen.
         count = "8,000" if split == "train" else "2,000"
         warnings.warn(
-            f"{found[0].parent} holds fgsmkit's embedded MNIST sample ({count} {split} digits, drawn from the "
-            f"MNIST training set), not the official {split} set; load it with "
-            f"fgsmkit.datasets.mnist_sample({split!r}) to say so, or put the official files there",
-            UserWarning,
+            SampleFilesWarning(
+                f"{found[0].parent} holds fgsmkit's embedded MNIST sample ({count} {split} digits, drawn from the "
+                f"MNIST training set), not the official {split} set; load it with "
+                f"fgsmkit.datasets.mnist_sample({split!r}) to say so, or put the official files there",
+                found[0].parent,
+            ),
             stacklevel=user_stacklevel(),
         )
     images, labels = (read_idx(path) for path in found)
@@ -358,6 +373,7 @@ __all__ = [
     "FASHION_MNIST",
     "MNIST",
     "DatasetNotFoundError",
+    "SampleFilesWarning",
     "cache_dir",
     "load_fashion_mnist",
     "load_mnist",

@@ -4,7 +4,7 @@ This package uses the library (attacks, :class:`~fgsmkit.AdversarialLoss`, the m
 datasets and the evaluation functions); the library never imports it. One module per job:
 
 - :mod:`~fgsmkit.reproduction.settings`: the run sizes (full, quick) and why each was chosen;
-- :mod:`~fgsmkit.reproduction.data`: full MNIST when it is on disk, else the embedded sample;
+- :mod:`~fgsmkit.reproduction.data`: the MNIST files on disk, else the embedded sample;
 - :mod:`~fgsmkit.reproduction.training`: the training loops, checkpointed after every epoch;
 - :mod:`~fgsmkit.reproduction.experiments`: the paper's eleven results, each beside ours;
 - :mod:`~fgsmkit.reproduction.report`: the Markdown and JSON report;

@@ -51,9 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="small data and few epochs: checks in under a minute that everything runs")
     size.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' tiny run
     parser.add_argument("--data", choices=("auto", "full", "sample"), default="auto", action=_DataChoice,
-                        help="auto: full MNIST if it is on disk, else the embedded sample (default)")
+                        help="auto (default): the MNIST files found on disk (full MNIST, or a subset, named in "
+                             "the report as what they are), else the embedded sample; full: full MNIST only; "
+                             "sample: the embedded sample")
     parser.add_argument("--download", nargs=0, default=False, action=_DataChoice,
-                        help="download full MNIST if it is missing; a failed download stops the run")
+                        help="run on full MNIST, downloading it if no MNIST files are on disk; MNIST files on disk "
+                             "that are not full MNIST, or a failed download, stop the run")
     parser.add_argument("--threads", type=positive_int, default=1, metavar="N",
                         help="torch CPU threads (default: 1; the paper's small networks gain little from more, "
                              "and on a busy machine extra threads mostly wait on each other)")

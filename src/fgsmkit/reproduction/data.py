@@ -1,11 +1,14 @@
-"""The data of a run: full MNIST when it is on disk, otherwise the embedded 10,000-image sample."""
+"""The data of a run: the MNIST files on disk (full MNIST, or what is there, named as what it is),
+otherwise the embedded 10,000-image sample."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -57,36 +60,83 @@ Pair = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 class DataUnavailable(RuntimeError):
-    """The data asked for (``data="full"``) cannot be had."""
+    """The data asked for (``data="full"``, or full MNIST by ``download=True``) cannot be had."""
 
 
-def find_full_mnist(download: bool) -> tuple[Pair | None, str]:
-    """Full MNIST from :func:`fgsmkit.datasets.load_mnist`, or None and the reason it cannot be had."""
-    from fgsmkit.datasets import load_mnist
+@dataclass(frozen=True)
+class Found:
+    """What :func:`find_full_mnist` got from :func:`fgsmkit.datasets.load_mnist`."""
 
+    data: Pair | None
+    """The training and test split, or None."""
+    reason: str = ""
+    """Why there is no data: the first line of load_mnist's error."""
+    sample_in: dict[str, Path] = field(default_factory=dict)
+    """The folder of each split whose files are copies of the embedded sample's."""
+
+
+def find_full_mnist(download: bool) -> Found:
+    """MNIST from :func:`fgsmkit.datasets.load_mnist`, or the reason it cannot be had."""
     try:
-        return (load_mnist(split="train", download=download), load_mnist(split="test", download=download)), ""
+        (train, train_in), (test, test_in) = (_load_mnist(split, download) for split in ("train", "test"))
     except Exception as error:  # missing, offline or corrupt: the caller falls back to the sample
-        return None, (str(error).splitlines() or [type(error).__name__])[0]
+        return Found(None, (str(error).splitlines() or [type(error).__name__])[0])
+    sample_in = {split: folder for split, folder in (("train", train_in), ("test", test_in)) if folder is not None}
+    return Found((train, test), sample_in=sample_in)
+
+
+def _load_mnist(split: str, download: bool) -> tuple[tuple[Tensor, Tensor], Path | None]:
+    """One split from :func:`fgsmkit.datasets.load_mnist`, and the folder of its files where they
+    are the embedded sample's (its warning is turned into the data's description, not shown)."""
+    from fgsmkit.datasets import SampleFilesWarning, load_mnist
+
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # recorded even where the warning was shown before
+            pair = load_mnist(split=split, download=download)
+    finally:
+        for w in caught:  # any other warning, as it was
+            if not isinstance(w.message, SampleFilesWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return pair, next((w.message.folder for w in caught if isinstance(w.message, SampleFilesWarning)), None)
 
 
 FULL_MNIST_SIZE = (60_000, 10_000)  # training and test images
 
 
-def _describe_found(train: int, test: int) -> str:
-    """What :func:`find_full_mnist` found, by its size: a folder of IDX files may hold a subset."""
+def _describe_found(train: int, test: int, sample_in: dict[str, Path]) -> str:
+    """What :func:`find_full_mnist` found, by its size and whether it is the embedded sample: a
+    folder of IDX files may hold a subset, or copies of the sample's files."""
     found = f"{train:,} train / {test:,} test"
+    where = " and ".join(sorted({str(folder) for folder in sample_in.values()}))
+    if len(sample_in) == 2:
+        return f"the embedded MNIST sample ({found}; its files, found in {where})"
     if (train, test) == FULL_MNIST_SIZE:
         return f"full MNIST ({found})"
-    return f"MNIST files on disk ({found}; full MNIST has 60,000 / 10,000)"
+    copies = "".join(f"; the {split} files, in {folder}, are the embedded sample's" for split, folder in sample_in.items())
+    return f"MNIST files on disk ({found}; full MNIST has 60,000 / 10,000{copies})"
 
 
-def _require_full_size(train: int, test: int) -> None:
-    """Raise :class:`DataUnavailable` unless the MNIST files found hold all of MNIST."""
-    if (train, test) != FULL_MNIST_SIZE:
-        raise DataUnavailable(f"--data full needs full MNIST (60,000 training / 10,000 test images); the MNIST "
-                              f"files found hold {train:,} training / {test:,} test images; replace them with "
-                              "the full files, or use --data auto to run on these")
+def _require_full_size(train: int, test: int, sample_in: dict[str, Path], download: bool) -> None:
+    """Raise :class:`DataUnavailable` unless the MNIST files found hold all of MNIST (``data="full"``,
+    or ``download=True``, which downloads only files that are missing)."""
+    if (train, test) == FULL_MNIST_SIZE:
+        return
+    if len(sample_in) == 2:
+        where = " and ".join(sorted({str(folder) for folder in sample_in.values()}))
+        found = f"the MNIST files in {where} are the embedded sample's (8,000 training / 2,000 test images)"
+    else:
+        from fgsmkit.datasets import MNIST, search_folders
+
+        where = f"the folders searched ({', '.join(str(folder) for folder in search_folders(MNIST))})"
+        found = f"the MNIST files found hold {train:,} training / {test:,} test images"
+    if download:
+        raise DataUnavailable(f"--download asks for full MNIST (60,000 training / 10,000 test images), but {found}, "
+                              f"and it fetches only missing files; move them out of {where} for --download to "
+                              "fetch full MNIST, or drop --download to run on them")
+    raise DataUnavailable(f"--data full needs full MNIST (60,000 training / 10,000 test images); {found}; "
+                          "replace them with the full files, or use --data auto to run on these")
 
 
 def embedded_sample() -> Pair:
@@ -107,19 +157,22 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
     settings : Settings
         Gives the validation size and how many training and test images to keep.
     data : {"auto", "full", "sample"}
-        ``"auto"`` uses the MNIST files :func:`~fgsmkit.datasets.load_mnist` finds and the
+        ``"auto"`` uses the MNIST files :func:`~fgsmkit.datasets.load_mnist` finds (full MNIST,
+        a subset, or copies of the embedded sample's files, each described as what it is) and the
         embedded sample otherwise; ``"full"`` fails without all 60,000 / 10,000 images of full
         MNIST; ``"sample"`` always uses the embedded sample.
     download : bool
-        Let :func:`~fgsmkit.datasets.load_mnist` download missing files (not with ``"sample"``); when that fails the
-        run stops, rather than falling back to the embedded sample.
+        Ask for full MNIST, downloading it where no MNIST files are on disk (not with
+        ``"sample"``): a failed download, or MNIST files on disk that are not full MNIST, stop the
+        run rather than fall back to other data.
     log : callable
         Where to say which data is used.
 
     Raises
     ------
     DataUnavailable
-        ``data="full"`` without all 60,000 / 10,000 images of full MNIST, a failed download,
+        ``data="full"`` or ``download=True`` without all 60,000 / 10,000 images of full MNIST
+        (``download=True`` downloads only where no MNIST files are found), a failed download,
         or data that leaves no training or test images, or no 3s and 7s in a split
         (experiment 3 needs them).
     """
@@ -127,12 +180,13 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
         raise ValueError(f"data must be 'auto', 'full' or 'sample'; got {data!r}")
     if download and data == "sample":
         raise ValueError("download=True needs data='auto' or 'full'; the sample is embedded, nothing to download")
-    full, reason = find_full_mnist(download) if data in ("auto", "full") else (None, "")
+    found = find_full_mnist(download) if data in ("auto", "full") else Found(None)
+    full, reason = found.data, found.reason
     if full is not None:
         (train_x, train_y), (test_x, test_y) = full
-        if data == "full":
-            _require_full_size(len(train_y), len(test_y))
-        source = _describe_found(len(train_y), len(test_y))
+        if data == "full" or download:
+            _require_full_size(len(train_y), len(test_y), found.sample_in, download)
+        source = _describe_found(len(train_y), len(test_y), found.sample_in)
     elif download:
         raise DataUnavailable(f"full MNIST could not be downloaded ({reason}); check the network connection, "
                               "or drop --download to run on the embedded sample")

@@ -373,6 +373,44 @@ def test_checkpoints_whose_data_digest_covers_the_test_split_still_resume(tmp_pa
               tmp_path, log=lambda line: None)
 
 
+def test_a_refusal_for_other_data_names_both_and_the_data_option_that_resumes(
+        smoke_run: tuple[Path, dict], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With --data auto, MNIST files that appeared after the first run changed the data, and the
+    # refusal said only "other data": neither which data the checkpoints hold nor --data sample.
+    import fgsmkit.datasets
+
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)  # trained on the embedded sample
+    (x, y), (x_test, y_test) = fk.datasets.mnist_sample("train"), fk.datasets.mnist_sample("test")
+
+    def other_files(root=None, split="train", download=True):
+        return (x.flip(0), y.flip(0)) if split == "train" else (x_test, y_test)
+
+    monkeypatch.setattr(fgsmkit.datasets, "load_mnist", other_files)
+    assert main(["reproduce", "--smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert ("was written by a run with other data (that run: the embedded MNIST sample, this run: MNIST files on "
+            "disk (8,000 train / 2,000 test); --data sample selects that data)") in err
+
+    def missing(root=None, split="train", download=True):
+        raise FileNotFoundError("MNIST is not in any of the searched folders")
+
+    # The same command once the files are gone runs on the sample again, and resumes; the
+    # report records the --data value that selects the data it ran on.
+    monkeypatch.setattr(fgsmkit.datasets, "load_mnist", missing)
+    assert main(["reproduce", "--smoke", "--out", str(out)]) == 0
+    assert "] epoch " not in capsys.readouterr().out
+    command = json.loads((out / "report.json").read_text())["meta"]["command"]
+    assert command.endswith("--smoke --data sample")
+    # A checkpoint from before the data was named says so.
+    path = out / "checkpoints" / "softmax.pt"
+    state = fk.load_checkpoint(path)
+    unnamed = {key: value for key, value in json.loads(state["fingerprint"]).items() if key != "data_name"}
+    fk.save_checkpoint(dict(state, fingerprint=json.dumps(dict(unnamed, data="0" * 64))), path)
+    assert main(["reproduce", "--smoke", "--out", str(out)]) == 2
+    assert "other data (not named in the checkpoint; this run: the embedded MNIST sample)" in capsys.readouterr().err
+
+
 def test_checkpoints_of_other_training_code_are_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The fingerprint held the recipe, settings, seed and data but not the code: a change to the
     # training that changes the weights resumed the old models beside newly trained ones.

@@ -109,14 +109,18 @@ def output_folder(args: argparse.Namespace) -> Path:
     return Path(args.out if args.out is not None else DEFAULT_OUT[settings_for(args).name])
 
 
-def command_line(args: argparse.Namespace) -> str:
+def command_line(args: argparse.Namespace, data: str | None = None) -> str:
+    """The command that runs ``args`` again, for the report; ``data`` is the ``--data`` value that
+    selects the data the run used (:attr:`~fgsmkit.reproduction.data.Splits.option`), recorded
+    in place of ``auto``, whose choice depends on what is on disk."""
     # --seed=..., not --seed ...: argparse would read a list starting with a negative seed as a flag.
     parts = ["fgsmkit reproduce", f"--out {shlex.quote(str(output_folder(args)))}",
              f"--seed={','.join(map(str, args.seed))}"]
     parts += [flag for flag, on in (("--quick", args.quick), ("--smoke", args.smoke),
                                     ("--download", args.download)) if on]
-    if args.data != "auto":
-        parts.append(f"--data {args.data}")
+    data = args.data if data is None or args.data != "auto" else data
+    if data != "auto":
+        parts.append(f"--data {data}")
     if args.threads != 1:
         parts.append(f"--threads {args.threads}")
     return " ".join(parts)
@@ -165,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     for folder in {out, *seed_folders.values()}:
         folders.mark(folder)
-    meta = {"command": command_line(args), "seed": args.seed[0], "data": splits.describe(), "machine": machine(),
+    meta = {"command": command_line(args, splits.option), "seed": args.seed[0], "data": splits.describe(), "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_time": "", "settings": settings.as_dict()}
     if len(args.seed) == 1:

@@ -27,6 +27,17 @@ class Splits:
     test_x: Tensor
     test_y: Tensor
     source: str
+    """What the data is and where it was found, in words, for the report."""
+    label: str
+    """What the data is, in a few words (:data:`FULL_MNIST`, :data:`EMBEDDED_SAMPLE`, or MNIST
+    files on disk by their size): checkpoints record it, so that a run refusing one can say
+    which data it was trained on."""
+
+    @property
+    def option(self) -> str:
+        """The ``--data`` value that selects this data again: ``"full"``, ``"sample"``, or
+        ``"auto"`` for other MNIST files on disk (no other value selects them)."""
+        return DATA_OPTIONS.get(self.label, "auto")
 
     def describe(self) -> str:
         return (f"{self.source}: {len(self.train_y)} training, {len(self.val_y)} validation, "
@@ -57,6 +68,11 @@ def _sha256(*tensors: Tensor, prefix: bytes = b"") -> str:
 
 
 Pair = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+FULL_MNIST = "full MNIST"
+EMBEDDED_SAMPLE = "the embedded MNIST sample"
+DATA_OPTIONS = {FULL_MNIST: "full", EMBEDDED_SAMPLE: "sample"}
+"""The ``--data`` value that selects the data of each :attr:`Splits.label` but MNIST files on disk."""
 
 
 class DataUnavailable(RuntimeError):
@@ -105,17 +121,18 @@ def _load_mnist(split: str, download: bool) -> tuple[tuple[Tensor, Tensor], Path
 FULL_MNIST_SIZE = (60_000, 10_000)  # training and test images
 
 
-def _describe_found(train: int, test: int, sample_in: dict[str, Path]) -> str:
-    """What :func:`find_full_mnist` found, by its size and whether it is the embedded sample: a
-    folder of IDX files may hold a subset, or copies of the sample's files."""
+def _describe_found(train: int, test: int, sample_in: dict[str, Path]) -> tuple[str, str]:
+    """What :func:`find_full_mnist` found, by its size and whether it is the embedded sample (a
+    folder of IDX files may hold a subset, or copies of the sample's files): label and source."""
     found = f"{train:,} train / {test:,} test"
     where = " and ".join(sorted({str(folder) for folder in sample_in.values()}))
     if len(sample_in) == 2:
-        return f"the embedded MNIST sample ({found}; its files, found in {where})"
+        return EMBEDDED_SAMPLE, f"{EMBEDDED_SAMPLE} ({found}; its files, found in {where})"
     if (train, test) == FULL_MNIST_SIZE:
-        return f"full MNIST ({found})"
+        return FULL_MNIST, f"{FULL_MNIST} ({found})"
     copies = "".join(f"; the {split} files, in {folder}, are the embedded sample's" for split, folder in sample_in.items())
-    return f"MNIST files on disk ({found}; full MNIST has 60,000 / 10,000{copies})"
+    label = f"MNIST files on disk ({found})"
+    return label, f"{label[:-1]}; full MNIST has 60,000 / 10,000{copies})"
 
 
 def _require_full_size(train: int, test: int, sample_in: dict[str, Path], download: bool) -> None:
@@ -186,7 +203,7 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
         (train_x, train_y), (test_x, test_y) = full
         if data == "full" or download:
             _require_full_size(len(train_y), len(test_y), found.sample_in, download)
-        source = _describe_found(len(train_y), len(test_y), found.sample_in)
+        label, source = _describe_found(len(train_y), len(test_y), found.sample_in)
     elif download:
         raise DataUnavailable(f"full MNIST could not be downloaded ({reason}); check the network connection, "
                               "or drop --download to run on the embedded sample")
@@ -196,7 +213,7 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
     else:
         (train_x, train_y), (test_x, test_y) = embedded_sample()
         why = f"full MNIST: {reason.rstrip('.')}" if reason else "full MNIST was not found"
-        source = f"the embedded MNIST sample (8,000 train / 2,000 test; {why})"
+        label, source = EMBEDDED_SAMPLE, f"{EMBEDDED_SAMPLE} (8,000 train / 2,000 test; {why})"
     val_x, val_y = train_x[-settings.val_size:], train_y[-settings.val_size:]
     train_x, train_y = train_x[:-settings.val_size], train_y[:-settings.val_size]
     if settings.train_limit is not None:
@@ -204,7 +221,7 @@ def load_splits(settings: Settings, data: str = "auto", download: bool = False,
     if settings.test_limit is not None:
         test_x, test_y = test_x[: settings.test_limit], test_y[: settings.test_limit]
     splits = Splits(*(torch.as_tensor(t).contiguous() for t in (train_x, train_y, val_x, val_y, test_x, test_y)),
-                    source=source)
+                    source=source, label=label)
     _require_images(splits, settings.val_size)
     log(f"data: {splits.describe()}")
     return splits

@@ -116,7 +116,7 @@ class Lab:
     def binary_splits(self) -> Splits:
         s = self.splits
         parts = [binary_subset(x, y) for x, y in ((s.train_x, s.train_y), (s.val_x, s.val_y), (s.test_x, s.test_y))]
-        return Splits(*(t for pair in parts for t in pair), source=s.source + ", digits 3 and 7")
+        return Splits(*(t for pair in parts for t in pair), source=s.source + ", digits 3 and 7", label=s.label)
 
     def generator(self, *purpose: object) -> torch.Generator:
         return torch.Generator().manual_seed(derived_seed(self.seed, *purpose))

@@ -26,7 +26,7 @@ import fgsmkit as fk
 from fgsmkit import evaluation
 from fgsmkit.gradient import cross_entropy
 
-from .data import Splits
+from .data import DATA_OPTIONS, Splits
 from .settings import Settings
 
 KINDS = ("plain", "adversarial", "sign-noise", "uniform-noise", "l1")
@@ -151,9 +151,14 @@ class _Step:
 
 
 def fingerprint(splits: Splits, recipe: Recipe, settings: Settings, seed: int) -> str:
-    """What a checkpoint records of how its model is trained; only a run with the same one resumes it."""
+    """What a checkpoint records of how its model is trained; only a run with the same one resumes it.
+
+    The data is matched by its digest; its name (``data_name``, :attr:`Splits.label`) is recorded
+    beside it only to say, when a run refuses the checkpoint, which data it was trained on.
+    """
     return json.dumps({"recipe": asdict(recipe), "settings": settings.training_fields(), "seed": seed,
-                       "data": splits.digest, "training_version": TRAINING_VERSION}, sort_keys=True)
+                       "data": splits.digest, "data_name": splits.label, "training_version": TRAINING_VERSION},
+                      sort_keys=True)
 
 
 def _parsed(fingerprint: object) -> dict[str, Any] | None:
@@ -191,15 +196,19 @@ def check_resumable(name: str, splits: Splits, recipe: Recipe, settings: Setting
 
 
 def _require_same_run(path: Path, saved: dict[str, Any], expected: str, splits: Splits) -> None:
-    old, new = _parsed(saved.get("fingerprint")), _parsed(expected)
+    old, new = _parsed(saved.get("fingerprint")), json.loads(expected)
+    # Words, not the data: matched by the digest (checkpoints before the name was recorded lack it).
+    names = (old.pop("data_name", None) if old is not None else None), new.pop("data_name")
     if old is not None and old.get("data") not in (None, new["data"]) and old["data"] == splits.digest_with_test:
         old["data"] = new["data"]  # recorded before the digest left out the test split: the same training data
     if old != new:
-        raise CheckpointConflict(f"{path} was written by a run with {_differences(old, new)}")
+        raise CheckpointConflict(f"{path} was written by a run with {_differences(old, new, *names)}")
 
 
-def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
-    """How the run that wrote a checkpoint differs from this one, in words."""
+def _differences(old: dict[str, Any] | None, new: dict[str, Any], old_data: str | None = None,
+                 new_data: str = "") -> str:
+    """How the run that wrote a checkpoint differs from this one, in words; ``old_data`` and
+    ``new_data`` name their data (None where the checkpoint does not)."""
     if old is None:
         return "other settings"
     found = []
@@ -208,7 +217,7 @@ def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     if old.get("seed") != new["seed"]:
         found.append(f"another seed ({old.get('seed')}, this run {new['seed']})")
     if old.get("data") != new["data"]:
-        found.append("other data")
+        found.append(f"other data ({_other_data(old_data, new_data)})")
     for key, words in (("settings", "other settings"), ("recipe", "another recipe")):
         theirs = old.get(key) if isinstance(old.get(key), dict) else {}
         fields = [f"{field} {theirs.get(field)}, this run {value}" for field, value in new[key].items()
@@ -216,6 +225,18 @@ def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
         if fields:
             found.append(f"{words} ({'; '.join(fields[:3])}{'; ...' if len(fields) > 3 else ''})")
     return " and ".join(found) or "other settings"
+
+
+def _other_data(old: str | None, new: str) -> str:
+    """The checkpoint's data and this run's, and the ``--data`` value that selects the checkpoint's."""
+    if old is None:
+        return f"not named in the checkpoint; this run: {new}"
+    if old == new:
+        return f"{new} too, but other images"
+    option = DATA_OPTIONS.get(old)
+    fix = (f"--data {option} selects that data" if option
+           else "--data auto selects those files while they are on disk")
+    return f"that run: {old}, this run: {new}; {fix}"
 
 
 def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Recipe, settings: Settings,

@@ -264,6 +264,31 @@ def test_several_seeds_give_each_its_own_run_and_a_table_of_the_spread(smoke_run
     assert all(row["metric"] in markdown for row in spread["rows"])
 
 
+def test_one_seed_and_several_seeds_do_not_mix_in_one_folder(smoke_run: tuple[Path, dict], tmp_path: Path,
+                                                              capsys) -> None:
+    # One seed into the folder of a several-seed run ignored DIR/seed-N, trained every model again
+    # into DIR and left report.md beside spread.md; several seeds into the folder of one seed's
+    # run left that run's report behind.
+    several = tmp_path / "several"
+    shutil.copytree(smoke_run[0], several / "seed-0")
+    assert main([*SMOKE, "--out", str(several), "--seed", "0"]) == 2
+    printed, err = capsys.readouterr()
+    assert err.startswith(f"error: --out {several} holds a run of several seeds (seed-0); give --out "
+                          f"{several / 'seed-0'} to run or resume seed 0 as one of them")
+    assert "] epoch " not in printed and sorted(p.name for p in several.iterdir()) == ["seed-0"]
+    assert main([*SMOKE, "--out", str(several / "seed-0"), "--seed", "0"]) == 0  # as advised: resumed
+    assert "already trained" in capsys.readouterr().out
+
+    one = tmp_path / "one"
+    shutil.copytree(smoke_run[0], one)
+    before = sorted(p.name for p in one.iterdir())
+    assert main([*SMOKE, "--out", str(one), "--seed", "0,1"]) == 2
+    printed, err = capsys.readouterr()
+    assert err.startswith(f"error: --out {one} holds the run of one seed (report.md, report.json, checkpoints)")
+    assert f"move that run's files into {one / 'seed-0'} to resume it" in err
+    assert "] epoch " not in printed and sorted(p.name for p in one.iterdir()) == before
+
+
 def test_the_seed_changes_the_training(tmp_path: Path) -> None:
     settings = PRESETS["smoke"]
     splits = load_splits(settings, "sample", log=lambda line: None)

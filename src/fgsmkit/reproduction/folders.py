@@ -2,8 +2,11 @@
 
 A run writes ``report.md``, ``report.json``, the figures and ``checkpoints/`` into its folder,
 replacing files of those names, so it refuses a folder where such files were made by something
-else; other files (a log, a ``.gitignore``) are left alone, and an earlier run's folder is resumed. A run marks its folders with :data:`MARKER` before it trains anything;
-folders of runs made before the mark existed are known by what they hold.
+else; other files (a log, a ``.gitignore``) are left alone, and an earlier run's folder is resumed.
+A folder holds the run of one seed or the runs of several (``seed-N`` and ``spread.md``), never
+both: a run of the other kind is refused, with the ``--out`` or the move that resumes the run
+already there. A run marks its folders with :data:`MARKER` before it trains anything; folders of
+runs made before the mark existed are known by what they hold.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ def prepare(out: Path, seeds: list[int]) -> str | None:
         problem = _foreign(out, folder)
         if problem:
             return problem
+    problem = _other_layout(out, seeds)  # after _foreign: a report.md of the user's own is not a run's
+    if problem:
+        return problem
     for path in needed:
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -52,6 +58,43 @@ def prepare(out: Path, seeds: list[int]) -> str | None:
             return (f"{_where(out, path)} cannot be used for the report, figures and checkpoints ({error}); "
                     "give a folder that can be created and written")
     return None
+
+
+def _other_layout(out: Path, seeds: list[int]) -> str | None:
+    """Why ``out`` holds a run laid out for another number of seeds, or None.
+
+    One seed writes into ``out`` itself, several each into ``out/seed-N``: mixed in one folder,
+    a run of one seed retrained the models that ``out/seed-N`` held and left its report beside
+    the other run's ``spread.md``, and a run of several left the one seed's report behind.
+    """
+    if not out.is_dir():
+        return None
+    if len(seeds) == 1:
+        held = sorted(sub.name for sub in out.glob("seed-*") if sub.is_dir() and is_run_folder(sub))
+        held += [name for name in report.SPREAD_FILES if (out / name).is_file()]
+        if held:
+            listed = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            return (f"--out {out} holds a run of several seeds ({listed}); give --out {out / f'seed-{seeds[0]}'} "
+                    f"to run or resume seed {seeds[0]} as one of them, or another --out")
+        return None
+    held = [name for name in report.REPORT_FILES if (out / name).is_file()]
+    held += ["checkpoints"] if _holds_model_checkpoints(out / "checkpoints") else []
+    if not held:
+        return None
+    seed = _recorded_seed(out)
+    into = out / f"seed-{seed if seed is not None else 'N'}"
+    return (f"--out {out} holds the run of one seed ({', '.join(held)}), where a run of several seeds keeps each "
+            f"in {out / 'seed-N'}; move that run's files into {into}{'' if seed is not None else ' (N its seed)'} "
+            "to resume it as one of them, or give another --out")
+
+
+def _recorded_seed(folder: Path) -> int | None:
+    """The seed in ``folder/report.json``, or None."""
+    try:
+        seed = json.loads((folder / report.REPORT_FILES[1]).read_text(encoding="utf-8"))["meta"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seed if isinstance(seed, int) else None
 
 
 def _where(out: Path, path: Path) -> str:

@@ -169,7 +169,11 @@ def _parsed(fingerprint: object) -> dict[str, Any] | None:
         return None
     if not isinstance(found, dict):
         return None
-    # Checkpoints written before the version was recorded were trained by version 1's code.
+    # Checkpoints written before the version was recorded (2026-11-24 14:27 UTC) are read as version
+    # 1: the recorded run's (docs/reproduction, made at 52ede8c) were, and regenerating its report
+    # resumes them. Those from before e9d8456 (11:50 UTC that day) were not: their RBF network
+    # computed its distances otherwise, and its rbf.pt (same layout) resumes, while their maxout
+    # ones retrain (other parameter names). Nothing in the checkpoint tells the two apart.
     found.setdefault("training_version", 1)
     return found
 

@@ -583,7 +583,8 @@ def test_the_embedded_samples_files_on_disk_are_named_as_the_sample(tmp_path: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the description says it; the warning is not repeated
         splits = load_splits(PRESETS["smoke"], "auto", log=lambda line: None)
-    assert splits.source.startswith(f"the embedded MNIST sample (8,000 train / 2,000 test; its files, found in {folder})")
+    assert splits.source.startswith("the embedded MNIST sample (8,000 train / 2,000 test; its files, "
+                                    f"found in {folder})")
     sample = load_splits(PRESETS["smoke"], "sample", log=lambda line: None)
     assert splits.digest == sample.digest
     for data, download, refusal in (("auto", True, "--download asks for full MNIST"), ("full", False, "--data full")):

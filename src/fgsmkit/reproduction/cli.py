@@ -169,8 +169,8 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     for folder in {out, *seed_folders.values()}:
         folders.mark(folder)
-    meta = {"command": command_line(args, splits.option), "seed": args.seed[0], "data": splits.describe(), "machine": machine(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    meta = {"command": command_line(args, splits.option), "seed": args.seed[0], "data": splits.describe(),
+            "machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_time": "", "settings": settings.as_dict()}
     if len(args.seed) == 1:
         _run_seed(labs[args.seed[0]], meta, out, started, "this invocation", log)

@@ -125,14 +125,18 @@ def _describe_found(train: int, test: int, sample_in: dict[str, Path]) -> tuple[
     """What :func:`find_full_mnist` found, by its size and whether it is the embedded sample (a
     folder of IDX files may hold a subset, or copies of the sample's files): label and source."""
     found = f"{train:,} train / {test:,} test"
-    where = " and ".join(sorted({str(folder) for folder in sample_in.values()}))
     if len(sample_in) == 2:
-        return EMBEDDED_SAMPLE, f"{EMBEDDED_SAMPLE} ({found}; its files, found in {where})"
+        return EMBEDDED_SAMPLE, f"{EMBEDDED_SAMPLE} ({found}; its files, found in {_folders(sample_in)})"
     if (train, test) == FULL_MNIST_SIZE:
         return FULL_MNIST, f"{FULL_MNIST} ({found})"
-    copies = "".join(f"; the {split} files, in {folder}, are the embedded sample's" for split, folder in sample_in.items())
+    copies = "".join(f"; the {split} files, in {folder}, are the embedded sample's"
+                     for split, folder in sample_in.items())
     label = f"MNIST files on disk ({found})"
     return label, f"{label[:-1]}; full MNIST has 60,000 / 10,000{copies})"
+
+
+def _folders(sample_in: dict[str, Path]) -> str:
+    return " and ".join(sorted({str(folder) for folder in sample_in.values()}))
 
 
 def _require_full_size(train: int, test: int, sample_in: dict[str, Path], download: bool) -> None:
@@ -141,7 +145,7 @@ def _require_full_size(train: int, test: int, sample_in: dict[str, Path], downlo
     if (train, test) == FULL_MNIST_SIZE:
         return
     if len(sample_in) == 2:
-        where = " and ".join(sorted({str(folder) for folder in sample_in.values()}))
+        where = _folders(sample_in)
         found = f"the MNIST files in {where} are the embedded sample's (8,000 training / 2,000 test images)"
     else:
         from fgsmkit.datasets import MNIST, search_folders

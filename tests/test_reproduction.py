@@ -33,6 +33,14 @@ SMOKE = ["reproduce", "--smoke", "--data", "sample"]
 PACKAGE_ROOT = Path(fk.__file__).resolve().parents[1]
 
 
+def train_softmax(splits, settings, folder: Path, seed: int = 0) -> tuple[object, list[str]]:
+    """Softmax regression trained (or resumed) for one epoch into ``folder``, and what it logged."""
+    said: list[str] = []
+    trained = train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1), settings,
+                    seed, folder, log=said.append)
+    return trained, said
+
+
 def run_in_process(out: Path, seed: int = 0) -> dict:
     assert main([*SMOKE, "--out", str(out), "--seed", str(seed)]) == 0
     return json.loads((out / "report.json").read_text())
@@ -294,9 +302,7 @@ def test_the_seed_changes_the_training(tmp_path: Path) -> None:
     splits = load_splits(settings, "sample", log=lambda line: None)
 
     def weights(seed: int, folder: Path) -> torch.Tensor:
-        trained = train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1),
-                        settings, seed, folder, log=lambda line: None)
-        return trained.model.linear.weight.detach()
+        return train_softmax(splits, settings, folder, seed)[0].model.linear.weight.detach()
 
     a, b, a_again = weights(0, tmp_path / "a"), weights(1, tmp_path / "b"), weights(0, tmp_path / "c")
     assert torch.equal(a, a_again)
@@ -331,10 +337,7 @@ def test_resuming_depends_on_the_data_not_on_how_it_was_described(tmp_path: Path
     splits = load_splits(settings, "sample", log=lambda line: None)
 
     def run(data) -> list[str]:
-        said: list[str] = []
-        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), data, Recipe("plain", 1), settings, 0,
-              tmp_path, log=said.append)
-        return said
+        return train_softmax(data, settings, tmp_path)[1]
 
     run(splits)
     assert any("already trained" in line for line in run(dataclasses.replace(splits, source="said otherwise")))
@@ -345,8 +348,7 @@ def test_resuming_depends_on_the_data_not_on_how_it_was_described(tmp_path: Path
     with pytest.raises(CheckpointConflict, match="softmax.pt was written by a run with other data"):
         run(dataclasses.replace(splits, train_x=changed))
     with pytest.raises(CheckpointConflict, match=r"other settings \(lr 0.1, this run 0.05\)"):
-        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1),
-              dataclasses.replace(settings, lr=0.05), 0, tmp_path, log=lambda line: None)
+        train_softmax(splits, dataclasses.replace(settings, lr=0.05), tmp_path)
     assert (tmp_path / "softmax.pt").read_bytes() == kept
 
 
@@ -356,11 +358,7 @@ def test_another_test_limit_keeps_the_trained_models(tmp_path: Path) -> None:
     settings = PRESETS["smoke"]
 
     def run(settings) -> list[str]:
-        said: list[str] = []
-        splits = load_splits(settings, "sample", log=lambda line: None)
-        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1), settings, 0,
-              tmp_path, log=said.append)
-        return said
+        return train_softmax(load_splits(settings, "sample", log=lambda line: None), settings, tmp_path)[1]
 
     run(settings)
     assert any("already trained" in line for line in run(dataclasses.replace(settings, test_limit=150)))
@@ -375,10 +373,7 @@ def test_checkpoints_whose_data_digest_covers_the_test_split_still_resume(tmp_pa
     splits = load_splits(settings, "sample", log=lambda line: None)
 
     def run() -> list[str]:
-        said: list[str] = []
-        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1), settings, 0,
-              tmp_path, log=said.append)
-        return said
+        return train_softmax(splits, settings, tmp_path)[1]
 
     run()
     hashed = hashlib.sha256()
@@ -394,8 +389,7 @@ def test_checkpoints_whose_data_digest_covers_the_test_split_still_resume(tmp_pa
     # Another test split does not pass for the same data under the old digest.
     fewer = dataclasses.replace(splits, test_x=splits.test_x[:50], test_y=splits.test_y[:50])
     with pytest.raises(CheckpointConflict, match="other data"):
-        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), fewer, Recipe("plain", 1), settings, 0,
-              tmp_path, log=lambda line: None)
+        train_softmax(fewer, settings, tmp_path)
 
 
 def test_a_refusal_for_other_data_names_both_and_the_data_option_that_resumes(
@@ -445,10 +439,7 @@ def test_checkpoints_of_other_training_code_are_not_resumed(tmp_path: Path, monk
     splits = load_splits(settings, "sample", log=lambda line: None)
 
     def run() -> list[str]:
-        said: list[str] = []
-        train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1), settings, 0,
-              tmp_path, log=said.append)
-        return said
+        return train_softmax(splits, settings, tmp_path)[1]
 
     run()
     # A checkpoint from before the version was recorded counts as version 1, and resumes.
@@ -470,10 +461,8 @@ def test_a_damaged_checkpoint_is_named_and_retrained_not_a_traceback(tmp_path: P
     with pytest.raises(ValueError, match=rf"{path.name} cannot be read as a checkpoint"):
         fk.load_checkpoint(path)
     settings = PRESETS["smoke"]
-    said: list[str] = []
     splits = load_splits(settings, "sample", log=lambda line: None)
-    train("softmax", lambda: fk.models.SoftmaxRegression(784, 10), splits, Recipe("plain", 1), settings, 0,
-          tmp_path, log=said.append)
+    said = train_softmax(splits, settings, tmp_path)[1]
     assert any("cannot be read as a checkpoint" in line and "training from scratch" in line for line in said)
     assert fk.load_checkpoint(path)["done"]
 

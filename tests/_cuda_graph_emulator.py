@@ -91,6 +91,7 @@ class EmulatedGraph:
 
     captures = 0
     replays = 0
+    capture_error_modes: list[str] = []  # as each capture asked torch.cuda.graph
 
     def __init__(self) -> None:
         self.operations: list = []
@@ -115,6 +116,22 @@ class _Stream:
     def wait_stream(self, other: Any) -> None:
         pass
 
+    def wait_event(self, event: Any) -> None:
+        pass
+
+    def record_event(self, event: Any = None) -> object:
+        return object()
+
+
+class SideStream(_Stream):
+    """Stands in for ``torch.cuda.Stream``: a stream created rather than the current one."""
+
+    made = 0
+
+    def __init__(self, device: Any = None) -> None:
+        super().__init__(device)
+        SideStream.made += 1
+
 
 class StreamLog:
     """Which stream is current, as ``torch.cuda.stream`` contexts set and restore it."""
@@ -132,10 +149,12 @@ class StreamLog:
 
 
 @contextlib.contextmanager
-def _graph(graph: EmulatedGraph, pool: Any = None, stream: Any = None) -> Iterator[None]:
+def _graph(graph: EmulatedGraph, pool: Any = None, stream: Any = None,
+           capture_error_mode: str = "global") -> Iterator[None]:
     # As torch.cuda.graph: the capture stream becomes current, and a capture that fails leaves
     # it current (its exit stops at the failed capture_end).
     EmulatedGraph.captures += 1
+    EmulatedGraph.capture_error_modes.append(capture_error_mode)
     previous, StreamLog.current = StreamLog.current, stream if stream is not None else "capture"
     try:
         with _tensor_syncs_refused(), _Recorder(graph.operations):
@@ -152,7 +171,7 @@ def emulated_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[Emula
     """Run ``backend="cuda_graph"`` on CPU tensors, through the emulated graphs."""
     monkeypatch.setattr(torch.cuda, "CUDAGraph", EmulatedGraph)
     monkeypatch.setattr(torch.cuda, "graph", _graph)
-    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
+    monkeypatch.setattr(torch.cuda, "Stream", SideStream)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream())
     monkeypatch.setattr(torch.cuda, "stream", StreamLog.stream)
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
@@ -160,7 +179,10 @@ def emulated_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[Emula
     monkeypatch.setattr(_backends, "check_backend",
                         lambda backend, x, norm: "cuda_graph" if backend == "cuda_graph" else check(backend, x, norm))
     EmulatedGraph.captures = EmulatedGraph.replays = 0
+    EmulatedGraph.capture_error_modes = []
     StreamLog.current = "default"
     _backends._graphs.clear()
+    _backends._capture_streams.clear()
     yield EmulatedGraph
     _backends._graphs.clear()
+    _backends._capture_streams.clear()

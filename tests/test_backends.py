@@ -184,7 +184,7 @@ def _fail_with(error: Exception):
 
 
 @contextlib.contextmanager
-def _capture_end_fails(graph, pool=None, stream=None):
+def _capture_end_fails(graph, pool=None, stream=None, capture_error_mode="global"):
     """As torch.cuda.graph when the capture failed: capture_end raises, the failure is its context."""
     try:
         yield
@@ -286,6 +286,65 @@ def test_emulated_cuda_graph_follows_replaced_submodules_and_loss_fn_tensors(emu
     assert torch.equal(fk.pgd(model, x, y, loss_fn=loss_fn, backend="cuda_graph", **PGD),
                        fk.pgd(model, x, y, loss_fn=loss_fn, **PGD))
     assert emulated_cuda_graphs.captures == 4
+
+
+def test_emulated_cuda_graph_tells_a_replacement_from_the_freed_submodule_whose_id_it_took(emulated_cuda_graphs):
+    # The key held each submodule's id(): a new LeakyReLU given a freed one's id (CPython reuses
+    # addresses) matched that one's graph, and its old slope, baked into the kernels, was replayed.
+    torch.manual_seed(0)
+    model, (x, y) = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.LeakyReLU(), torch.nn.Linear(8, 4)), batch()
+    slopes = [0.01, 3.0, 0.5, -2.0, 1.5, 0.2]
+    ids = set()
+    for slope in slopes:
+        model[1] = torch.nn.LeakyReLU(slope)
+        ids.add(id(model[1]))
+        assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD)), slope
+    assert len(ids) < len(slopes)  # ids were reused: the case this test is about happened
+    assert emulated_cuda_graphs.captures == len(slopes)
+
+
+def test_emulated_cuda_graph_serves_threads_one_call_at_a_time(emulated_cuda_graphs):
+    # One graph's static buffers served every thread at once: a thread's inputs were overwritten
+    # by another's between its copy and its replay, and it got an attack on the other's batch.
+    import threading
+
+    torch.manual_seed(0)
+    model = fk.models.MaxoutMLP(in_features=64, hidden=(256, 256), pieces=3, num_classes=4).eval()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.rand(256, 64, generator=g) for _ in range(2)]
+    ys = [torch.randint(0, 4, (256,), generator=g) for _ in range(2)]
+    settings = dict(eps=0.1, step_size=0.02, steps=8, random_start=False)
+    expected = [fk.pgd(model, x, y, **settings) for x, y in zip(xs, ys)]
+    fk.pgd(model, xs[0], ys[0], backend="cuda_graph", **settings)
+    wrong = [0, 0]
+
+    def attack(i: int) -> None:
+        for _ in range(20):
+            wrong[i] += not torch.equal(fk.pgd(model, xs[i], ys[i], backend="cuda_graph", **settings), expected[i])
+
+    threads = [threading.Thread(target=attack, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == [0, 0]
+    assert emulated_cuda_graphs.captures == 1 and emulated_cuda_graphs.replays == 41
+
+
+def test_emulated_cuda_graph_captures_on_one_stream_in_thread_local_mode(emulated_cuda_graphs):
+    # Each capture made a new side stream (cuBLAS then keeps a workspace for each), and captured
+    # in "global" mode, where a DataLoader's pin_memory thread calling CUDA breaks the capture.
+    from _cuda_graph_emulator import SideStream
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    made = SideStream.made
+    for size in (4, 6, 8):
+        x, y = torch.rand(size, 12), torch.randint(0, 4, (size,))
+        fk.pgd(model, x, y, backend="cuda_graph", **PGD)
+    assert emulated_cuda_graphs.captures == 3
+    assert emulated_cuda_graphs.capture_error_modes == ["thread_local"] * 3
+    assert SideStream.made - made == 1
 
 
 @contextlib.contextmanager

@@ -3,7 +3,9 @@
 Every backend runs the same step maths (:func:`._walk.take_step`, or for ``"compile"`` its
 L-inf case over tensors only, built from the same helpers) and the same input gradient
 (:class:`~fgsmkit.gradient.Objective`), and gives bit-identical results (for models without
-random layers in training mode, such as dropout, whose draws may differ between backends):
+random layers in training mode, such as dropout, whose draws may differ between backends, and
+with deterministic kernels: on CUDA, cuDNN's convolutions need
+``torch.backends.cudnn.deterministic``):
 
 - ``"eager"``: plain PyTorch, one kernel per operation.
 - ``"compile"``: the attack step (sign, scale, add, projection onto the ball and the box) fused
@@ -15,9 +17,12 @@ random layers in training mode, such as dropout, whose draws may differ between 
   ``nn.Module``) where they are, so in-place updates (an optimizer step, ``load_state_dict``)
   are seen, and new tensors or a replaced submodule make a new graph. The model must be an
   ``nn.Module`` whose forward is capturable (no host synchronisation, no data-dependent control
-  flow, buffers updated in place rather than replaced), like the paper's models. Python numbers,
-  and tensors kept as plain attributes rather than registered as parameters or buffers, that the
-  forward or ``loss_fn`` read are frozen into the graph: replacing one is not seen.
+  flow, buffers updated in place rather than replaced), like the paper's models. Python numbers
+  that the forward or ``loss_fn`` read are frozen into the graph. Tensors kept as plain
+  attributes rather than registered as parameters or buffers are read at the address they had
+  at capture, which the graph does not keep alive: an in-place update is seen, a replacement
+  leaves the graph reading freed memory. Calls from several threads, or on several streams,
+  take turns on a graph's static buffers.
 - ``"auto"``: ``"eager"``. The fused paths are opt-in until they are measured on a GPU
   (docs/benchmarks/gpu.md).
 """
@@ -30,6 +35,7 @@ import inspect
 import itertools
 import math
 import sys
+import threading
 import warnings
 import weakref
 from collections import OrderedDict
@@ -149,6 +155,11 @@ def fast_gradient_step_for(backend: str) -> Callable[[Ball, Tensor], Tensor]:
 
 # model -> OrderedDict(key -> _CapturedWalk), most recently used last.
 _graphs: weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple, _CapturedWalk]] = weakref.WeakKeyDictionary()
+# One graph's static buffers serve every call with its key: calls from several threads take turns.
+_graphs_lock = threading.Lock()
+# The stream each device's graphs are warmed up and captured on: one per device, since cuBLAS
+# keeps a workspace per stream it has run on, for good.
+_capture_streams: dict[torch.device, torch.cuda.Stream] = {}
 
 
 def graphed_walk(objective: Objective, ball: Ball, start: Tensor, step_size: Tensor, steps: int) -> Tensor:
@@ -164,11 +175,11 @@ def graphed_walk(objective: Objective, ball: Ball, start: Tensor, step_size: Ten
     model = objective.model
     assert isinstance(model, nn.Module) and objective.y is not None
     key = _graph_key(objective, ball, x_adv, step_size, steps - 1)
-    cached = _graphs.setdefault(model, OrderedDict())
-    walk = cached.pop(key, None)
     # Outside inference_mode (an evaluation loop's): the static buffers must accept new values
     # on later calls, and inference tensors would be copied behind the graph's back.
-    with torch.inference_mode(False), torch.cuda.device(x_adv.device):
+    with _graphs_lock, torch.inference_mode(False), torch.cuda.device(x_adv.device):
+        cached = _graphs.setdefault(model, OrderedDict())
+        walk = cached.pop(key, None)
         if walk is None:
             walk = _CapturedWalk(objective, ball, x_adv, step_size, steps - 1)
             while len(cached) >= GRAPHS_PER_MODEL:
@@ -185,8 +196,7 @@ def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tenso
     """What the captured kernels depend on besides the values in the static buffers.
 
     Python numbers, and tensors kept as plain attributes, that the model's forward or ``loss_fn``
-    read are not in it: they are frozen into the graph (the documented limit of
-    ``backend="cuda_graph"``).
+    read are not in it (the documented limit of ``backend="cuda_graph"``).
     """
     model, loss_fn = objective.model, objective.loss_fn
     assert isinstance(model, nn.Module)
@@ -195,8 +205,9 @@ def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tenso
         type(ball), steps, objective.targeted, _weakly(loss_fn), objective.rescaled_over,
         _signature(ball.x), _signature(x_adv), _signature(objective.y), _signature(ball.eps), _signature(step_size),
         None if box is None else (_signature(box.low), _signature(box.high)),
-        # Which submodules it holds (one replaced by another, parameter-free, changes no tensor).
-        tuple((type(m), id(m), m.training, *map(tuple, _hook_dicts(m))) for m in model.modules()),
+        # Which submodules it holds (one replaced by another, parameter-free, changes no tensor);
+        # by weak reference, not id(): a replacement may be given a freed submodule's id.
+        tuple((type(m), weakref.ref(m), m.training, *map(tuple, _hook_dicts(m))) for m in model.modules()),
         tuple(map(tuple, _hook_dicts(nn.modules.module))),  # hooks registered for every module
         _tensor_places(model), _tensor_places(loss_fn) if isinstance(loss_fn, nn.Module) else None,
         _autocast_state(), _precision_flags(),
@@ -333,7 +344,7 @@ class _CapturedWalk:
         assert isinstance(model, nn.Module)
         tensors_before = _module_tensors(model)
         # Warm up on a side stream (as torch.cuda.graphs requires), then capture on that stream.
-        side = torch.cuda.Stream(device=start.device)
+        side = _capture_stream(start.device)
         side.wait_stream(torch.cuda.current_stream(start.device))
         with torch.cuda.stream(side), _without_autocast_cache():
             walk()
@@ -348,9 +359,15 @@ class _CapturedWalk:
             )
         self.graph = torch.cuda.CUDAGraph()
         self.output = _captured(self.graph, walk, side)
+        self.done: torch.cuda.Event | None = None  # recorded once the last call's output was copied
 
     def __call__(self, y: Tensor, ball: Ball, start: Tensor, step_size: Tensor) -> Tensor:
         static = self.inputs
+        stream = torch.cuda.current_stream(start.device)
+        if self.done is not None:
+            # The last call may have run on another stream: its replay must have read the static
+            # buffers, and its output been copied, before this call overwrites them.
+            stream.wait_event(self.done)
         for name, value in (("x", ball.x), ("eps", ball.eps), ("start", start), ("step_size", step_size),
                             ("y", y)):
             static[name].copy_(value)
@@ -358,7 +375,15 @@ class _CapturedWalk:
             static["low"].copy_(ball.box.low)
             static["high"].copy_(ball.box.high)
         self.graph.replay()
-        return self.output.clone()
+        output = self.output.clone()
+        self.done = stream.record_event()
+        return output
+
+
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    if device not in _capture_streams:
+        _capture_streams[device] = torch.cuda.Stream(device=device)
+    return _capture_streams[device]
 
 
 def _module_tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
@@ -380,7 +405,10 @@ def _captured(graph: torch.cuda.CUDAGraph, walk: Callable[[], Tensor], stream: t
     try:
         # The outer stream context puts the caller's stream back even when the capture fails
         # (torch.cuda.graph's own exit stops at the failed capture_end).
-        with torch.cuda.stream(stream), _without_autocast_cache(), torch.cuda.graph(graph, stream=stream):
+        # thread_local: CUDA calls of the caller's other threads (a DataLoader's pin_memory
+        # thread) must not invalidate this capture, as the default "global" mode lets them.
+        with torch.cuda.stream(stream), _without_autocast_cache(), \
+                torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
             return walk()
     except torch.cuda.OutOfMemoryError:
         raise

@@ -62,12 +62,15 @@ def fgsm(
         Run the model in eval mode during the attack (its mode is restored afterwards).
     backend : {"auto", "eager", "compile", "cuda_graph"}
         How the attack's steps run; every backend gives bit-identical results (unless the
-        model draws random numbers, e.g. dropout in training mode). ``"compile"``
+        model draws random numbers, e.g. dropout in training mode, or runs kernels that are
+        not deterministic, e.g. cuDNN convolutions on CUDA without
+        ``torch.backends.cudnn.deterministic``). ``"compile"``
         fuses the L-inf step (sign, scale, add, projection, clip) into one kernel with
         ``torch.compile`` (the first call compiles, which takes seconds). ``"cuda_graph"``
         (CUDA, an ``nn.Module`` with static shapes and no host synchronisation in its forward;
-        Python numbers, and tensors kept as plain attributes rather than parameters or buffers,
-        that its forward or ``loss_fn`` read are frozen into the graph)
+        Python numbers that its forward or ``loss_fn`` read are frozen into the graph, and
+        tensors kept as plain attributes rather than parameters or buffers are read where they
+        lay at capture: update those in place, never replace them)
         captures the steps after the first once and replays them, which removes the launch
         cost of small models; the graph is cached per model and input shape. ``"auto"`` is
         ``"eager"``.

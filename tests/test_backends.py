@@ -347,6 +347,25 @@ def test_emulated_cuda_graph_captures_on_one_stream_in_thread_local_mode(emulate
     assert SideStream.made - made == 1
 
 
+def test_emulated_cuda_graph_frees_the_oldest_graph_before_capturing_a_new_one(emulated_cuda_graphs, monkeypatch):
+    # The oldest graph was evicted after the new one's capture: GRAPHS_PER_MODEL + 1 memory pools
+    # were held at once, at the moment the capture needed memory.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    held = []
+    capture = _backends._CapturedWalk.__init__
+
+    def counting(self, *args, **kwargs):
+        held.append(len(_backends._graphs.get(model, ())))
+        capture(self, *args, **kwargs)
+
+    monkeypatch.setattr(_backends._CapturedWalk, "__init__", counting)
+    for size in range(4, 4 + _backends.GRAPHS_PER_MODEL + 2):
+        fk.pgd(model, torch.rand(size, 12), torch.randint(0, 4, (size,)), backend="cuda_graph", **PGD)
+    assert held == [0, 1, 2, 3, 3, 3]
+    assert len(_backends._graphs[model]) == _backends.GRAPHS_PER_MODEL
+
+
 @contextlib.contextmanager
 def _switched(owner: object, name: str, value: object):
     # By hand: monkeypatch deletes, rather than restores, what torch's cuBLAS settings object

@@ -181,9 +181,10 @@ def graphed_walk(objective: Objective, ball: Ball, start: Tensor, step_size: Ten
         cached = _graphs.setdefault(model, OrderedDict())
         walk = cached.pop(key, None)
         if walk is None:
-            walk = _CapturedWalk(objective, ball, x_adv, step_size, steps - 1)
+            # Evicted first: each graph holds a memory pool, and the new one's capture needs room.
             while len(cached) >= GRAPHS_PER_MODEL:
                 cached.popitem(last=False)
+            walk = _CapturedWalk(objective, ball, x_adv, step_size, steps - 1)
         cached[key] = walk
         return walk(objective.y, ball, x_adv, step_size)
 

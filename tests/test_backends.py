@@ -303,6 +303,75 @@ def test_emulated_cuda_graph_tells_a_replacement_from_the_freed_submodule_whose_
     assert emulated_cuda_graphs.captures == len(slopes)
 
 
+class _Scaled(torch.nn.Module):
+    """Logits times ``scale``, a tensor kept as a plain attribute (neither parameter nor buffer)."""
+
+    def __init__(self, inner: torch.nn.Module, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.inner, self.scale = inner, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.scale
+
+
+class _Tempered(torch.nn.Module):
+    """A loss_fn module with a Python number attribute: cross-entropy at ``temperature``."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits / self.temperature, target, reduction="none")
+
+
+def test_emulated_cuda_graph_follows_numbers_and_plain_tensors_held_by_modules(emulated_cuda_graphs):
+    # Numbers the forward reads (a LeakyReLU's slope set on the same module, a loss_fn module's
+    # temperature) were frozen into the graph, and a plain tensor attribute was read where the
+    # replaced tensor lay: the old graph was replayed, silently.
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.LeakyReLU(0.01), torch.nn.Linear(8, 4))
+    model, (x, y) = _Scaled(layers, torch.tensor([1.0, 2.0, 0.5, 1.0])), batch()
+    loss_fn = _Tempered(1.0)
+
+    def same_as_eager() -> bool:
+        return torch.equal(fk.pgd(model, x, y, loss_fn=loss_fn, backend="cuda_graph", **PGD),
+                           fk.pgd(model, x, y, loss_fn=loss_fn, **PGD))
+
+    assert same_as_eager()
+    layers[1].negative_slope = 3.0  # the same module, another number
+    assert same_as_eager()
+    model.scale = torch.tensor([0.25, 4.0, 1.0, -1.0])  # a new tensor, not an in-place update
+    assert same_as_eager()
+    loss_fn.temperature = 0.1
+    assert same_as_eager()
+    assert emulated_cuda_graphs.captures == 4
+    model.scale.mul_(2.0)  # in place: read by the same graph
+    assert same_as_eager()
+    assert emulated_cuda_graphs.captures == 4
+
+
+class _KeepsLogits(torch.nn.Module):
+    """Keeps its last output as a plain attribute, as feature-extraction code does."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.last = inner, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last = self.inner(x)
+        return self.last
+
+
+def test_emulated_cuda_graph_reuses_its_graph_for_a_model_that_keeps_its_outputs(emulated_cuda_graphs):
+    # A tensor the forward computed and kept is an output, not an input of the graph: keyed by
+    # its address, it would make a new graph on every call.
+    model, (x, y) = _KeepsLogits(small_model()), batch()
+    for _ in range(3):
+        assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+    assert emulated_cuda_graphs.captures == 1
+
+
 def test_emulated_cuda_graph_serves_threads_one_call_at_a_time(emulated_cuda_graphs):
     # One graph's static buffers served every thread at once: a thread's inputs were overwritten
     # by another's between its copy and its replay, and it got an attack on the other's batch.

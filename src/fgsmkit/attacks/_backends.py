@@ -17,12 +17,13 @@ with deterministic kernels: on CUDA, cuDNN's convolutions need
   ``nn.Module``) where they are, so in-place updates (an optimizer step, ``load_state_dict``)
   are seen, and new tensors or a replaced submodule make a new graph. The model must be an
   ``nn.Module`` whose forward is capturable (no host synchronisation, no data-dependent control
-  flow, buffers updated in place rather than replaced), like the paper's models. Python numbers
-  that the forward or ``loss_fn`` read are frozen into the graph. Tensors kept as plain
-  attributes rather than registered as parameters or buffers are read at the address they had
-  at capture, which the graph does not keep alive: an in-place update is seen, a replacement
-  leaves the graph reading freed memory. Calls from several threads, or on several streams,
-  take turns on a graph's static buffers.
+  flow, buffers updated in place rather than replaced), like the paper's models. The numbers
+  and plain tensors (neither parameters nor buffers) that the modules hold as attributes are
+  in the key too: a number is frozen into the captured kernels, a tensor is read at the
+  address it had at capture (an in-place update is seen), so a new number or a replaced tensor
+  makes a new graph. Numbers and tensors that the forward or ``loss_fn`` read from anywhere
+  else (globals, closures, other objects) are frozen into the graph. Calls from several
+  threads, or on several streams, take turns on a graph's static buffers.
 - ``"auto"``: ``"eager"``. The fused paths are opt-in until they are measured on a GPU
   (docs/benchmarks/gpu.md).
 """
@@ -196,8 +197,9 @@ def _signature(t: Tensor | None) -> tuple | None:
 def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tensor, steps: int) -> tuple:
     """What the captured kernels depend on besides the values in the static buffers.
 
-    Python numbers, and tensors kept as plain attributes, that the model's forward or ``loss_fn``
-    read are not in it (the documented limit of ``backend="cuda_graph"``).
+    Numbers and tensors that the model's forward or ``loss_fn`` read from anywhere but the
+    modules' own attributes (globals, closures, other objects) are not in it (the documented
+    limit of ``backend="cuda_graph"``).
     """
     model, loss_fn = objective.model, objective.loss_fn
     assert isinstance(model, nn.Module)
@@ -206,13 +208,62 @@ def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tenso
         type(ball), steps, objective.targeted, _weakly(loss_fn), objective.rescaled_over,
         _signature(ball.x), _signature(x_adv), _signature(objective.y), _signature(ball.eps), _signature(step_size),
         None if box is None else (_signature(box.low), _signature(box.high)),
-        # Which submodules it holds (one replaced by another, parameter-free, changes no tensor);
-        # by weak reference, not id(): a replacement may be given a freed submodule's id.
-        tuple((type(m), weakref.ref(m), m.training, *map(tuple, _hook_dicts(m))) for m in model.modules()),
+        _submodules(model), _submodules(loss_fn) if isinstance(loss_fn, nn.Module) else None,
         tuple(map(tuple, _hook_dicts(nn.modules.module))),  # hooks registered for every module
         _tensor_places(model), _tensor_places(loss_fn) if isinstance(loss_fn, nn.Module) else None,
         _autocast_state(), _precision_flags(),
     )
+
+
+def _submodules(module: nn.Module) -> tuple:
+    """Which submodules ``module`` holds, in which mode, with which hooks, and the values of their
+    own attributes that the captured kernels may have taken in."""
+    # Which submodules: one replaced by another, parameter-free, changes no tensor. By weak
+    # reference, not id(): a replacement may be given a freed submodule's id.
+    return tuple((type(m), weakref.ref(m), m.training, *map(tuple, _hook_dicts(m)), _held_values(m))
+                 for m in module.modules())
+
+
+# What nn.Module keeps in every instance's __dict__ for itself (hooks, registries, the mode),
+# keyed apart or never read by a forward.
+_MODULE_BOOKKEEPING = frozenset(vars(nn.Module()))
+_UNKEYED = object()  # an attribute the key leaves out
+
+
+def _held_values(module: nn.Module) -> tuple:
+    """The numbers and plain tensors ``module`` keeps as its own attributes (``negative_slope``,
+    a tensor that is neither parameter nor buffer), as the graph depends on them.
+
+    A number its forward reads is frozen into the captured kernels, and so is a CPU scalar
+    tensor's value; any other tensor is read at its captured address, which the graph does not
+    keep alive. A change of number or a replaced tensor must make a new graph.
+    """
+    held = []
+    for name, value in vars(module).items():
+        if name not in _MODULE_BOOKKEEPING:
+            frozen = _frozen(value)
+            if frozen is not _UNKEYED:
+                held.append((name, frozen))
+    return tuple(held)
+
+
+def _frozen(value: object) -> object:
+    """``value`` as the captured graph depends on it, or :data:`_UNKEYED` for what the key leaves out."""
+    if isinstance(value, Tensor):
+        if value.grad_fn is not None:
+            return _UNKEYED  # computed by a forward (an activation kept for later), not read by one
+        if value.device.type == "cpu" and value.numel() == 1:
+            return "cpu scalar", value.dtype, _frozen(value.item())  # passed to CUDA kernels by value
+        return "tensor", value.data_ptr(), _signature(value)
+    if isinstance(value, (float, complex)):
+        # By repr: NaN equals nothing, itself included, and -0.0 == 0.0 though x * -0.0 differs.
+        return type(value), repr(value)
+    if value is None or isinstance(value, (bool, int, str, torch.dtype, torch.device)):
+        return type(value), value  # by type too: True == 1 == 1.0, yet they promote differently
+    if isinstance(value, (tuple, list)):
+        parts = tuple(map(_frozen, value))
+        return _UNKEYED if any(part is _UNKEYED for part in parts) else (type(value), parts)
+    return _UNKEYED
 
 
 def _tensor_places(module: nn.Module) -> tuple:

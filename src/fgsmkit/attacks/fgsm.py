@@ -68,9 +68,9 @@ def fgsm(
         fuses the L-inf step (sign, scale, add, projection, clip) into one kernel with
         ``torch.compile`` (the first call compiles, which takes seconds). ``"cuda_graph"``
         (CUDA, an ``nn.Module`` with static shapes and no host synchronisation in its forward;
-        Python numbers that its forward or ``loss_fn`` read are frozen into the graph, and
-        tensors kept as plain attributes rather than parameters or buffers are read where they
-        lay at capture: update those in place, never replace them)
+        numbers and tensors that the modules of the model or of ``loss_fn`` hold as attributes
+        are followed, a change making a new graph, but those its forward or ``loss_fn`` read
+        from elsewhere, such as globals or closures, are frozen into the graph)
         captures the steps after the first once and replays them, which removes the launch
         cost of small models; the graph is cached per model and input shape. ``"auto"`` is
         ``"eager"``.

@@ -363,13 +363,23 @@ class _KeepsLogits(torch.nn.Module):
         return self.last
 
 
-def test_emulated_cuda_graph_reuses_its_graph_for_a_model_that_keeps_its_outputs(emulated_cuda_graphs):
-    # A tensor the forward computed and kept is an output, not an input of the graph: keyed by
-    # its address, it would make a new graph on every call.
-    model, (x, y) = _KeepsLogits(small_model()), batch()
+@pytest.mark.parametrize("frozen", [False, True])
+def test_emulated_cuda_graph_reuses_its_graph_for_models_whose_forward_sets_attributes(emulated_cuda_graphs, frozen):
+    # What a forward writes into its modules' attributes (its last outputs; the weight that
+    # spectral_norm computes before each forward, without a grad_fn once the parameters are
+    # frozen) is not an input of the graph: keyed by its address, it made a new graph per call.
+    torch.manual_seed(0)
+    normed = torch.nn.utils.spectral_norm(torch.nn.Linear(12, 8))
+    model = _KeepsLogits(torch.nn.Sequential(normed, torch.nn.LeakyReLU(0.01), torch.nn.Linear(8, 4))).eval()
+    model.requires_grad_(not frozen)
+    x, y = batch()
     for _ in range(3):
         assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
     assert emulated_cuda_graphs.captures == 1
+    model.inner[2].out_features = 4  # unchanged: still no new graph
+    model.inner[1].negative_slope = 0.5  # a number the forward reads: a new graph
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+    assert emulated_cuda_graphs.captures == 2
 
 
 def test_emulated_cuda_graph_serves_threads_one_call_at_a_time(emulated_cuda_graphs):

@@ -186,6 +186,8 @@ def graphed_walk(objective: Objective, ball: Ball, start: Tensor, step_size: Ten
             while len(cached) >= GRAPHS_PER_MODEL:
                 cached.popitem(last=False)
             walk = _CapturedWalk(objective, ball, x_adv, step_size, steps - 1)
+            if walk.found_written:  # attributes its forward writes: keyed without them from now on
+                key = _graph_key(objective, ball, x_adv, step_size, steps - 1)
         cached[key] = walk
         return walk(objective.y, ball, x_adv, step_size)
 
@@ -228,6 +230,9 @@ def _submodules(module: nn.Module) -> tuple:
 # keyed apart or never read by a forward.
 _MODULE_BOOKKEEPING = frozenset(vars(nn.Module()))
 _UNKEYED = object()  # an attribute the key leaves out
+# module -> the attributes its forward (or a hook around it) was seen to write during a capture:
+# outputs, not inputs, of the graph (its last activations; the weight that spectral_norm computes).
+_written: weakref.WeakKeyDictionary[nn.Module, set[str]] = weakref.WeakKeyDictionary()
 
 
 def _held_values(module: nn.Module) -> tuple:
@@ -236,22 +241,40 @@ def _held_values(module: nn.Module) -> tuple:
 
     A number its forward reads is frozen into the captured kernels, and so is a CPU scalar
     tensor's value; any other tensor is read at its captured address, which the graph does not
-    keep alive. A change of number or a replaced tensor must make a new graph.
+    keep alive. A change of number or a replaced tensor must make a new graph. Attributes the
+    forward itself writes are left out: keyed, they would make a new graph on every call.
     """
+    written = _written.get(module, ())
     held = []
     for name, value in vars(module).items():
-        if name not in _MODULE_BOOKKEEPING:
+        if name not in _MODULE_BOOKKEEPING and name not in written:
             frozen = _frozen(value)
             if frozen is not _UNKEYED:
                 held.append((name, frozen))
     return tuple(held)
 
 
+def _learn_written(modules: list[nn.Module], before: list[dict[str, object]]) -> bool:
+    """Record the attributes of ``modules`` that no longer hold the objects they held in
+    ``before`` (copies of their ``__dict__`` taken before a forward ran); whether there were any.
+
+    By identity: the copies keep the old objects alive, so a new tensor cannot take an old one's
+    address, as it can once the old one is freed.
+    """
+    found = False
+    for module, then in zip(modules, before):
+        now = vars(module)
+        changed = {name for name in (then.keys() | now.keys()) - _MODULE_BOOKKEEPING
+                   if then.get(name, _UNKEYED) is not now.get(name, _UNKEYED)}
+        if changed:
+            _written.setdefault(module, set()).update(changed)
+            found = True
+    return found
+
+
 def _frozen(value: object) -> object:
     """``value`` as the captured graph depends on it, or :data:`_UNKEYED` for what the key leaves out."""
     if isinstance(value, Tensor):
-        if value.grad_fn is not None:
-            return _UNKEYED  # computed by a forward (an activation kept for later), not read by one
         if value.device.type == "cpu" and value.numel() == 1:
             return "cpu scalar", value.dtype, _frozen(value.item())  # passed to CUDA kernels by value
         return "tensor", value.data_ptr(), _signature(value)
@@ -395,12 +418,16 @@ class _CapturedWalk:
         model = objective.model
         assert isinstance(model, nn.Module)
         tensors_before = _module_tensors(model)
+        modules = [*model.modules(), *(objective.loss_fn.modules() if isinstance(objective.loss_fn, nn.Module) else ())]
+        held_before = [dict(vars(m)) for m in modules]
         # Warm up on a side stream (as torch.cuda.graphs requires), then capture on that stream.
         side = _capture_stream(start.device)
         side.wait_stream(torch.cuda.current_stream(start.device))
         with torch.cuda.stream(side), _without_autocast_cache():
             walk()
         torch.cuda.current_stream(start.device).wait_stream(side)
+        # Attributes the warm-up's forwards wrote are the graph's outputs, not its inputs.
+        self.found_written = _learn_written(modules, held_before)
         # Found on the eager warm-up, before any capture: a capture only records kernels, so a
         # tensor bound during it would hold memory that was never computed.
         if not _same_tensors(_module_tensors(model), tensors_before):

@@ -351,6 +351,54 @@ def test_emulated_cuda_graph_follows_numbers_and_plain_tensors_held_by_modules(e
     assert emulated_cuda_graphs.captures == 4
 
 
+class _Graph(torch.nn.Module):
+    """Features mixed along a sparse adjacency matrix kept as a plain attribute (a GCN layer)."""
+
+    def __init__(self, adjacency: torch.Tensor) -> None:
+        super().__init__()
+        self.adjacency, self.linear = adjacency, torch.nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.sparse.mm(self.adjacency, x))
+
+
+def test_emulated_cuda_graph_follows_sparse_tensors_and_numpy_numbers_held_by_modules(emulated_cuda_graphs):
+    # A sparse tensor held as an attribute made the key raise (it has no data pointer of its
+    # own), and NumPy numbers were left out of it: the old graph kept the old number.
+    import numpy as np
+
+    torch.manual_seed(0)
+    x, y = batch()
+    adjacency = torch.eye(10).roll(1, 0).add(torch.eye(10)).to_sparse()
+    model = _Graph(adjacency)
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+    model.adjacency = torch.eye(10).to_sparse()
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+    assert emulated_cuda_graphs.captures == 2
+    scaled = _Scaled(small_model(), np.float32(1.0))
+    fk.pgd(scaled, x, y, backend="cuda_graph", **PGD)
+    for scale in (np.float32(-3.0), np.int64(2), np.bool_(True)):
+        scaled.scale = scale
+        assert torch.equal(fk.pgd(scaled, x, y, backend="cuda_graph", **PGD), fk.pgd(scaled, x, y, **PGD)), scale
+    assert emulated_cuda_graphs.captures == 6
+
+
+def test_cuda_graph_key_holds_cpu_scalar_parameters_and_buffers_by_value():
+    # A CUDA kernel takes a CPU scalar tensor by value: one updated in place (a loss_fn module
+    # left on the CPU, its temperature a buffer) is frozen into the graph, yet the key held only
+    # its address. The emulator runs on the CPU, where the replay reads it, so this is on the key.
+    loss_fn = torch.nn.Module()
+    loss_fn.register_buffer("temperature", torch.tensor(1.0))
+    before = _backends._tensor_places(loss_fn)
+    loss_fn.temperature.fill_(2.0)
+    assert _backends._tensor_places(loss_fn) != before
+    layer = torch.nn.Linear(12, 4)  # no scalar: an in-place update keeps the key (and the graph)
+    before = _backends._tensor_places(layer)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    assert _backends._tensor_places(layer) == before
+
+
 class _KeepsLogits(torch.nn.Module):
     """Keeps its last output as a plain attribute, as feature-extraction code does."""
 

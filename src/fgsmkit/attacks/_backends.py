@@ -15,15 +15,19 @@ with deterministic kernels: on CUDA, cuDNN's convolutions need
   replayed, so that kernel launches cost nothing. The graph is cached per model, input shape and
   settings; it reads the parameters and buffers of the model (and of a ``loss_fn`` that is an
   ``nn.Module``) where they are, so in-place updates (an optimizer step, ``load_state_dict``)
-  are seen, and new tensors or a replaced submodule make a new graph. The model must be an
+  are seen (but for CPU scalars, whose values CUDA kernels take in: a new value makes a new
+  graph), and new tensors or a replaced submodule make a new graph. The model must be an
   ``nn.Module`` whose forward is capturable (no host synchronisation, no data-dependent control
   flow, buffers updated in place rather than replaced), like the paper's models. The numbers
-  and plain tensors (neither parameters nor buffers) that the modules hold as attributes are
-  in the key too: a number is frozen into the captured kernels, a tensor is read at the
-  address it had at capture (an in-place update is seen), so a new number or a replaced tensor
-  makes a new graph. Numbers and tensors that the forward or ``loss_fn`` read from anywhere
-  else (globals, closures, other objects) are frozen into the graph. Calls from several
-  threads, or on several streams, take turns on a graph's static buffers.
+  (Python's and NumPy's), strings, short tuples of them and plain tensors (neither parameters
+  nor buffers; sparse ones too) that the modules hold as attributes are in the key as well: a
+  number is frozen into the captured kernels, a tensor is read at the address it had at
+  capture (an in-place update is seen), so a new number or a replaced tensor makes a new
+  graph. What the forward itself writes into an attribute (its last activations, the weight
+  ``spectral_norm`` computes) is found on the warm-up and left out. Numbers and tensors that
+  the forward or ``loss_fn`` read from anywhere else (globals, closures, dicts, other objects,
+  a TorchScript module's attributes) are frozen into the graph. Calls from several threads, or
+  on several streams, take turns on a graph's static buffers.
 - ``"auto"``: ``"eager"``. The fused paths are opt-in until they are measured on a GPU
   (docs/benchmarks/gpu.md).
 """
@@ -35,6 +39,7 @@ import functools
 import inspect
 import itertools
 import math
+import numbers
 import sys
 import threading
 import warnings
@@ -43,6 +48,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -272,28 +278,42 @@ def _learn_written(modules: list[nn.Module], before: list[dict[str, object]]) ->
     return found
 
 
+_LONGEST_KEYED = 16  # longer tuples and lists (class names, say) are not what kernels take in
+
+
+# Kept by type (True == 1 == 1.0, yet they promote differently) and repr: NaN equals nothing,
+# itself included, and -0.0 == 0.0 though x * -0.0 differs. The common types are looked up first.
+_PLAIN_TYPES = frozenset({int, float, bool, complex, str, type(None), torch.dtype, torch.device})
+
+
 def _frozen(value: object) -> object:
     """``value`` as the captured graph depends on it, or :data:`_UNKEYED` for what the key leaves out."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return kind, repr(value)
     if isinstance(value, Tensor):
-        if value.device.type == "cpu" and value.numel() == 1:
+        if value.layout != torch.strided or value.is_nested:
+            # Sparse, nested or MKLDNN: no data pointer of its own. By identity (held weakly),
+            # which a replacement changes and an in-place update keeps.
+            return "tensor", _WeakIdentity(value), value.layout, value.dtype, value.device
+        if value.is_cpu and value.numel() == 1:
             return "cpu scalar", value.dtype, _frozen(value.item())  # passed to CUDA kernels by value
         return "tensor", value.data_ptr(), _signature(value)
-    if isinstance(value, (float, complex)):
-        # By repr: NaN equals nothing, itself included, and -0.0 == 0.0 though x * -0.0 differs.
-        return type(value), repr(value)
-    if value is None or isinstance(value, (bool, int, str, torch.dtype, torch.device)):
-        return type(value), value  # by type too: True == 1 == 1.0, yet they promote differently
-    if isinstance(value, (tuple, list)):
-        parts = tuple(map(_frozen, value))
-        return _UNKEYED if any(part is _UNKEYED for part in parts) else (type(value), parts)
+    if isinstance(value, (numbers.Number, np.bool_, str)):  # NumPy's numbers, subclasses
+        return kind, repr(value)
+    if isinstance(value, (tuple, list)) and len(value) <= _LONGEST_KEYED:
+        if all(type(part) in _PLAIN_TYPES for part in value):  # a kernel size, say: one repr
+            return kind, repr(value)
+        # Parameters in a list (an RNN's flat weights) are keyed with the module's own.
+        parts = tuple("parameter" if isinstance(part, nn.Parameter) else _frozen(part) for part in value)
+        return _UNKEYED if any(part is _UNKEYED for part in parts) else (kind, parts)
     return _UNKEYED
 
 
 def _tensor_places(module: nn.Module) -> tuple:
     """Where each parameter and buffer of ``module`` lies and how: the graph reads them there, so
-    in-place updates are seen and new tensors need a new graph."""
-    return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
-                 for t in itertools.chain(module.parameters(), module.buffers()))
+    in-place updates are seen and new tensors need a new graph (a CPU scalar's value is taken in)."""
+    return tuple(_frozen(t) for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 def _hook_dicts(owner: object) -> tuple[dict, ...]:
@@ -307,20 +327,20 @@ def _weakly(function: Callable) -> object:
     """``function`` for a cache key, held weakly where it can be: a loss_fn that closes over the
     model would otherwise keep its own key of the weak model -> graphs map alive."""
     try:
-        return _WeakCallable(function)
+        return _WeakIdentity(function)
     except TypeError:  # not weakly referable (builtins); such callables close over nothing
         return function
 
 
-class _WeakCallable:
-    """A callable held weakly and compared by identity: a bound method by its object and function
-    (recreated on every attribute access, it still finds its entry), whatever the object's own
-    ``__eq__`` and ``__hash__`` say. Dead, it equals nothing new."""
+class _WeakIdentity:
+    """An object (a callable, a tensor) held weakly and compared by identity: a bound method by
+    its object and function (recreated on every attribute access, it still finds its entry),
+    whatever the object's own ``__eq__`` and ``__hash__`` say. Dead, it equals nothing new."""
 
     __slots__ = ("_refs", "_hash")
 
-    def __init__(self, function: Callable) -> None:
-        parts = (function.__self__, function.__func__) if inspect.ismethod(function) else (function,)
+    def __init__(self, target: object) -> None:
+        parts = (target.__self__, target.__func__) if inspect.ismethod(target) else (target,)
         self._refs = tuple(weakref.ref(part) for part in parts)
         self._hash = hash(tuple(map(id, parts)))
 
@@ -328,7 +348,7 @@ class _WeakCallable:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _WeakCallable) or len(other._refs) != len(self._refs):
+        if not isinstance(other, _WeakIdentity) or len(other._refs) != len(self._refs):
             return False
         mine, theirs = [ref() for ref in self._refs], [ref() for ref in other._refs]
         return all(a is not None and a is b for a, b in zip(mine, theirs))

@@ -183,6 +183,8 @@ def emulated_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[Emula
     StreamLog.current = "default"
     _backends._graphs.clear()
     _backends._capture_streams.clear()
+    _backends._written.clear()
     yield EmulatedGraph
     _backends._graphs.clear()
     _backends._capture_streams.clear()
+    _backends._written.clear()

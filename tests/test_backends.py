@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import math
 
 import pytest
@@ -389,14 +390,103 @@ def test_cuda_graph_key_holds_cpu_scalar_parameters_and_buffers_by_value():
     # its address. The emulator runs on the CPU, where the replay reads it, so this is on the key.
     loss_fn = torch.nn.Module()
     loss_fn.register_buffer("temperature", torch.tensor(1.0))
-    before = _backends._tensor_places(loss_fn)
+    before = _backends._submodules(loss_fn)
     loss_fn.temperature.fill_(2.0)
-    assert _backends._tensor_places(loss_fn) != before
+    assert _backends._submodules(loss_fn) != before
     layer = torch.nn.Linear(12, 4)  # no scalar: an in-place update keeps the key (and the graph)
-    before = _backends._tensor_places(layer)
+    before = _backends._submodules(layer)
     with torch.no_grad():
         layer.weight.mul_(2.0)
-    assert _backends._tensor_places(layer) == before
+    assert _backends._submodules(layer) == before
+
+
+class _Settable(torch.nn.Module):
+    """Reads what its user sets (``activation``, ``mode``, ``shift``, ``tied``), rebinds some of it
+    to equal new objects in its forward, and writes a counter and, in train mode, ``tau``."""
+
+    class Mode(enum.Enum):
+        PLAIN = "plain"
+        DOUBLED = "doubled"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = small_model()
+        self.activation = torch.tanh
+        self.mode = self.Mode.PLAIN
+        self.shift = torch.zeros(4)
+        self.tied = [torch.nn.Parameter(torch.ones(4))]  # a list hides it from registration
+        self.tau = 1.0
+        self.calls = torch.tensor(0)  # a CPU scalar, updated in place
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shift = self.shift.view(-1)  # a new object, the same tensor
+        self.calls += 1
+        if self.training:
+            self.tau = max(0.5, self.tau * 0.99)
+        logits = self.activation(self.inner(x) / self.tau) * self.tied[0] + self.shift
+        return 2 * logits if self.mode is self.Mode.DOUBLED else logits
+
+
+def test_emulated_cuda_graph_follows_what_the_forward_reads_not_what_it_writes(emulated_cuda_graphs):
+    # What the forward only rebinds to an equal object (a view of the same tensor) was learned
+    # as written and left out of the key; what it writes in train mode only was left out in
+    # eval mode too; functions, Enums and a Parameter in a list were not keyed; a CPU scalar
+    # counter updated in place made a new graph on every call.
+    import operator
+
+    model, (x, y) = _Settable(), batch()
+
+    def same_as_eager() -> bool:
+        return torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+
+    model.train()
+    fk.pgd(model, x, y, backend="cuda_graph", **PGD)  # learns what the forward writes in train mode
+    model.eval()
+    for _ in range(3):
+        assert same_as_eager()
+    captures = emulated_cuda_graphs.captures
+    assert captures == 2  # one graph per mode, however often it ran
+    changes = [
+        lambda: setattr(model, "tau", 4.0),
+        lambda: setattr(model, "shift", torch.full((4,), 0.5)),
+        lambda: setattr(model, "activation", torch.sigmoid),
+        lambda: setattr(model, "mode", _Settable.Mode.DOUBLED),
+        lambda: operator.setitem(model.tied, 0, torch.nn.Parameter(torch.full((4,), -1.0))),
+    ]
+    for number, change in enumerate(changes, start=1):
+        change()
+        assert same_as_eager(), number
+        assert emulated_cuda_graphs.captures == captures + number
+
+
+def test_emulated_cuda_graph_follows_sparse_tensors_updated_in_place(emulated_cuda_graphs):
+    # An in-place update of a sparse COO tensor may move its indices and values (copy_ from a
+    # tensor with more entries): keyed by identity, the graph read the old ones.
+    torch.manual_seed(0)
+    x, y = batch()
+    model = _Graph(torch.eye(10).to_sparse())
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+    model.adjacency.copy_(torch.eye(10).roll(1, 0).add(torch.eye(10)).to_sparse())
+    assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+
+
+def test_emulated_cuda_graph_keeps_one_graph_for_a_loss_fn_that_counts_its_calls(emulated_cuda_graphs):
+    # A loss_fn module left on the CPU, counting its calls in a buffer: its scalar is keyed by
+    # value, and as the attack does not restore a loss_fn's buffers, each call made a new graph.
+    class Counting(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("step", torch.tensor(0))
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            self.step += 1
+            return torch.nn.functional.cross_entropy(logits, target, reduction="none")
+
+    model, (x, y), loss_fn = small_model(), batch(), Counting()
+    for _ in range(3):
+        assert torch.equal(fk.pgd(model, x, y, loss_fn=loss_fn, backend="cuda_graph", **PGD),
+                           fk.pgd(model, x, y, loss_fn=loss_fn, **PGD))
+    assert emulated_cuda_graphs.captures == 1
 
 
 class _KeepsLogits(torch.nn.Module):

@@ -18,16 +18,17 @@ with deterministic kernels: on CUDA, cuDNN's convolutions need
   are seen (but for CPU scalars, whose values CUDA kernels take in: a new value makes a new
   graph), and new tensors or a replaced submodule make a new graph. The model must be an
   ``nn.Module`` whose forward is capturable (no host synchronisation, no data-dependent control
-  flow, buffers updated in place rather than replaced), like the paper's models. The numbers
-  (Python's and NumPy's), strings, short tuples of them and plain tensors (neither parameters
-  nor buffers; sparse ones too) that the modules hold as attributes are in the key as well: a
-  number is frozen into the captured kernels, a tensor is read at the address it had at
-  capture (an in-place update is seen), so a new number or a replaced tensor makes a new
-  graph. What the forward itself writes into an attribute (its last activations, the weight
-  ``spectral_norm`` computes) is found on the warm-up and left out. Numbers and tensors that
-  the forward or ``loss_fn`` read from anywhere else (globals, closures, dicts, other objects,
-  a TorchScript module's attributes) are frozen into the graph. Calls from several threads, or
-  on several streams, take turns on a graph's static buffers.
+  flow, buffers updated in place rather than replaced), like the paper's models. What the
+  modules hold as attributes is in the key as well: numbers (Python's and NumPy's), strings,
+  Enums, functions, short tuples and lists of them, and plain tensors (neither parameters nor
+  buffers; sparse ones too). A number is frozen into the captured kernels and a tensor is read
+  at the address it had at capture (an in-place update is seen), so a new number or a replaced
+  tensor makes a new graph. What the forward itself writes (its last activations, the weight
+  ``spectral_norm`` computes, a counter) is found on the warm-up, for each train/eval mode,
+  and left out. Numbers and tensors that the forward or ``loss_fn`` read from anywhere else
+  (globals, closures, dicts, other objects, a TorchScript module's attributes) are frozen into
+  the graph. Calls from several threads, or on several streams, take turns on a graph's static
+  buffers.
 - ``"auto"``: ``"eager"``. The fused paths are opt-in until they are measured on a GPU
   (docs/benchmarks/gpu.md).
 """
@@ -35,6 +36,7 @@ with deterministic kernels: on CUDA, cuDNN's convolutions need
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import inspect
 import itertools
@@ -45,7 +47,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -192,7 +194,7 @@ def graphed_walk(objective: Objective, ball: Ball, start: Tensor, step_size: Ten
             while len(cached) >= GRAPHS_PER_MODEL:
                 cached.popitem(last=False)
             walk = _CapturedWalk(objective, ball, x_adv, step_size, steps - 1)
-            if walk.found_written:  # attributes its forward writes: keyed without them from now on
+            if walk.found_written:  # what its forward writes: keyed without it from now on
                 key = _graph_key(objective, ball, x_adv, step_size, steps - 1)
         cached[key] = walk
         return walk(objective.y, ball, x_adv, step_size)
@@ -206,7 +208,7 @@ def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tenso
     """What the captured kernels depend on besides the values in the static buffers.
 
     Numbers and tensors that the model's forward or ``loss_fn`` read from anywhere but the
-    modules' own attributes (globals, closures, other objects) are not in it (the documented
+    modules themselves (globals, closures, dicts, other objects) are not in it (the documented
     limit of ``backend="cuda_graph"``).
     """
     model, loss_fn = objective.model, objective.loss_fn
@@ -218,72 +220,96 @@ def _graph_key(objective: Objective, ball: Ball, x_adv: Tensor, step_size: Tenso
         None if box is None else (_signature(box.low), _signature(box.high)),
         _submodules(model), _submodules(loss_fn) if isinstance(loss_fn, nn.Module) else None,
         tuple(map(tuple, _hook_dicts(nn.modules.module))),  # hooks registered for every module
-        _tensor_places(model), _tensor_places(loss_fn) if isinstance(loss_fn, nn.Module) else None,
         _autocast_state(), _precision_flags(),
     )
 
 
 def _submodules(module: nn.Module) -> tuple:
-    """Which submodules ``module`` holds, in which mode, with which hooks, and the values of their
-    own attributes that the captured kernels may have taken in."""
+    """Which submodules ``module`` holds, in which mode, with which hooks, and what each holds
+    that the captured kernels read (:func:`_inputs`)."""
     # Which submodules: one replaced by another, parameter-free, changes no tensor. By weak
     # reference, not id(): a replacement may be given a freed submodule's id.
-    return tuple((type(m), weakref.ref(m), m.training, *map(tuple, _hook_dicts(m)), _held_values(m))
+    return tuple((type(m), weakref.ref(m), m.training, *map(tuple, _hook_dicts(m)), _inputs(m))
                  for m in module.modules())
 
 
 # What nn.Module keeps in every instance's __dict__ for itself (hooks, registries, the mode),
 # keyed apart or never read by a forward.
 _MODULE_BOOKKEEPING = frozenset(vars(nn.Module()))
-_UNKEYED = object()  # an attribute the key leaves out
-# module -> the attributes its forward (or a hook around it) was seen to write during a capture:
-# outputs, not inputs, of the graph (its last activations; the weight that spectral_norm computes).
-_written: weakref.WeakKeyDictionary[nn.Module, set[str]] = weakref.WeakKeyDictionary()
+_UNKEYED = object()  # a value the key leaves out
+# module -> {training: names}: what its forward (or a hook around it) was seen to write in that
+# mode during a capture. Outputs, not inputs, of the graph: its last activations, the weight that
+# spectral_norm computes, a counter.
+_written: weakref.WeakKeyDictionary[nn.Module, dict[bool, set[str]]] = weakref.WeakKeyDictionary()
 
 
-def _held_values(module: nn.Module) -> tuple:
-    """The numbers and plain tensors ``module`` keeps as its own attributes (``negative_slope``,
-    a tensor that is neither parameter nor buffer), as the graph depends on them.
-
-    A number its forward reads is frozen into the captured kernels, and so is a CPU scalar
-    tensor's value; any other tensor is read at its captured address, which the graph does not
-    keep alive. A change of number or a replaced tensor must make a new graph. Attributes the
-    forward itself writes are left out: keyed, they would make a new graph on every call.
-    """
-    written = _written.get(module, ())
-    held = []
+def _own_values(module: nn.Module) -> Iterator[tuple[str, object]]:
+    """``(name, value)`` of what ``module`` holds itself: its parameters and buffers, and its
+    attributes other than nn.Module's bookkeeping (whose names the module keeps apart)."""
+    yield from module._parameters.items()
+    yield from module._buffers.items()
     for name, value in vars(module).items():
-        if name not in _MODULE_BOOKKEEPING and name not in written:
+        if name not in _MODULE_BOOKKEEPING:
+            yield name, value
+
+
+def _inputs(module: nn.Module) -> tuple:
+    """What the captured kernels read from ``module`` itself, keyed (:func:`_frozen`), less what
+    its forward was seen to write in its current mode.
+
+    Parameters, buffers and plain tensors are read where they lie, so in-place updates are
+    seen and new tensors need a new graph; numbers (a ``negative_slope``) and CPU scalar
+    tensors are frozen into the kernels, so a new value needs one too.
+    """
+    written = _written.get(module, {}).get(module.training, ())
+    held = []
+    for name, value in _own_values(module):
+        if name not in written:
             frozen = _frozen(value)
             if frozen is not _UNKEYED:
                 held.append((name, frozen))
     return tuple(held)
 
 
-def _learn_written(modules: list[nn.Module], before: list[dict[str, object]]) -> bool:
-    """Record the attributes of ``modules`` that no longer hold the objects they held in
-    ``before`` (copies of their ``__dict__`` taken before a forward ran); whether there were any.
+def _keyed_values(modules: list[nn.Module]) -> list[dict[str, tuple[object, object]]]:
+    """For each module, ``name -> (value, keyed value)`` of what it holds. The values are kept
+    alive (a list's items too, as the forward may empty it) so that a tensor made later cannot
+    take a freed one's address and look unchanged."""
+    return [{name: (list(value) if isinstance(value, list) else value, _frozen(value))
+             for name, value in _own_values(m)} for m in modules]
 
-    By identity: the copies keep the old objects alive, so a new tensor cannot take an old one's
-    address, as it can once the old one is freed.
+
+def _learn_written(modules: list[nn.Module], before: list[dict[str, tuple[object, object]]]) -> bool:
+    """Record, for each module's current mode, what it holds whose keyed value differs from
+    ``before`` (:func:`_keyed_values`, read before a forward ran); whether there was any.
+
+    By keyed value, not identity: a forward that rebinds an input to an equal new object
+    (``self.mean = self.mean.view(1, -1)``) still reads it, and one that updates a CPU scalar in
+    place (a counter) writes it.
     """
     found = False
     for module, then in zip(modules, before):
-        now = vars(module)
-        changed = {name for name in (then.keys() | now.keys()) - _MODULE_BOOKKEEPING
-                   if then.get(name, _UNKEYED) is not now.get(name, _UNKEYED)}
+        now = dict(_own_values(module))
+        changed = {name for name in then.keys() | now.keys()
+                   if name not in then or name not in now or then[name][1] != _frozen(now[name])}
         if changed:
-            _written.setdefault(module, set()).update(changed)
+            _written.setdefault(module, {}).setdefault(module.training, set()).update(changed)
             found = True
     return found
 
 
 _LONGEST_KEYED = 16  # longer tuples and lists (class names, say) are not what kernels take in
-
-
 # Kept by type (True == 1 == 1.0, yet they promote differently) and repr: NaN equals nothing,
 # itself included, and -0.0 == 0.0 though x * -0.0 differs. The common types are looked up first.
-_PLAIN_TYPES = frozenset({int, float, bool, complex, str, type(None), torch.dtype, torch.device})
+_PLAIN_TYPES = frozenset({int, float, bool, complex, str, type(None), torch.dtype, torch.device,
+                          torch.memory_format, torch.layout, torch.qscheme})
+_SPARSE_PARTS: dict[torch.layout, Callable[[Tensor], tuple[Tensor, ...]]] = {
+    torch.sparse_coo: lambda t: (t._indices(), t._values()),
+    torch.sparse_csr: lambda t: (t.crow_indices(), t.col_indices(), t.values()),
+    torch.sparse_bsr: lambda t: (t.crow_indices(), t.col_indices(), t.values()),
+    torch.sparse_csc: lambda t: (t.ccol_indices(), t.row_indices(), t.values()),
+    torch.sparse_bsc: lambda t: (t.ccol_indices(), t.row_indices(), t.values()),
+}
 
 
 def _frozen(value: object) -> object:
@@ -292,28 +318,34 @@ def _frozen(value: object) -> object:
     if kind in _PLAIN_TYPES:
         return kind, repr(value)
     if isinstance(value, Tensor):
-        if value.layout != torch.strided or value.is_nested:
-            # Sparse, nested or MKLDNN: no data pointer of its own. By identity (held weakly),
-            # which a replacement changes and an in-place update keeps.
-            return "tensor", _WeakIdentity(value), value.layout, value.dtype, value.device
-        if value.is_cpu and value.numel() == 1:
-            return "cpu scalar", value.dtype, _frozen(value.item())  # passed to CUDA kernels by value
-        return "tensor", value.data_ptr(), _signature(value)
+        return _frozen_tensor(value)
     if isinstance(value, (numbers.Number, np.bool_, str)):  # NumPy's numbers, subclasses
         return kind, repr(value)
+    if isinstance(value, enum.Enum):
+        return kind, value.name
     if isinstance(value, (tuple, list)) and len(value) <= _LONGEST_KEYED:
         if all(type(part) in _PLAIN_TYPES for part in value):  # a kernel size, say: one repr
             return kind, repr(value)
-        # Parameters in a list (an RNN's flat weights) are keyed with the module's own.
-        parts = tuple("parameter" if isinstance(part, nn.Parameter) else _frozen(part) for part in value)
+        # Parameters in a list (an RNN's flat weights) by address alone: cheap, and enough.
+        parts = tuple(("parameter", part.data_ptr()) if isinstance(part, nn.Parameter) else _frozen(part)
+                      for part in value)
         return _UNKEYED if any(part is _UNKEYED for part in parts) else (kind, parts)
+    if callable(value):  # an activation function held as an attribute
+        return "callable", _weakly(value)
     return _UNKEYED
 
 
-def _tensor_places(module: nn.Module) -> tuple:
-    """Where each parameter and buffer of ``module`` lies and how: the graph reads them there, so
-    in-place updates are seen and new tensors need a new graph (a CPU scalar's value is taken in)."""
-    return tuple(_frozen(t) for t in itertools.chain(module.parameters(), module.buffers()))
+def _frozen_tensor(t: Tensor) -> object:
+    if t.layout == torch.strided and not t.is_nested:
+        if t.is_cpu and t.numel() == 1:
+            return "cpu scalar", t.dtype, _frozen(t.item())  # CUDA kernels take its value in
+        return "tensor", t.data_ptr(), _signature(t)
+    if t.layout in _SPARSE_PARTS:
+        # Where its indices and values lie: an in-place update may move them (copy_ from a
+        # tensor with more entries).
+        return "sparse", t.layout, tuple(t.shape), *map(_frozen_tensor, _SPARSE_PARTS[t.layout](t))
+    # Nested or MKLDNN: by identity, held weakly.
+    return "tensor", _WeakIdentity(t), t.layout, t.dtype, t.device
 
 
 def _hook_dicts(owner: object) -> tuple[dict, ...]:
@@ -439,14 +471,14 @@ class _CapturedWalk:
         assert isinstance(model, nn.Module)
         tensors_before = _module_tensors(model)
         modules = [*model.modules(), *(objective.loss_fn.modules() if isinstance(objective.loss_fn, nn.Module) else ())]
-        held_before = [dict(vars(m)) for m in modules]
+        held_before = _keyed_values(modules)
         # Warm up on a side stream (as torch.cuda.graphs requires), then capture on that stream.
         side = _capture_stream(start.device)
         side.wait_stream(torch.cuda.current_stream(start.device))
         with torch.cuda.stream(side), _without_autocast_cache():
             walk()
         torch.cuda.current_stream(start.device).wait_stream(side)
-        # Attributes the warm-up's forwards wrote are the graph's outputs, not its inputs.
+        # What the warm-up's forwards wrote is the graph's output, not its input.
         self.found_written = _learn_written(modules, held_before)
         # Found on the eager warm-up, before any capture: a capture only records kernels, so a
         # tensor bound during it would hold memory that was never computed.

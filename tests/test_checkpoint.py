@@ -147,3 +147,55 @@ def test_a_damaged_compressed_member_is_called_damaged(tmp_path) -> None:
     deflated.write_bytes(bytes(content))
     with pytest.raises(ValueError, match=r"deflated.pt cannot be read as a checkpoint: it is damaged"):
         fk.load_checkpoint(deflated)
+
+
+def _flipped(content: bytes, offset: int) -> bytes:
+    return content[:offset] + bytes([content[offset] ^ 1]) + content[offset + 1:]
+
+
+@pytest.mark.parametrize("where", ["an entry's flags", "the zip64 locator's disk number",
+                                   "the zip64 end record's offset"])
+def test_a_flipped_bit_in_the_archive_directory_is_called_damaged(tmp_path, where) -> None:
+    # One flipped bit escaped the documented ValueError: the flags bit that marks an entry
+    # encrypted gave zipfile's RuntimeError ("password required"), a disk number BadZipFile, an
+    # offset a seek before the start (OSError EINVAL); the reproduction's resume crashed on them.
+    path = tmp_path / "run.pt"
+    fk.save_checkpoint({"epoch": 3, "model": fk.models.SoftmaxRegression(4, 3).state_dict()}, path)
+    content = path.read_bytes()
+    offset = {"an entry's flags": content.index(b"PK\x01\x02") + 8,
+              "the zip64 locator's disk number": content.rindex(b"PK\x06\x07") + 4,
+              "the zip64 end record's offset": content.rindex(b"PK\x06\x06") + 48 + 7}[where]
+    path.write_bytes(_flipped(content, offset))
+    with pytest.raises(ValueError, match=r"run.pt cannot be read as a checkpoint: it is damaged"):
+        fk.load_checkpoint(path)
+
+
+def test_a_cut_old_style_file_is_called_damaged_not_said_to_hold_objects(tmp_path) -> None:
+    # Files torch.save wrote before its zip format (torch < 1.6) still load. Cut short, they raised
+    # torch's RuntimeError ("unexpected EOF") or struct.error, or, where the cut left a garbled
+    # global ("GLOBAL ."), were said to hold objects, with advice to load them with weights_only=False.
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(2), "epoch": 3}, path, _use_new_zipfile_serialization=False)
+    content = path.read_bytes()
+    assert fk.load_checkpoint(path)["epoch"] == 3
+    for length in range(len(content)):
+        path.write_bytes(content[:length])
+        with pytest.raises(ValueError, match=r"old.pt cannot be read as a checkpoint: it is damaged") as caught:
+            fk.load_checkpoint(path)
+        assert "weights_only" not in str(caught.value) and "safe_globals" not in str(caught.value), length
+
+
+class _Shell:
+    def __reduce__(self):
+        return os.system, ("true",)
+
+
+def test_a_file_that_would_run_a_command_is_said_to_hold_objects_and_names_them(tmp_path) -> None:
+    # torch blocks os.system with a message of its own, which was taken for damage.
+    path = tmp_path / "shell.pt"
+    torch.save({"x": _Shell()}, path)
+    with pytest.raises(ValueError, match=r"shell.pt holds objects other than plain data \((posix|nt)\.system\)"):
+        fk.load_checkpoint(path)
+    torch.save({"args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(ValueError, match=r"shell.pt holds objects other than plain data \(argparse\.Namespace\)"):
+        fk.load_checkpoint(path)

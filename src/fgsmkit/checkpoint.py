@@ -6,6 +6,8 @@ import errno
 import os
 import pickle
 import re
+import struct
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -59,11 +61,26 @@ def _check_loadable(file: str) -> None:
     try:
         torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         raise TypeError(
-            f"{PLAIN_DATA_ONLY}; it holds {found[1] if found else 'other objects'}. "
+            f"{PLAIN_DATA_ONLY}; it holds {_refused_global(error) or 'other objects'}. "
             "Convert them first (float(v) for a NumPy scalar, vars(args) for an argparse.Namespace)"
         ) from error
+
+
+def _refused_global(error: pickle.UnpicklingError) -> str | None:
+    """The class or function the weights-only unpickler refused to load, if it refused one.
+
+    None where what it read is no name: ``GLOBAL .``, or a name cut short (``torch._utils._``)
+    that the module, if loaded, lacks. Those are the bytes of a damaged file, not objects.
+    """
+    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)", str(error))
+    if not found or not all(part.isidentifier() for part in found[1].split(".")):
+        return None
+    module, _, name = found[1].rpartition(".")
+    loaded = sys.modules.get(module or "builtins")  # vars, not getattr: no module code runs
+    if loaded is not None and name not in vars(loaded):
+        return None
+    return found[1]
 
 
 PLAIN_DATA_ONLY = ("state must hold plain data only (tensors, numbers, strings, lists, dicts, state dicts), "
@@ -91,7 +108,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     Raises
     ------
     ValueError
-        If the file is damaged, not a checkpoint, or holds objects other than plain data.
+        If the file is damaged, not a checkpoint, or holds objects other than plain data (named
+        in the message). Files in ``torch.save``'s format before PyTorch 1.6 (or saved with
+        ``_use_new_zipfile_serialization=False``) load too, but hold no checksums: one cut short
+        is called damaged, while changed bytes inside one may load, or raise PyTorch's own error.
 
     Examples
     --------
@@ -107,13 +127,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error):  # a real checkpoint, from code that saved objects
+        refused = _refused_global(error)
+        if refused:  # a real checkpoint, from code that saved objects
             raise ValueError(
-                f"{path} holds objects other than plain data, which load_checkpoint does not run; load it "
-                "with torch.load(path, weights_only=False) only if you trust where it came from"
+                f"{path} holds objects other than plain data ({refused}), which load_checkpoint does not "
+                "run; load it with torch.load(path, weights_only=False) only if you trust where it came from"
             ) from error
         raise _damaged(path, error) from error
-    except (EOFError, IndexError, KeyError, UnicodeDecodeError) as error:  # empty, text, foreign bytes
+    except (EOFError, IndexError, KeyError, UnicodeDecodeError, struct.error) as error:  # empty, text, cut, foreign
         raise _damaged(path, error) from error
     except OSError as error:
         if error.errno != errno.EINVAL:  # missing, a folder, permissions: about the path, not the content
@@ -121,8 +142,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise _damaged(path, error) from error  # a seek past the end of a truncated archive
     except RuntimeError as error:  # also raised for good files (a CUDA map_location without CUDA)
         # Signs of bytes that are not a torch.save archive: torch's zip reader, old-style pickles
-        # ("Invalid magic number") and other zip files (a NumPy .npz, "inline_container").
-        signs = ("PytorchStreamReader", "legacy .tar format", "Invalid magic number", "inline_container")
+        # ("Invalid magic number") and other zip files (a NumPy .npz, "inline_container"); and of a
+        # damaged old-style torch.save file, which has no checksums to check.
+        signs = ("PytorchStreamReader", "legacy .tar format", "Invalid magic number", "inline_container",
+                 "might be corrupted", "storage has wrong byte size")
         if not any(sign in str(error) for sign in signs):
             raise
         raise _damaged(path, error) from error
@@ -137,17 +160,23 @@ def _check_archive(path: Path) -> None:
     (``torch.utils.serialization.config.save.compute_crc32 = False``). Other files are left to
     torch.load, which says what is wrong with them.
     """
-    if not zipfile.is_zipfile(path):
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for entry in archive.infolist():
-                if entry.CRC != 0:
-                    with archive.open(entry) as member:  # raises BadZipFile at the end on a mismatch
-                        while member.read(1 << 20):
-                            pass
-    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as error:  # bad CRC, cut, bad deflate
-        raise _damaged(path, error) from error
+    with open(path, "rb") as file:  # a missing file or a folder raises here, as torch.load would
+        try:
+            if not zipfile.is_zipfile(file):
+                return
+            with zipfile.ZipFile(file) as archive:
+                for entry in archive.infolist():
+                    if entry.CRC != 0:
+                        with archive.open(entry) as member:  # raises BadZipFile at the end on a mismatch
+                            while member.read(1 << 20):
+                                pass
+        # Bad CRC, cut, bad deflate; RuntimeError where a flipped flag marks an entry encrypted.
+        except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as error:
+            raise _damaged(path, error) from error
+        except OSError as error:
+            if error.errno != errno.EINVAL:  # a disk error, say: not about the bytes
+                raise
+            raise _damaged(path, error) from error  # a seek to a damaged offset before the start
 
 
 def _damaged(path: Path, error: BaseException) -> ValueError:
@@ -158,9 +187,10 @@ def _damaged(path: Path, error: BaseException) -> ValueError:
 
 
 def _cause(error: BaseException) -> str:
-    """The first line of what went wrong; for the weights-only unpickler, its own reason, after
-    the advice to retry with weights_only=False that torch puts first (wrong for a damaged file)."""
+    """The first line of what went wrong; for the weights-only unpickler, its own reason, without
+    the advice around it to retry with weights_only=False or to allowlist the global it read
+    (wrong for a damaged file)."""
     message = str(error)
     _, found, reason = message.partition("WeightsUnpickler error:")
     lines = [line.strip() for line in (reason if found else message).splitlines() if line.strip()]
-    return lines[0] if lines else "no details"
+    return lines[0].partition(" Please use")[0] if lines else "no details"

@@ -37,6 +37,31 @@ def test_a_checkpoint_gets_the_mode_torch_save_would_give_it(tmp_path, umask) ->
     assert modes == {"ours.pt": 0o666 & ~umask, "torch.pt": 0o666 & ~umask}
 
 
+def test_overwriting_a_checkpoint_keeps_its_mode(tmp_path) -> None:
+    # The replacement was a new file, 0666 less the umask: a checkpoint made private (0600) became
+    # readable by every user, where open() and torch.save keep the mode of the file they overwrite.
+    path = tmp_path / "run.pt"
+    fk.save_checkpoint({"epoch": 1}, path)
+    os.chmod(path, 0o600)
+    fk.save_checkpoint({"epoch": 2}, path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert fk.load_checkpoint(path) == {"epoch": 2}
+
+
+def test_a_checkpoint_saved_to_a_symlink_is_written_through_it(tmp_path) -> None:
+    # As open() does: a "last.pt" link to the latest epoch's file was replaced by a file of its
+    # own, and the file it pointed to kept the old state.
+    fk.save_checkpoint({"epoch": 10}, tmp_path / "epoch10.pt")
+    (tmp_path / "last.pt").symlink_to("epoch10.pt")
+    (tmp_path / "next.pt").symlink_to("epoch11.pt")  # dangling: open() creates the file it names
+    fk.save_checkpoint({"epoch": 11}, tmp_path / "last.pt")
+    fk.save_checkpoint({"epoch": 12}, tmp_path / "next.pt")
+    assert (tmp_path / "last.pt").is_symlink() and (tmp_path / "next.pt").is_symlink()
+    assert fk.load_checkpoint(tmp_path / "epoch10.pt") == {"epoch": 11}
+    assert fk.load_checkpoint(tmp_path / "epoch11.pt") == {"epoch": 12}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch10.pt", "epoch11.pt", "last.pt", "next.pt"]
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"best": np.float64(0.97)}, "it holds .*scalar"),  # pickles, but weights_only cannot read it
     ({"args": argparse.Namespace(lr=0.1)}, "it holds .*Namespace"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -19,9 +20,17 @@ def replaced_atomically(path: Path) -> Iterator[tuple[BinaryIO, str]]:
     the block raises (a failed check, say) the new file is removed and ``path`` is untouched. The
     block may read the file back by name once it has flushed it.
 
-    The file is created with mode 0666 less the umask, as ``open`` would create ``path`` itself
-    (``tempfile.mkstemp``'s 0600 would hide it from the folder's other users).
+    As with ``open``, a symlink is written through (the file it names is replaced, the link
+    kept), a file that exists keeps its permission bits, and a new one gets mode 0666 less the
+    umask (``tempfile.mkstemp``'s 0600 would hide it from the folder's other users). Unlike
+    ``open``, the replacement is a new file: it belongs to the writer, and other hard links to
+    the old one keep the old content.
     """
+    path = Path(os.path.realpath(path))  # the file a symlink names, which open() would write
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = None
     while True:
         name = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
         try:
@@ -31,6 +40,8 @@ def replaced_atomically(path: Path) -> Iterator[tuple[BinaryIO, str]]:
             continue
     try:
         with os.fdopen(fd, "wb") as handle:
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)  # the umask applied to os.open's mode, not to this
             yield handle, name
             handle.flush()
             os.fsync(handle.fileno())

@@ -32,7 +32,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
         :func:`load_checkpoint` can read it with ``weights_only=True``; anything else raises a
         ``TypeError`` before ``path`` is touched.
     path : path-like
-        Destination file; its folder is created if missing.
+        Destination file; its folder is created if missing. As with ``open``, a symlink is
+        written through and a file that exists keeps its permission bits.
 
     Examples
     --------

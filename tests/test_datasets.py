@@ -97,6 +97,28 @@ def test_read_idx_rejects_a_cut_off_gzip_stream_and_names_the_file(tmp_path) -> 
         read_idx(path)
 
 
+def test_read_idx_names_a_damaged_file_read_through_a_decompressing_file_object(tmp_path) -> None:
+    # The file objects the docs name as sources decompress in read(): a cut or damaged file
+    # escaped as a bare EOFError or gzip.BadGzipFile (or zipfile.BadZipFile), naming no file.
+    import zipfile
+
+    content = gzip.compress(_raw_idx(np.arange(1000, dtype=np.int32)))
+    cut, flipped = tmp_path / "cut-idx1-ubyte.gz", tmp_path / "flipped-idx1-ubyte.gz"
+    cut.write_bytes(content[:-20])
+    flipped.write_bytes(content[:-8] + bytes([content[-8] ^ 1]) + content[-7:])  # in the stored CRC
+    with zipfile.ZipFile(tmp_path / "files.zip", "w") as archive:
+        archive.writestr("labels-idx1-ubyte", _raw_idx(np.arange(1000, dtype=np.int32)))
+    damaged_zip = bytearray((tmp_path / "files.zip").read_bytes())
+    damaged_zip[100] ^= 1  # in the member's values
+    (tmp_path / "files.zip").write_bytes(bytes(damaged_zip))
+    for path in (cut, flipped):
+        with gzip.open(path) as handle, pytest.raises(ValueError, match=f"{path.name}.*damaged or truncated"):
+            read_idx(handle)
+    with zipfile.ZipFile(tmp_path / "files.zip") as archive, archive.open("labels-idx1-ubyte") as handle:
+        with pytest.raises(ValueError, match="labels-idx1-ubyte.*damaged or truncated"):
+            read_idx(handle)
+
+
 def test_write_idx_refuses_dtypes_the_format_lacks() -> None:
     with pytest.raises(TypeError, match="IDX cannot store"):
         write_idx(io.BytesIO(), np.zeros(2, np.int64))

@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import struct
+import zipfile
 import zlib
 from typing import Protocol, Union
 
@@ -73,8 +74,9 @@ def read_idx(source: _Path | SupportsReadBytes) -> np.ndarray:
         If ``source`` is neither a path nor a file object, or the file is open in text mode.
     ValueError
         If the file is truncated, corrupt, not IDX, holds more or fewer values than its
-        header announces, or has more dimensions than a NumPy array can (64; 32 before NumPy 2).
-        The message names the file.
+        header announces, or has more dimensions than a NumPy array can (64; 32 before NumPy 2);
+        also where a file object that decompresses as it reads (``gzip.open``, ``ZipFile.open``)
+        finds its file cut or damaged. The message names the file.
 
     Examples
     --------
@@ -110,7 +112,11 @@ def _read_bytes(source: object, name: str) -> bytes:
     if not callable(getattr(source, "read", None)):
         hint = "; for a file descriptor use os.fdopen(fd, 'rb')" if type(source) is int else ""
         raise TypeError(f"source must be a path or a binary file object; got {type(source).__name__}{hint}")
-    data = source.read()  # type: ignore[attr-defined]
+    try:
+        data = source.read()  # type: ignore[attr-defined]
+    except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile) as error:
+        # Raised by the file objects that decompress as they read (gzip.open, ZipFile.open).
+        raise ValueError(f"{name} is damaged or truncated ({error}); delete it and fetch it again") from None
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"{name} is open in text mode (read() gave {type(data).__name__}); open it with 'rb'")
     return bytes(data)

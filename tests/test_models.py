@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -278,6 +280,29 @@ def test_max_norm_refuses_what_is_not_a_positive_number(bad) -> None:
     with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
         fk.models.max_norm_(weight, bad)
     assert torch.equal(weight, torch.ones(3, 4))
+
+
+@pytest.mark.parametrize("shape", [(5,), ()])
+def test_max_norm_refuses_a_weight_without_rows_and_says_how_to_pass_one(shape) -> None:
+    # torch.renorm's own "input needs at least 2 dimensions" named neither the argument nor a fix.
+    weight = torch.full(shape, 10.0)
+    with pytest.raises(ValueError, match=rf"weight must have one row per unit .*got shape {re.escape(str(shape))}.*"
+                                         r"max_norm_\(v\[None\], max_norm\)"):
+        fk.models.max_norm_(weight, 1.0)
+    assert torch.equal(weight, torch.full(shape, 10.0))
+    vector = torch.full((4,), 10.0)
+    fk.models.max_norm_(vector[None], 1.0)  # as advised: the view writes into the vector
+    torch.testing.assert_close(vector.norm(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize(("dtype", "over"), [(torch.bfloat16, 2**-7), (torch.float16, 2**-10)])
+def test_max_norm_ends_over_the_cap_by_no_more_than_its_docstring_says(dtype, over) -> None:
+    # Two roundings in the dtype: renorm's factor and each entry. Short rows show it most.
+    torch.manual_seed(0)
+    for width in (2, 10, 784):
+        weight = (torch.randn(4000, width) * 5).to(dtype)
+        fk.models.max_norm_(weight, 1.9365)
+        assert (weight.double().norm(dim=1) / 1.9365 - 1).max() <= over + 1e-6
 
 
 @pytest.mark.parametrize(("log_probs", "error", "message"), [

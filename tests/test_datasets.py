@@ -773,6 +773,24 @@ def test_the_embedded_samples_files_found_on_disk_are_named_as_the_sample(tmp_pa
     assert [w.message.folder for w in caught if isinstance(w.message, SampleFilesWarning)] == [tmp_path]
 
 
+def test_a_download_of_the_embedded_samples_files_is_named_as_the_sample(tmp_path, server) -> None:
+    # Only files found on disk were checked: the call that downloaded them (from a private mirror
+    # holding the sample) returned them silently as the official split; the next call warned.
+    from fgsmkit.datasets import SampleFilesWarning
+    from fgsmkit.datasets.sample import SAMPLE_FILES
+
+    copy_embedded_sample(tmp_path / "mirror")
+    serve(server, "m", {name: (tmp_path / "mirror" / name).read_bytes() for name in TEST_FILES})
+    remote = dataclasses.replace(MNIST, mirrors=(f"{server.url}/m/",), sha256=SAMPLE_FILES)
+    for _ in range(2):  # downloading, then from disk
+        with pytest.warns(SampleFilesWarning, match="holds fgsmkit's embedded MNIST sample") as caught:
+            x, y = load_mnist(tmp_path / "root", "test", remote=remote)
+        assert [w.message.folder for w in caught if isinstance(w.message, SampleFilesWarning)] == [
+            tmp_path / "root" / "MNIST" / "raw"]
+        assert torch.equal(y, mnist_sample("test")[1])
+    assert len(server.requests) == 2  # the second call read the files on disk
+
+
 # --- the package ----------------------------------------------------------------------------
 
 import subprocess  # noqa: E402

@@ -388,6 +388,20 @@ def test_a_damaged_file_everywhere_is_an_error_and_leaves_nothing_behind(tmp_pat
         load_mnist(tmp_path, "test", download=False)
 
 
+def test_a_failed_download_leaves_no_empty_folders_behind(tmp_path, server, published) -> None:
+    # root/MNIST/raw was created for the download and left behind, empty, when every mirror failed.
+    for root in (tmp_path / "new", tmp_path):
+        with pytest.raises(DatasetNotFoundError, match="Downloading it failed"):
+            load_mnist(root, "test", remote=remote_for(server, published, "nowhere"))
+        assert not (tmp_path / "new").exists() and not (tmp_path / "MNIST").exists()
+    assert tmp_path.is_dir()  # a folder that was there before is kept
+    # One file fetched before the other failed is kept, for the next call to reuse.
+    serve(server, "half", {TEST_FILES[0]: published[2][TEST_FILES[0]]})
+    with pytest.raises(DatasetNotFoundError):
+        load_mnist(tmp_path, "test", remote=remote_for(server, published, "half"))
+    assert leftovers(tmp_path / "MNIST" / "raw") == [TEST_FILES[0]]
+
+
 def test_a_download_cut_off_midway_is_retried_elsewhere_and_never_kept(tmp_path, server, published) -> None:
     serve(server, "a", published[2], mode="cut")
     with pytest.raises(DatasetNotFoundError, match="cut off after") as caught:

@@ -3,7 +3,7 @@
 A file is streamed into a temporary file in its destination folder, its SHA-256 is compared with
 the published value, and only then is it renamed to its final name (``os.replace``, atomic on
 one file system). A download that is cut off, times out or arrives damaged leaves nothing behind
-that a later run could mistake for the real file.
+that a later run could mistake for the real file, nor the folders made for it.
 """
 
 from __future__ import annotations
@@ -118,14 +118,32 @@ def fetch(remote: RemoteFiles, filename: str, folder: Path, *, timeout: float) -
     if filename not in remote.sha256:
         # Nothing is downloaded unchecked.
         raise ValueError(f"{remote.name} has no SHA-256 for {filename!r}; add it to RemoteFiles.sha256")
+    made = _missing_folders(folder)
     folder.mkdir(parents=True, exist_ok=True)
     failures = []
-    for url in remote.urls(filename):
-        try:
-            return _fetch_one(url, folder / filename, remote.sha256[filename], timeout)
-        except (OSError, http.client.HTTPException, ValueError) as error:
-            failures.append(f"  {url}: {error or type(error).__name__}")
+    try:
+        for url in remote.urls(filename):
+            try:
+                return _fetch_one(url, folder / filename, remote.sha256[filename], timeout)
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                failures.append(f"  {url}: {error or type(error).__name__}")
+    finally:
+        # The folders made for this file, where it did not arrive; rmdir keeps one that holds anything.
+        for made_folder in made:
+            try:
+                made_folder.rmdir()
+            except OSError:
+                break
     raise DownloadError(f"could not download {filename} from any mirror:\n" + "\n".join(failures))
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _fetch_one(url: str, destination: Path, expected: str, timeout: float) -> Path:

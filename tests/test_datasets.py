@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
 import re
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,6 +66,29 @@ def test_write_idx_compresses_by_suffix_when_not_told(tmp_path) -> None:
     write_idx(tmp_path / "a", np.zeros(3, np.uint8))
     assert (tmp_path / "a.gz").read_bytes()[:2] == b"\x1f\x8b"
     assert (tmp_path / "a").read_bytes()[:2] == b"\x00\x00"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
+def test_write_idx_replaces_a_file_whole_or_not_at_all(tmp_path) -> None:
+    # open(path, "wb") emptied the old file first: a write that failed midway (a full disk, here
+    # a file-size limit) left a truncated file, which read_idx then called damaged.
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    write_idx(path, np.arange(3, dtype=np.uint8))
+    code = ("import resource, signal, sys, numpy as np\n"
+            "from fgsmkit.datasets import write_idx\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+            "try:\n"
+            "    write_idx(sys.argv[1], np.zeros(100_000, np.uint8))\n"
+            "except OSError as error:\n"
+            "    print(error.errno)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], env=_child_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == str(errno.EFBIG), done.stderr
+    np.testing.assert_array_equal(read_idx(path), np.arange(3, dtype=np.uint8))
+    assert leftovers(tmp_path) == [path.name]
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "missing" / "a.idx"))):
+        write_idx(tmp_path / "missing" / "a.idx", np.zeros(3, np.uint8))  # named as open() names it
 
 
 def _raw_idx(array: np.ndarray) -> bytes:
@@ -807,8 +833,15 @@ def test_a_download_of_the_embedded_samples_files_is_named_as_the_sample(tmp_pat
 
 # --- the package ----------------------------------------------------------------------------
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
+
+def _child_env() -> dict[str, str]:
+    """The environment for a child Python that imports the same fgsmkit as these tests, installed or not."""
+    import fgsmkit
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    package_root = str(Path(fgsmkit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
 
 
 def test_fgsmkit_datasets_is_imported_on_first_use() -> None:
@@ -820,9 +853,5 @@ def test_fgsmkit_datasets_is_imported_on_first_use() -> None:
             "assert 'fgsmkit.datasets' not in sys.modules, 'imported with fgsmkit'\n"
             "assert fgsmkit.datasets is sys.modules['fgsmkit.datasets']\n"
             "x, y = fgsmkit.datasets.mnist_sample('test')\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    # The child imports the same fgsmkit as these tests, installed or not.
-    package_root = str(Path(fgsmkit.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], env=_child_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -38,6 +39,8 @@ def replaced_atomically(path: Path) -> Iterator[tuple[BinaryIO, str]]:
             break
         except FileExistsError:  # 64 random bits: practically never
             continue
+        except FileNotFoundError:  # named as open(path) names it, not by the temporary name
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             if mode is not None:

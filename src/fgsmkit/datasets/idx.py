@@ -14,10 +14,12 @@ import os
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 from typing import Protocol, Union
 
 import numpy as np
 
+from .._atomic import replaced_atomically
 from .._validation import check_flag
 
 
@@ -161,7 +163,9 @@ def write_idx(target: _Path | SupportsWriteBytes, array: np.ndarray, compress: b
     ----------
     target : path-like or binary file object
         Where to write: a ``str``, ``bytes`` or ``os.PathLike`` path, or a file object opened
-        in binary mode (anything with a ``write(data)`` that takes bytes).
+        in binary mode (anything with a ``write(data)`` that takes bytes). A path is replaced
+        whole or not at all: the file is written beside it, then renamed over it, so a write
+        cut short leaves the old file.
     array : numpy.ndarray
         Values of dtype ``uint8``, ``int8``, ``int16``, ``int32``, ``float32`` or ``float64``,
         with fewer than 2**32 entries along each dimension. (IDX allows 255 dimensions; a
@@ -199,7 +203,8 @@ def write_idx(target: _Path | SupportsWriteBytes, array: np.ndarray, compress: b
     if compress:
         payload = gzip.compress(payload, mtime=0)
     if isinstance(target, _PATHS):
-        with open(target, "wb") as handle:
+        # Whole or not at all: a write cut short (a full disk, a kill) keeps the old file.
+        with replaced_atomically(Path(os.fsdecode(target))) as (handle, _):
             handle.write(payload)
     else:
         target.write(payload)

@@ -91,6 +91,13 @@ def test_write_idx_replaces_a_file_whole_or_not_at_all(tmp_path) -> None:
         write_idx(tmp_path / "missing" / "a.idx", np.zeros(3, np.uint8))  # named as open() names it
 
 
+@pytest.mark.parametrize("name", ["a.GZ", "a.Gz"])
+def test_write_idx_compresses_by_suffix_in_any_case(tmp_path, name) -> None:
+    # Only a lowercase ".gz" was compressed: "A.GZ" got raw bytes under a gzip name.
+    write_idx(tmp_path / name, np.zeros(3, np.uint8))
+    assert (tmp_path / name).read_bytes()[:2] == b"\x1f\x8b"
+
+
 def _raw_idx(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     write_idx(buffer, array, compress=False)

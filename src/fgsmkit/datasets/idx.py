@@ -172,7 +172,7 @@ def write_idx(target: _Path | SupportsWriteBytes, array: np.ndarray, compress: b
         NumPy array has at most 64, or 32 before NumPy 2, so every array fits.)
     compress : bool, optional
         Gzip the output. None (the default) compresses when ``target`` is a path ending in
-        ``.gz`` and writes raw IDX otherwise.
+        ``.gz`` (in any case) and writes raw IDX otherwise.
 
     Raises
     ------
@@ -198,7 +198,7 @@ def write_idx(target: _Path | SupportsWriteBytes, array: np.ndarray, compress: b
     header = struct.pack(f">HBB{array.ndim}I", 0, _CODES[native], array.ndim, *array.shape)
     payload = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[_CODES[native]]).tobytes()
     if compress is None:
-        compress = isinstance(target, _PATHS) and os.fsdecode(target).endswith(".gz")
+        compress = isinstance(target, _PATHS) and os.fsdecode(target).lower().endswith(".gz")
     compress = check_flag(compress, "compress")
     if compress:
         payload = gzip.compress(payload, mtime=0)

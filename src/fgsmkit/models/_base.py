@@ -76,7 +76,11 @@ class Classifier(nn.Module):
 
     def predict_proba(self, x: Tensor) -> Tensor:
         """Class probabilities of shape ``(batch, classes)``, computed without autograd, from the
-        logits in at least float32 (a bfloat16 softmax keeps 8 bits)."""
+        logits in at least float32 (a bfloat16 softmax keeps 8 bits).
+
+        The model runs in the mode it is in, as when it is called: in training mode (a new
+        module's), dropout makes the probabilities random; call ``model.eval()`` first.
+        """
         with torch.no_grad():
             logits = self(x)
             return self.probabilities(logits.to(torch.promote_types(logits.dtype, torch.float32)))

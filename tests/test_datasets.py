@@ -152,6 +152,12 @@ def test_read_idx_names_a_damaged_file_read_through_a_decompressing_file_object(
             read_idx(handle)
 
 
+def test_read_idx_calls_a_file_object_without_a_name_input(tmp_path) -> None:
+    # gzip.open over a buffer has the name "", which the message quoted: "IDX file '' is ...".
+    with pytest.raises(ValueError, match=r"^IDX input is damaged or truncated"):
+        read_idx(gzip.open(io.BytesIO(gzip.compress(_raw_idx(np.arange(9, dtype=np.uint8)))[:-4])))
+
+
 def test_write_idx_refuses_dtypes_the_format_lacks() -> None:
     with pytest.raises(TypeError, match="IDX cannot store"):
         write_idx(io.BytesIO(), np.zeros(2, np.int64))

@@ -214,7 +214,7 @@ def _describe(source: object) -> str:
     if isinstance(source, _PATHS):
         return f"IDX file {os.fsdecode(source)!r}"
     name = getattr(source, "name", None)
-    return f"IDX file {name!r}" if isinstance(name, str) else "IDX input"
+    return f"IDX file {name!r}" if isinstance(name, str) and name else "IDX input"  # gzip over a buffer: ""
 
 
 __all__ = ["IDX_DTYPES", "read_idx", "write_idx"]

@@ -588,3 +588,11 @@ def test_zoo_models_in_bfloat16_give_the_probabilities_of_their_logits_in_float3
     generator = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     assert (rubbish_rate(model, 300, 784, threshold=0.9, generator=generator())
             == rubbish_rate(lambda v: model(v), 300, 784, threshold=0.9, generator=generator(), dtype=torch.bfloat16))
+
+
+def test_reports_compare_by_their_measurements_with_or_without_examples() -> None:
+    # The examples tensor took part in ==, which then asked a tensor for one truth value.
+    with_examples = evaluate_attack(identity, rotate, X, Y, keep_examples=True)
+    assert with_examples == evaluate_attack(identity, rotate, X, Y, keep_examples=True)
+    assert with_examples == evaluate_attack(identity, rotate, X, Y)
+    assert with_examples != evaluate_attack(identity, lambda model, xb, yb: xb.clone(), X, Y, keep_examples=True)

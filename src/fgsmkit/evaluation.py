@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, TypedDict, TypeVar
 
 import torch
@@ -71,7 +71,8 @@ class AttackReport:
         Mean probability of the predicted class over the misclassified adversarial examples
         (nan if there are none).
     examples : Tensor or None
-        The adversarial examples, when asked for with ``keep_examples=True``.
+        The adversarial examples, when asked for with ``keep_examples=True``. Reports compare
+        (``==``) by their measurements alone: the examples are left out.
 
     Examples
     --------
@@ -88,7 +89,8 @@ class AttackReport:
     clean_error: float
     adversarial_error: float
     confidence_on_adversarial_mistakes: float
-    examples: Tensor | None = None
+    # Left out of ==: a tensor comparison has no single truth value.
+    examples: Tensor | None = field(default=None, compare=False)
 
 
 class AgreementOnMistakes(TypedDict):

@@ -596,3 +596,24 @@ def test_reports_compare_by_their_measurements_with_or_without_examples() -> Non
     assert with_examples == evaluate_attack(identity, rotate, X, Y, keep_examples=True)
     assert with_examples == evaluate_attack(identity, rotate, X, Y)
     assert with_examples != evaluate_attack(identity, lambda model, xb, yb: xb.clone(), X, Y, keep_examples=True)
+
+
+def test_the_attack_gets_copies_detached_from_the_callers_graph() -> None:
+    # The copies were made under enable_grad: for an x that requires grad they were non-leaves
+    # of the caller's graph, and an attack that calls backward() wrote into the caller's x.grad.
+    torch.manual_seed(0)
+    model = fk.models.SoftmaxRegression(4, 3)
+
+    def backward_fgsm(model, xb, yb):
+        xb.requires_grad_(True)
+        nn.functional.cross_entropy(model(xb), yb).backward()
+        return (xb + 0.25 * xb.grad.sign()).detach()
+
+    x, y = torch.rand(8, 4), torch.randint(0, 3, (8,))
+    expected = evaluate_attack(model, backward_fgsm, x, y, keep_examples=True)
+    for as_given in (lambda leaf: leaf, lambda leaf: leaf * 1):  # a leaf, and a tensor computed from one
+        leaf = x.clone().requires_grad_(True)
+        got = evaluate_attack(model, backward_fgsm, as_given(leaf), y, keep_examples=True)
+        assert torch.equal(got.examples, expected.examples)
+        assert leaf.grad is None
+    model.zero_grad()

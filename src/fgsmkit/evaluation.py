@@ -331,7 +331,7 @@ def evaluate_attack(model: ModelT, attack: Attack[ModelT], x: Tensor, y: Tensor,
     attack : callable
         ``attack(model, x, y) -> x_adv``, for example ``functools.partial(fgsmkit.fgsm, eps=0.25)``.
         It is called with autograd on (also inside ``no_grad`` or ``inference_mode``) and gets
-        copies of each batch.
+        copies of each batch, detached from any graph ``x`` belongs to.
     x, y : Tensor
         Clean inputs and their true class indices.
     batch_size : int
@@ -373,8 +373,11 @@ def evaluate_attack(model: ModelT, attack: Attack[ModelT], x: Tensor, y: Tensor,
             # contract takes its own input gradient (fgsmkit's attacks turn it on themselves).
             with model_state_kept(model, eval_mode=False), torch.inference_mode(False), torch.enable_grad():
                 # Copies: an attack may write into its input, a view of the caller's x (and
-                # inference-mode tensors cannot be saved for a backward).
-                x_adv = _checked_attack_output(attack(model, x_batch.clone(), y_batch.clone()), x_batch)
+                # inference-mode tensors cannot be saved for a backward). Detached: made under
+                # enable_grad, a copy of an x that requires grad would join the caller's graph,
+                # and an attack's backward() would reach the caller's x.
+                x_adv = _checked_attack_output(
+                    attack(model, x_batch.detach().clone(), y_batch.detach().clone()), x_batch)
             with torch.no_grad():
                 predicted, confidence = _predicted_class(model, _logits(model, x_adv))
             wrong.append(predicted != y_batch)

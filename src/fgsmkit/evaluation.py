@@ -352,10 +352,19 @@ def evaluate_attack(model: ModelT, attack: Attack[ModelT], x: Tensor, y: Tensor,
     --------
     >>> import functools, torch, fgsmkit as fk
     >>> from fgsmkit.evaluation import evaluate_attack
+    >>> _ = torch.manual_seed(0)
     >>> model = fk.models.SoftmaxRegression(4, 3)
     >>> x, y = torch.rand(16, 4), torch.randint(0, 3, (16,))
-    >>> report = evaluate_attack(model, functools.partial(fk.fgsm, eps=0.25), x, y)
-    >>> report.adversarial_error >= report.clean_error  # FGSM on a linear model never helps it
+    >>> report = evaluate_attack(model, functools.partial(fk.fgsm, eps=0.25), x, y, keep_examples=True)
+    >>> report.clean_error, report.adversarial_error
+    (0.4375, 0.75)
+
+    On a linear model the loss is convex in ``x``, so FGSM raises every sample's loss. The error
+    usually rises with it, but need not: a higher loss can still turn a wrong prediction right.
+
+    >>> loss = functools.partial(torch.nn.functional.cross_entropy, reduction="none")
+    >>> with torch.no_grad():
+    ...     bool((loss(model(report.examples), y) >= loss(model(x), y)).all())
     True
     """
     if not callable(attack):

@@ -617,3 +617,44 @@ def test_the_attack_gets_copies_detached_from_the_callers_graph() -> None:
         assert torch.equal(got.examples, expected.examples)
         assert leaf.grad is None
     model.zero_grad()
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        # The shared checks spoke of attacking the input.
+        (lambda x, y: error_rate(lambda t: t.half() * 1e5, x, y), ValueError,  # float16 overflows
+         r"^model returned NaN or inf logits for these inputs, which have no predicted class"),
+        (lambda x, y: mean_confidence(identity, x.masked_fill(x > 0.9, math.nan)), ValueError,
+         r"^x contains NaN or inf; clean the input before evaluating the model on it$"),
+        # ...and offered None, which these metrics then refused.
+        (lambda x, y: error_rate(identity, x, y.tolist()), TypeError,
+         r"^y must be a tensor of true class indices, shape \(batch,\): this metric compares the predictions "
+         r"with them; got list, convert it with torch.as_tensor\(y\)$"),
+    ],
+)
+def test_the_shared_checks_speak_of_evaluating_not_attacking(call, error, message) -> None:
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 3), torch.randint(0, 3, (8,))
+    with pytest.raises(error, match=message):
+        call(x, y)
+
+
+@pytest.mark.parametrize(
+    "model_b, eval_mode, error, message",
+    [
+        (lambda t: t, True, ValueError, r"^eval_mode=True needs model_b to be an nn.Module"),
+        ("identity", False, TypeError, r"^model_b must be callable"),
+        (lambda t: t[:, 0], False, ValueError, r"^model_b must return floating-point logits"),
+    ],
+)
+def test_agreement_names_the_model_at_fault_and_checks_both_before_running_either(
+        model_b, eval_mode, error, message) -> None:
+    model_a = Recorder()
+    x, y = torch.rand(8, 3), torch.randint(0, 3, (8,))
+    with pytest.raises(error, match=message):
+        agreement_on_mistakes(model_a, model_b, x, y, eval_mode=eval_mode, batch_size=2)
+    if isinstance(model_b, str) or eval_mode:  # what can be checked before a model runs
+        assert model_a.batches == []
+    with pytest.raises(ValueError, match=r"^eval_mode=True needs model_a to be an nn.Module"):
+        agreement_on_mistakes(lambda t: t, model_a, x, y, eval_mode=True)

@@ -75,23 +75,25 @@ def finite_at_least_zero(value: object, name: str) -> float:
     return number
 
 
-def check_model(model: object, x: Tensor) -> None:
+def check_model(model: object, x: Tensor, name: str = "model") -> None:
+    """Check that ``model`` (the argument ``name``) is callable and lives on ``x``'s device."""
     if not callable(model):
-        raise TypeError(f"model must be callable (an nn.Module or a function); got {type(model).__name__}")
+        raise TypeError(f"{name} must be callable (an nn.Module or a function); got {type(model).__name__}")
     found = model_tensor(model)
     if found is not None and found[1].device != x.device:
         kind, tensor = found
         raise ValueError(
-            f"model has {kind} on {tensor.device} but x is on {x.device}; "
+            f"{name} has {kind} on {tensor.device} but x is on {x.device}; "
             f"move one of them, e.g. x.to({str(tensor.device)!r})"
         )
 
 
-def check_inputs(x: object, clip: object = None) -> Box | None:
+def check_inputs(x: object, clip: object = None, *, before: str = "attacking it") -> Box | None:
     """Check ``x`` (a finite floating-point batch) and ``clip``, and that ``x`` lies inside it.
 
     Returns ``clip`` as a :class:`Box` (None for no box). With number bounds this reads ``x``
-    once and synchronises with the device once.
+    once and synchronises with the device once. ``before`` ends the advice for NaN or inf in
+    ``x`` ("clean the input before ..."): what the caller does with it.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
@@ -113,7 +115,7 @@ def check_inputs(x: object, clip: object = None) -> Box | None:
     extremes = [*torch.aminmax(x), *((box.low, box.high) if scalar_bounds else ())]  # type: ignore[union-attr]
     x_low, x_high, *bounds = torch.stack(extremes).tolist()
     if not (math.isfinite(x_low) and math.isfinite(x_high)):
-        raise ValueError("x contains NaN or inf; clean the input before attacking it")
+        raise ValueError(f"x contains NaN or inf; clean the input before {before}")
     if box is None:
         return None
     low_high = box.numbers or bounds
@@ -188,22 +190,23 @@ def check_label_range(label_range: tuple[int, int] | None, num_outputs: int) -> 
         )
 
 
-def check_logits(logits: object, x: Tensor) -> Tensor:
-    """What the model returned for ``x``: floating-point logits, one row per sample, on x's device."""
+def check_logits(logits: object, x: Tensor, name: str = "model") -> Tensor:
+    """What the model (the argument ``name``) returned for ``x``: floating-point logits, one row
+    per sample, on x's device."""
     batch = x.shape[0]
     if not isinstance(logits, Tensor):
         raise TypeError(
-            f"model must return a tensor of logits, shape (batch, classes); got {type(logits).__name__}. "
+            f"{name} must return a tensor of logits, shape (batch, classes); got {type(logits).__name__}. "
             "Wrap a model that returns a tuple or dict, e.g. lambda x: model(x)['logits']"
         )
     if logits.ndim != 2 or logits.shape[0] != batch or logits.shape[1] < 1 or not logits.is_floating_point():
         raise ValueError(
-            f"model must return floating-point logits of shape (batch, classes) = ({batch}, C) with C >= 1; "
+            f"{name} must return floating-point logits of shape (batch, classes) = ({batch}, C) with C >= 1; "
             f"got shape {tuple(logits.shape)} and dtype {logits.dtype}"
         )
     if logits.device != x.device:
         raise ValueError(
-            f"model returned logits on {logits.device} but x is on {x.device}; return logits on x's device "
+            f"{name} returned logits on {logits.device} but x is on {x.device}; return logits on x's device "
             "(e.g. lambda x: model(x).to(x.device))"
         )
     return logits

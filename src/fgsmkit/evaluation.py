@@ -40,7 +40,7 @@ from torch import Tensor
 
 from . import _validation
 from ._validation import Count
-from .gradient import check_logits_finite, innermost_module, model_state_kept, predicted_labels
+from .gradient import check_eval_mode, check_logits_finite, innermost_module, model_state_kept, predicted_labels
 from .models import Classifier
 
 Model = Callable[[Tensor], Tensor]
@@ -132,7 +132,9 @@ def error_rate(model: Model, x: Tensor, y: Tensor, *, batch_size: Count = 1000, 
     >>> error_rate(logits_are_inputs, x, torch.tensor([0, 1, 1]))
     0.3333333333333333
     """
-    predicted = _predictions(model, x, _labels(y), batch_size, eval_mode).labels
+    y = _labels(y)
+    batch_size, eval_mode = _check_batch(model, x, y, batch_size, eval_mode)
+    predicted = _predictions(model, x, y, batch_size, eval_mode).labels
     return _mean((predicted != y).double())
 
 
@@ -167,7 +169,9 @@ def confidence_on_mistakes(model: Model, x: Tensor, y: Tensor, *, batch_size: Co
     >>> round(confidence_on_mistakes(lambda x: x, x, torch.tensor([0, 1, 1])), 6)  # softmax(log 3, 0)[0]
     0.75
     """
-    predicted, confidence, _ = _predictions(model, x, _labels(y), batch_size, eval_mode)
+    y = _labels(y)
+    batch_size, eval_mode = _check_batch(model, x, y, batch_size, eval_mode)
+    predicted, confidence, _ = _predictions(model, x, y, batch_size, eval_mode)
     return _mean(confidence[predicted != y])
 
 
@@ -198,6 +202,7 @@ def mean_confidence(model: Model, x: Tensor, *, batch_size: Count = 1000, eval_m
     >>> round(mean_confidence(lambda x: x, x), 6)  # (0.75 + 0.5) / 2
     0.625
     """
+    batch_size, eval_mode = _check_batch(model, x, None, batch_size, eval_mode)
     return _mean(_predictions(model, x, None, batch_size, eval_mode).confidence)
 
 
@@ -236,8 +241,13 @@ def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, 
     >>> agreement_on_mistakes(a, b, x, torch.tensor([0, 0, 0]))["agreement_on_a_mistakes"]
     0.3333333333333333
     """
-    a = _predictions(model_a, x, _labels(y), batch_size, eval_mode)
-    b = _predictions(model_b, x, y, batch_size, eval_mode)
+    y = _labels(y)
+    # Both models are checked before either runs over all of x.
+    batch_size, eval_mode = _check_batch(model_a, x, y, batch_size, eval_mode, "model_a")
+    _validation.check_model(model_b, x, "model_b")
+    check_eval_mode(model_b, eval_mode, "model_b")
+    a = _predictions(model_a, x, y, batch_size, eval_mode, "model_a")
+    b = _predictions(model_b, x, y, batch_size, eval_mode, "model_b")
     if a.classes != b.classes:
         raise ValueError(
             f"model_a has {a.classes} classes but model_b has {b.classes}; agreement compares the classes "
@@ -369,8 +379,8 @@ def evaluate_attack(model: ModelT, attack: Attack[ModelT], x: Tensor, y: Tensor,
     """
     if not callable(attack):
         raise TypeError(f"attack must be callable as attack(model, x, y) -> x_adv; got {type(attack).__name__}")
-    batch_size = _check_batch(model, x, _labels(y), batch_size)
-    eval_mode = _validation.check_flag(eval_mode, "eval_mode")
+    y = _labels(y)
+    batch_size, eval_mode = _check_batch(model, x, y, batch_size, eval_mode)
     keep_examples = _validation.check_flag(keep_examples, "keep_examples")
     with model_state_kept(model, eval_mode):
         clean = _predictions(model, x, y, batch_size, eval_mode=False).labels
@@ -435,12 +445,14 @@ def _probabilities(model: Model, logits: Tensor) -> Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def _logits(model: Model, x: Tensor) -> Tensor:
-    """The logits of one batch, shape ``(batch, classes)``, checked to be finite."""
+def _logits(model: Model, x: Tensor, name: str = "model") -> Tensor:
+    """The logits of one batch, shape ``(batch, classes)``, checked to be finite (``name``: the
+    model's argument, for the messages)."""
     # The model gets a copy: under no_grad nothing stops one that writes into its input
     # (nn.ReLU(inplace=True) first) from changing the caller's x, whose batches are views of it.
-    logits = _validation.check_logits(model(x.clone()), x)
-    check_logits_finite(logits)
+    logits = _validation.check_logits(model(x.clone()), x, name)
+    check_logits_finite(logits, f"{name} returned NaN or inf logits for these inputs, which have no predicted "
+                                "class or probability to score; check the model and its inputs")
     return logits
 
 
@@ -450,17 +462,22 @@ def _predicted_class(model: Model, logits: Tensor) -> tuple[Tensor, Tensor]:
     return predicted, _probabilities(model, logits).gather(1, predicted[:, None])[:, 0]
 
 
-def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: object) -> int:
-    """Check the arguments every metric takes (``y=None``: no labels); returns ``batch_size`` as an int."""
-    _validation.check_inputs(x)
+def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: object, eval_mode: object,
+                 name: str = "model") -> tuple[int, bool]:
+    """Check the arguments every metric takes (``y=None``: no labels; ``name``: the model's
+    argument); returns ``batch_size`` and ``eval_mode`` as an int and a bool."""
+    _validation.check_inputs(x, before="evaluating the model on it")
     if x.shape[0] == 0:
         raise ValueError("x must hold at least one sample; a metric over no samples is undefined")
-    _validation.check_model(model, x)
+    _validation.check_model(model, x, name)
     if y is not None:
         _validation.check_labels(y, x)
         if y.ndim != 1:
             raise ValueError(f"y must be a 1-D tensor of class indices; got shape {tuple(y.shape)}")
-    return _validation.check_positive_int(batch_size, "batch_size")
+    batch_size = _validation.check_positive_int(batch_size, "batch_size")
+    eval_mode = _validation.check_flag(eval_mode, "eval_mode")
+    check_eval_mode(model, eval_mode, name)
+    return batch_size, eval_mode
 
 
 class _Predictions(NamedTuple):
@@ -469,15 +486,14 @@ class _Predictions(NamedTuple):
     classes: int  # how many classes the model tells apart (two for a single logit column)
 
 
-def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: object,
-                 eval_mode: bool) -> _Predictions:
-    """Predicted classes and their probabilities for all of ``x``; ``y`` is checked against them."""
-    batch_size = _check_batch(model, x, y, batch_size)
-    eval_mode = _validation.check_flag(eval_mode, "eval_mode")
+def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: int, eval_mode: bool,
+                 name: str = "model") -> _Predictions:
+    """Predicted classes and their probabilities for all of ``x`` (arguments checked by
+    :func:`_check_batch`); ``y`` is checked against the model's classes."""
     confidences, predictions = [], []
     with model_state_kept(model, eval_mode), torch.no_grad():
         for batch in x.split(batch_size):
-            logits = _logits(model, batch)
+            logits = _logits(model, batch, name)
             if y is not None and not predictions:
                 _validation.check_class_labels(y, logits.shape[1])
             predicted, confidence = _predicted_class(model, logits)
@@ -487,11 +503,12 @@ def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: object,
 
 
 def _labels(y: object) -> Tensor:
-    """``y``, which a metric that compares predictions with the truth cannot do without."""
-    if y is None:
+    """``y``, a tensor, which a metric that compares predictions with the truth cannot do without."""
+    if not isinstance(y, Tensor):
+        fix = "" if y is None else ", convert it with torch.as_tensor(y)"
         raise TypeError("y must be a tensor of true class indices, shape (batch,): this metric compares "
-                        "the predictions with them")
-    return y  # type: ignore[return-value]  # checked with x by _check_batch
+                        f"the predictions with them; got {type(y).__name__}{fix}")
+    return y  # checked with x by _check_batch
 
 
 def _sample_shape(sample_shape: object) -> tuple[int, ...]:

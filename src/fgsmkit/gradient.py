@@ -193,6 +193,17 @@ def autograd_usable(t: Tensor) -> Tensor:
         return t.clone()
 
 
+def check_eval_mode(model: object, eval_mode: bool, name: str = "model") -> None:
+    """Check that ``eval_mode=True`` can be honoured: ``model`` (the argument ``name``) is an
+    nn.Module, whose mode can be switched."""
+    if eval_mode and not isinstance(model, nn.Module):
+        the_model = "the model" if name == "model" else name
+        raise ValueError(
+            f"eval_mode=True needs {the_model} to be an nn.Module, whose mode can be switched; got "
+            f"{type(model).__name__}. Pass the module itself, or call module.eval() before the call"
+        )
+
+
 @contextlib.contextmanager
 def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
     """Run the block with the model in eval mode if asked, and leave its state as found.
@@ -202,12 +213,8 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
     update, are restored either way: their values, and the tensors themselves where a forward
     replaced them (``self.average = 0.9 * self.average + ...``).
     """
+    check_eval_mode(model, eval_mode)
     if not isinstance(model, nn.Module):
-        if eval_mode:
-            raise ValueError(
-                "eval_mode=True needs the model to be an nn.Module, whose mode can be switched; got "
-                f"{type(model).__name__}. Pass the module itself, or call module.eval() before the call"
-            )
         yield
         return
     modes = [(module, module.training) for module in model.modules()]
@@ -520,9 +527,10 @@ class Objective:
 NON_FINITE_LOGITS = "model returned NaN or inf logits for these inputs; the attack cannot use them"
 
 
-def check_logits_finite(logits: Tensor) -> None:
+def check_logits_finite(logits: Tensor, message: str = NON_FINITE_LOGITS) -> None:
+    """Raise a ``ValueError`` with ``message`` (the caller's words) if ``logits`` hold NaN or inf."""
     if not bool(torch.isfinite(logits.detach()).all()):
-        raise ValueError(NON_FINITE_LOGITS)
+        raise ValueError(message)
 
 
 def check_first_gradient(grad: Tensor, logits: Tensor | None = None) -> tuple[float, float] | None:

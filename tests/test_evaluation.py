@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+import warnings
 
 import pytest
 import torch
@@ -449,7 +451,7 @@ class SignByMode(nn.Module):
 
 @pytest.mark.parametrize("training, eval_mode", [(True, True), (False, False), (True, False)])
 def test_adversarial_examples_are_scored_in_the_mode_of_the_clean_ones(training: bool, eval_mode: bool) -> None:
-    x, y = torch.eye(4)[torch.arange(12) % 4], torch.arange(12) % 4
+    x, y = 2 * torch.eye(4)[torch.arange(12) % 4], torch.arange(12) % 4  # logits, not one-hot probabilities
 
     def unchanged_but_switches(model, xb, yb):
         model.train(not model.training)  # and leaves it so
@@ -658,3 +660,50 @@ def test_agreement_names_the_model_at_fault_and_checks_both_before_running_eithe
         assert model_a.batches == []
     with pytest.raises(ValueError, match=r"^eval_mode=True needs model_a to be an nn.Module"):
         agreement_on_mistakes(lambda t: t, model_a, x, y, eval_mode=True)
+
+
+def _softmax_at_the_end() -> tuple[nn.Module, nn.Module]:
+    """A confident linear model, and the same model ending in nn.Softmax (outputs probabilities)."""
+    torch.manual_seed(0)
+    logits_model = nn.Linear(20, 5)
+    with torch.no_grad():
+        logits_model.weight.mul_(20)
+    return logits_model, nn.Sequential(logits_model, nn.Softmax(dim=1))
+
+
+def test_metrics_that_take_a_softmax_warn_once_when_the_outputs_are_probabilities() -> None:
+    # The softmax of probabilities gave mean confidences near 1/classes and no rubbish at all.
+    logits_model, probabilities_model = _softmax_at_the_end()
+    x, y = torch.rand(30, 20), torch.randint(0, 5, (30,))
+    unchanged = lambda model, xb, yb: xb.clone()  # noqa: E731  (an attack that does not warn itself)
+    for metric in (lambda m: mean_confidence(m, x, batch_size=7),
+                   lambda m: confidence_on_mistakes(m, x, y, batch_size=7),
+                   lambda m: rubbish_rate(m, 30, 20, batch_size=7),
+                   lambda m: evaluate_attack(m, unchanged, x, y, batch_size=7)):
+        with pytest.warns(UserWarning) as caught:
+            metric(probabilities_model)
+        assert len(caught) == 1  # on the first batch only
+        assert re.fullmatch(
+            r"model's outputs are probabilities \(in \[0, 1\], each row sums to 1\), but the metrics expect "
+            r"logits and take the softmax of them; drop the softmax at the end of the model, or pass "
+            r"lambda x: model\(x\).log\(\) \(log-probabilities are logits\)", str(caught[0].message))
+        assert caught[0].filename == __file__  # the user's line
+    # The advice gives the right numbers, without a warning.
+    log_of_it = lambda t: probabilities_model(t).log()  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mean_confidence(log_of_it, x) == pytest.approx(mean_confidence(logits_model, x))
+        noise = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+        assert (rubbish_rate(log_of_it, 30, 20, generator=noise())
+                == pytest.approx(rubbish_rate(logits_model, 30, 20, generator=noise())))
+
+
+def test_metrics_of_predictions_alone_do_not_warn_about_probabilities() -> None:
+    # The predicted class is the largest output, logits or probabilities alike.
+    logits_model, probabilities_model = _softmax_at_the_end()
+    x, y = torch.rand(30, 20), torch.randint(0, 5, (30,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert error_rate(probabilities_model, x, y) == error_rate(logits_model, x, y)
+        assert (agreement_on_mistakes(probabilities_model, logits_model, x, y)
+                == agreement_on_mistakes(logits_model, logits_model, x, y))

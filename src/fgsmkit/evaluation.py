@@ -10,8 +10,9 @@ of the logits, a single logit column being read as binary logistic regression
 (``[sigmoid(-z), sigmoid(z)]``). A model wrapped by ``torch.compile``,
 ``DistributedDataParallel`` or ``DataParallel`` keeps its own probabilities. The predicted
 class is the one with the largest logit (the most probable one, read where probabilities
-cannot underflow into ties) and the *confidence* is its probability. NaN or infinite logits
-raise a ``ValueError``. Counts and sizes (``n``, ``batch_size``, ``sample_shape``) may be
+cannot underflow into ties) and the *confidence* is its probability. A model whose outputs are
+already probabilities (one that ends in a softmax) warns where their softmax would be taken, on
+the first batch: pass ``lambda x: model(x).log()``. NaN or infinite logits raise a ``ValueError``. Counts and sizes (``n``, ``batch_size``, ``sample_shape``) may be
 NumPy integers.
 
 Transfer error, the error of model B on adversarial examples made on model A (the paper's
@@ -40,7 +41,14 @@ from torch import Tensor
 
 from . import _validation
 from ._validation import Count
-from .gradient import check_eval_mode, check_logits_finite, innermost_module, model_state_kept, predicted_labels
+from .gradient import (
+    check_eval_mode,
+    check_logits_finite,
+    innermost_module,
+    model_state_kept,
+    predicted_labels,
+    warn_if_probabilities,
+)
 from .models import Classifier
 
 Model = Callable[[Tensor], Tensor]
@@ -53,6 +61,12 @@ Attack = Callable[[ModelT, Tensor, Tensor], Tensor]
 # the draws do not depend on it. It is the default batch size, at which the draws are those of
 # the earlier one draw per batch (the reproduction's recorded rubbish numbers among them).
 _NOISE_BLOCK = 1000
+
+# What goes wrong, and the fix, where a model's outputs are already probabilities.
+_SOFTMAX_OF_PROBABILITIES = (
+    "the metrics expect logits and take the softmax of them; drop the softmax at the end of the model, or pass "
+    "lambda x: model(x).log() (log-probabilities are logits)"
+)
 
 
 @dataclass(frozen=True)
@@ -134,7 +148,7 @@ def error_rate(model: Model, x: Tensor, y: Tensor, *, batch_size: Count = 1000, 
     """
     y = _labels(y)
     batch_size, eval_mode = _check_batch(model, x, y, batch_size, eval_mode)
-    predicted = _predictions(model, x, y, batch_size, eval_mode).labels
+    predicted = _predictions(model, x, y, batch_size, eval_mode, with_confidence=False).labels
     return _mean((predicted != y).double())
 
 
@@ -246,8 +260,8 @@ def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, 
     batch_size, eval_mode = _check_batch(model_a, x, y, batch_size, eval_mode, "model_a")
     _validation.check_model(model_b, x, "model_b")
     check_eval_mode(model_b, eval_mode, "model_b")
-    a = _predictions(model_a, x, y, batch_size, eval_mode, "model_a")
-    b = _predictions(model_b, x, y, batch_size, eval_mode, "model_b")
+    a = _predictions(model_a, x, y, batch_size, eval_mode, "model_a", with_confidence=False)
+    b = _predictions(model_b, x, y, batch_size, eval_mode, "model_b", with_confidence=False)
     if a.classes != b.classes:
         raise ValueError(
             f"model_a has {a.classes} classes but model_b has {b.classes}; agreement compares the classes "
@@ -324,7 +338,7 @@ def rubbish_rate(model: Model, n: Count, sample_shape: Count | Sequence[Count], 
     confidences = []
     with model_state_kept(model, eval_mode), torch.no_grad():
         for noise in _noise_batches(n, shape, batch_size, generator, probe):
-            confidences.append(_probabilities(model, _logits(model, noise)).amax(dim=1))
+            confidences.append(_probabilities(model, _logits(model, noise), first=not confidences).amax(dim=1))
     confidence = torch.cat(confidences)
     rubbish = confidence > threshold
     return _mean(rubbish.double()), _mean(confidence[rubbish])
@@ -383,7 +397,7 @@ def evaluate_attack(model: ModelT, attack: Attack[ModelT], x: Tensor, y: Tensor,
     batch_size, eval_mode = _check_batch(model, x, y, batch_size, eval_mode)
     keep_examples = _validation.check_flag(keep_examples, "keep_examples")
     with model_state_kept(model, eval_mode):
-        clean = _predictions(model, x, y, batch_size, eval_mode=False).labels
+        clean = _predictions(model, x, y, batch_size, eval_mode=False, with_confidence=False).labels
         wrong, confident, kept = [], [], []
         for x_batch, y_batch in zip(x.split(batch_size), y.split(batch_size)):
             # The attack may switch the model's mode or update its statistics: undone before
@@ -398,7 +412,7 @@ def evaluate_attack(model: ModelT, attack: Attack[ModelT], x: Tensor, y: Tensor,
                 x_adv = _checked_attack_output(
                     attack(model, x_batch.detach().clone(), y_batch.detach().clone()), x_batch)
             with torch.no_grad():
-                predicted, confidence = _predicted_class(model, _logits(model, x_adv))
+                predicted, confidence = _predicted_class(model, _logits(model, x_adv), first=not wrong)
             wrong.append(predicted != y_batch)
             confident.append(confidence)
             if keep_examples:
@@ -434,15 +448,19 @@ def _checked_attack_output(x_adv: object, x: Tensor) -> Tensor:
     return x_adv
 
 
-def _probabilities(model: Model, logits: Tensor) -> Tensor:
-    """The same probabilities as ``predict_proba``: the model's own, or softmax / sigmoid."""
+def _probabilities(model: Model, logits: Tensor, first: bool) -> Tensor:
+    """The same probabilities as ``predict_proba``: the model's own, or softmax / sigmoid. On the
+    ``first`` batch, a softmax of outputs that are already probabilities warns."""
     classifier = innermost_module(model)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if isinstance(classifier, Classifier):
-        return classifier.probabilities(logits)
+        return classifier.probabilities(wide)
     if logits.shape[1] == 1:
-        return torch.cat([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)
-    return torch.softmax(logits, dim=1)
+        return torch.cat([torch.sigmoid(-wide), torch.sigmoid(wide)], dim=1)
+    if first:
+        low, high = torch.stack(torch.aminmax(logits)).tolist()
+        warn_if_probabilities(logits, (low, high), _SOFTMAX_OF_PROBABILITIES)
+    return torch.softmax(wide, dim=1)
 
 
 def _logits(model: Model, x: Tensor, name: str = "model") -> Tensor:
@@ -456,10 +474,10 @@ def _logits(model: Model, x: Tensor, name: str = "model") -> Tensor:
     return logits
 
 
-def _predicted_class(model: Model, logits: Tensor) -> tuple[Tensor, Tensor]:
-    """The predicted classes for ``logits`` and their probabilities."""
+def _predicted_class(model: Model, logits: Tensor, first: bool) -> tuple[Tensor, Tensor]:
+    """The predicted classes for ``logits`` and their probabilities (``first``: the first batch)."""
     predicted = predicted_labels(logits)
-    return predicted, _probabilities(model, logits).gather(1, predicted[:, None])[:, 0]
+    return predicted, _probabilities(model, logits, first).gather(1, predicted[:, None])[:, 0]
 
 
 def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: object, eval_mode: object,
@@ -482,24 +500,32 @@ def _check_batch(model: Model, x: Tensor, y: Tensor | None, batch_size: object, 
 
 class _Predictions(NamedTuple):
     labels: Tensor  # the predicted class of each sample
-    confidence: Tensor  # its probability
+    confidence: Tensor | None  # its probability, where asked for
     classes: int  # how many classes the model tells apart (two for a single logit column)
 
 
 def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: int, eval_mode: bool,
-                 name: str = "model") -> _Predictions:
-    """Predicted classes and their probabilities for all of ``x`` (arguments checked by
-    :func:`_check_batch`); ``y`` is checked against the model's classes."""
+                 name: str = "model", *, with_confidence: bool = True) -> _Predictions:
+    """Predicted classes for all of ``x`` (arguments checked by :func:`_check_batch`), and
+    their probabilities ``with_confidence``; ``y`` is checked against the model's classes.
+
+    The predictions alone need no probabilities: the largest output is the predicted class,
+    logits or probabilities alike, so that only the confidence warns about probabilities.
+    """
     confidences, predictions = [], []
     with model_state_kept(model, eval_mode), torch.no_grad():
         for batch in x.split(batch_size):
             logits = _logits(model, batch, name)
             if y is not None and not predictions:
                 _validation.check_class_labels(y, logits.shape[1])
-            predicted, confidence = _predicted_class(model, logits)
-            confidences.append(confidence)
+            if with_confidence:
+                predicted, confidence = _predicted_class(model, logits, first=not predictions)
+                confidences.append(confidence)
+            else:
+                predicted = predicted_labels(logits)
             predictions.append(predicted)
-    return _Predictions(torch.cat(predictions), torch.cat(confidences), max(logits.shape[1], 2))
+    confidence = torch.cat(confidences) if with_confidence else None
+    return _Predictions(torch.cat(predictions), confidence, max(logits.shape[1], 2))
 
 
 def _labels(y: object) -> Tensor:

@@ -578,10 +578,18 @@ def _warn_about_samples_in_trouble(grad: Tensor) -> None:
         )
 
 
-def warn_if_probabilities(outputs: Tensor, output_range: tuple[float, float] | None) -> None:
+LOSS_EXPECTS_LOGITS = (
+    "the loss expects logits; drop the softmax at the end of the model (or take its log: log-probabilities "
+    "are logits), or pass a loss_fn written for probabilities"
+)
+
+
+def warn_if_probabilities(outputs: Tensor, output_range: tuple[float, float] | None,
+                          advice: str = LOSS_EXPECTS_LOGITS) -> None:
     """Warn where a model's outputs, all in [0, 1] (``output_range``, as read by
     :func:`check_first_gradient`), are rows that sum to 1: probabilities (a softmax at its end),
-    which the default loss would take for logits."""
+    which the default loss (or the metrics' softmax) would take for logits. ``advice``, in the
+    caller's words, says what goes wrong and how to fix it."""
     if output_range is None or output_range[0] < 0 or output_range[1] > 1 or outputs.shape[1] < 2:
         return
     # A softmax accumulates its row in at least float32 (an error growing with the number of
@@ -592,9 +600,7 @@ def warn_if_probabilities(outputs: Tensor, output_range: tuple[float, float] | N
     if not bool(((outputs.detach().double().sum(dim=1) - 1).abs() <= tolerance).all()):
         return
     warnings.warn(
-        "model's outputs are probabilities (in [0, 1], each row sums to 1), but the loss expects logits; "
-        "drop the softmax at the end of the model (or take its log: log-probabilities are logits), or pass "
-        "a loss_fn written for probabilities",
+        f"model's outputs are probabilities (in [0, 1], each row sums to 1), but {advice}",
         UserWarning,
         stacklevel=_validation.user_stacklevel(),
     )

@@ -707,3 +707,51 @@ def test_metrics_of_predictions_alone_do_not_warn_about_probabilities() -> None:
         assert error_rate(probabilities_model, x, y) == error_rate(logits_model, x, y)
         assert (agreement_on_mistakes(probabilities_model, logits_model, x, y)
                 == agreement_on_mistakes(logits_model, logits_model, x, y))
+
+
+class Normalized(nn.Module):
+    """The usual wrapper that adds preprocessing to a model (the identity here, on purpose)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net((t - 0.5) / 0.5 * 0.5 + 0.5)
+
+
+class NormalizedClassifier(fk.models.Classifier):
+    """The same wrapper as a Classifier that hands on its model's probabilities."""
+
+    def __init__(self, net: fk.models.Classifier) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net((t - 0.5) / 0.5 * 0.5 + 0.5)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.net.probabilities(logits)
+
+
+def test_a_module_wrapping_a_model_with_its_own_probabilities_warns_that_it_gets_a_softmax() -> None:
+    # A preprocessing wrapper around the RBF network was scored with a softmax, silently.
+    torch.manual_seed(0)
+    rbf, x = fk.models.RBFNetwork(4, 3), torch.rand(40, 4)
+    for metric in (lambda m: mean_confidence(m, x, batch_size=7), lambda m: rubbish_rate(m, 30, 4, batch_size=7)):
+        with pytest.warns(UserWarning) as caught:
+            metric(Normalized(rbf))
+        assert len(caught) == 1
+        assert re.fullmatch(
+            r"model is scored with the softmax of its outputs, but its submodule 'net' \(RBFNetwork\) defines its "
+            r"own probabilities, which the metrics use only for the model itself; pass that module as the model, "
+            r"or make the wrapper a fgsmkit.models.Classifier whose probabilities\(\) hands on the submodule's",
+            str(caught[0].message))
+    # The advice gives the network's own numbers; wrappers around softmax or single-logit models
+    # are scored as their models would be, without a word.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mean_confidence(NormalizedClassifier(rbf), x) == pytest.approx(mean_confidence(rbf, x))
+        for inner in (fk.models.SoftmaxRegression(4, 3), fk.models.LogisticRegression(4)):
+            assert mean_confidence(Normalized(inner), x) == pytest.approx(mean_confidence(inner, x))
+        error_rate(Normalized(rbf), x, torch.randint(0, 3, (40,)))  # no probabilities taken

@@ -1,19 +1,29 @@
 """The paper's metrics, as functions of any classifier: error, confidence, agreement, rubbish.
 
 Every function runs the model in batches of ``batch_size`` without autograd, in the train/eval
-mode the model is in (``eval_mode=True`` switches it to eval mode for the call); the mode of
-every submodule and any buffers (such as BatchNorm statistics) are restored afterwards. A model
-is any callable returning logits of shape ``(batch, classes)``. Probabilities are those of
-:meth:`fgsmkit.models.Classifier.probabilities` for the models of :mod:`fgsmkit.models`
-(for example the RBF network's unnormalised detector probabilities), and otherwise the softmax
-of the logits, a single logit column being read as binary logistic regression
-(``[sigmoid(-z), sigmoid(z)]``). A model wrapped by ``torch.compile``,
-``DistributedDataParallel`` or ``DataParallel`` keeps its own probabilities. The predicted
-class is the one with the largest logit (the most probable one, read where probabilities
-cannot underflow into ties) and the *confidence* is its probability. A model whose outputs are
-already probabilities (one that ends in a softmax) warns where their softmax would be taken, on
-the first batch: pass ``lambda x: model(x).log()``. NaN or infinite logits raise a ``ValueError``. Counts and sizes (``n``, ``batch_size``, ``sample_shape``) may be
-NumPy integers.
+mode the model is in (``eval_mode=True`` switches it to eval mode for the call). A model is any
+callable returning logits of shape ``(batch, classes)``, but only an ``nn.Module`` shows its
+state: for one, the mode of every submodule and any buffers (such as BatchNorm statistics) are
+restored afterwards. A function (a lambda, a ``functools.partial``, a bound ``forward``) hides
+the modules it calls: ``eval_mode=True`` is refused, and a module it runs in train mode keeps
+whatever its forward passes write (BatchNorm's running statistics, say). Call ``module.eval()``
+first, or pass the module itself.
+
+Probabilities are those of :meth:`fgsmkit.models.Classifier.probabilities` where the model is a
+:class:`~fgsmkit.models.Classifier` (for example the RBF network's unnormalised detector
+probabilities), also when wrapped by ``torch.compile``, ``DistributedDataParallel`` or
+``DataParallel``; otherwise they are the softmax of the logits, a single logit column being read
+as binary logistic regression (``[sigmoid(-z), sigmoid(z)]``). A function or another module
+that calls a classifier is scored this way too, not with the classifier's own probabilities: a
+module holding one that defines its own warns where it is scored with a softmax (a function's
+modules cannot be seen).
+Pass the classifier itself, or make the wrapper a :class:`~fgsmkit.models.Classifier` whose
+``probabilities`` hands on the classifier's. The predicted class is the one with the largest
+logit (the most probable one, read where probabilities cannot underflow into ties) and the
+*confidence* is its probability. A model whose outputs are already probabilities (one that
+ends in a softmax) warns where their softmax would be taken, on the first batch: drop the
+softmax, or pass ``lambda x: model(x).log()``. NaN or infinite logits raise a ``ValueError``.
+Counts and sizes (``n``, ``batch_size``, ``sample_shape``) may be NumPy integers.
 
 Transfer error, the error of model B on adversarial examples made on model A (the paper's
 section 8), needs no function of its own:
@@ -32,12 +42,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypedDict, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import _validation
 from ._validation import Count
@@ -362,8 +373,9 @@ def evaluate_attack(model: ModelT, attack: Attack[ModelT], x: Tensor, y: Tensor,
         Samples per attack call and per forward pass.
     eval_mode : bool
         Run the model in eval mode, during the attack too (its mode is restored afterwards).
-        Whatever the attack does to the model's mode or buffers is undone before its examples
-        are scored, so that they are scored in the mode, and with the statistics, of the clean ones.
+        For a model that is an ``nn.Module``, whatever the attack does to its mode or buffers is
+        undone before its examples are scored, so that they are scored in the mode, and with the
+        statistics, of the clean ones.
     keep_examples : bool
         Return the adversarial examples in :attr:`AttackReport.examples` (for transfer or
         agreement measurements); otherwise each batch's are dropped once measured.
@@ -460,7 +472,26 @@ def _probabilities(model: Model, logits: Tensor, first: bool) -> Tensor:
     if first:
         low, high = torch.stack(torch.aminmax(logits)).tolist()
         warn_if_probabilities(logits, (low, high), _SOFTMAX_OF_PROBABILITIES)
+        _warn_if_wrapping_own_probabilities(classifier)
     return torch.softmax(wide, dim=1)
+
+
+def _warn_if_wrapping_own_probabilities(model: Model) -> None:
+    """Warn where ``model``, scored with a softmax, is a module holding a :class:`Classifier` that
+    defines other probabilities (the RBF network's): a wrapper adding preprocessing, say."""
+    if not isinstance(model, nn.Module):
+        return  # a function's modules cannot be seen
+    for name, module in model.named_modules():
+        if name and isinstance(module, Classifier) and type(module).probabilities is not Classifier.probabilities:
+            warnings.warn(
+                f"model is scored with the softmax of its outputs, but its submodule {name!r} "
+                f"({type(module).__name__}) defines its own probabilities, which the metrics use only for the "
+                "model itself; pass that module as the model, or make the wrapper a fgsmkit.models.Classifier "
+                "whose probabilities() hands on the submodule's",
+                UserWarning,
+                stacklevel=_validation.user_stacklevel(),
+            )
+            return
 
 
 def _logits(model: Model, x: Tensor, name: str = "model") -> Tensor:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import fgsmkit
+from fgsmkit import evaluation
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -76,6 +77,17 @@ def test_public_name_is_documented_with_types_and_an_example(module_name: str, n
     assert not untyped, f"{module_name}.{name}: parameters without type hints: {untyped}"
     if not inspect.isclass(obj):
         assert signature.return_annotation is not inspect.Signature.empty, f"{module_name}.{name}: no return type"
+
+
+@pytest.mark.parametrize("name", [n for n in evaluation.__all__ if inspect.isfunction(getattr(evaluation, n))])
+def test_evaluation_parameters_are_documented_one_by_one_with_their_types(name: str) -> None:
+    # The project's Sphinx settings render a combined entry ("x, y : Tensor") wrongly: the second
+    # name got the first one's description, and an untyped one the signature's hint (np.integer).
+    function = getattr(evaluation, name)
+    doc = inspect.getdoc(function)
+    entries = re.findall(r"^(\S[^\n]*?) : \S", doc, re.M)
+    expected = [p for p in inspect.signature(function).parameters]
+    assert entries[:len(expected)] == expected, f"{name}: parameter entries {entries}"
 
 
 def _sphinx(builder: str, out: Path) -> subprocess.CompletedProcess[str]:

@@ -239,10 +239,20 @@ def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, 
 
     Parameters
     ----------
-    model_a, model_b : callable
-        Two classifiers over the same classes (a single logit column counts as two classes).
-    x, y, batch_size, eval_mode
-        As in :func:`error_rate`.
+    model_a : callable
+        The classifier whose mistakes are counted: maps a batch of inputs to logits of shape
+        ``(batch, classes)``.
+    model_b : callable
+        The classifier compared with it, over the same classes (a single logit column counts as
+        two classes).
+    x : Tensor
+        Inputs, batch first, at least one sample.
+    y : Tensor
+        True class indices, shape ``(batch,)``.
+    batch_size : int
+        Samples per forward pass.
+    eval_mode : bool
+        Run both models in eval mode (their modes are restored afterwards).
 
     Returns
     -------
@@ -313,13 +323,18 @@ def rubbish_rate(model: Model, n: Count, sample_shape: Count | Sequence[Count], 
         Source of the noise, for reproducible draws. The noise is drawn in blocks of
         1000 inputs, so the draws do not depend on ``batch_size`` (the model's outputs may, in
         their last bits, as matrix products round differently for other batch shapes).
-    batch_size, eval_mode
-        As in :func:`error_rate`.
-    device, dtype : optional
-        Where and in what precision to draw the noise; by default those of the model's first
-        parameter, or first buffer for a model without parameters (CPU and float32 for one with
-        neither). A ``device`` must be the model's; another ``dtype`` is the model's to accept
-        (under autocast, say) or refuse.
+    batch_size : int
+        Samples per forward pass.
+    eval_mode : bool
+        Run the model in eval mode (its mode is restored afterwards).
+    device : torch.device or str, optional
+        Where to draw the noise; by default the device of the model's first parameter, or first
+        buffer for a model without parameters (the CPU for one with neither). It must be the
+        model's.
+    dtype : torch.dtype, optional
+        The floating-point dtype of the noise; by default that of the model's first parameter or
+        buffer (float32 for a model with neither, or with integer ones). Another is the model's
+        to accept (under autocast, say) or refuse.
 
     Returns
     -------
@@ -367,8 +382,10 @@ def evaluate_attack(model: ModelT, attack: Attack[ModelT], x: Tensor, y: Tensor,
         ``attack(model, x, y) -> x_adv``, for example ``functools.partial(fgsmkit.fgsm, eps=0.25)``.
         It is called with autograd on (also inside ``no_grad`` or ``inference_mode``) and gets
         copies of each batch, detached from any graph ``x`` belongs to.
-    x, y : Tensor
-        Clean inputs and their true class indices.
+    x : Tensor
+        Clean inputs, batch first, at least one sample.
+    y : Tensor
+        Their true class indices, shape ``(batch,)``.
     batch_size : int
         Samples per attack call and per forward pass.
     eval_mode : bool

@@ -16,14 +16,15 @@ probabilities), also when wrapped by ``torch.compile``, ``DistributedDataParalle
 as binary logistic regression (``[sigmoid(-z), sigmoid(z)]``). A function or another module
 that calls a classifier is scored this way too, not with the classifier's own probabilities: a
 module holding one that defines its own warns where it is scored with a softmax (a function's
-modules cannot be seen).
-Pass the classifier itself, or make the wrapper a :class:`~fgsmkit.models.Classifier` whose
-``probabilities`` hands on the classifier's. The predicted class is the one with the largest
-logit (the most probable one, read where probabilities cannot underflow into ties) and the
-*confidence* is its probability. A model whose outputs are already probabilities (one that
-ends in a softmax) warns where their softmax would be taken, on the first batch: drop the
-softmax, or pass ``lambda x: model(x).log()``. NaN or infinite logits raise a ``ValueError``.
-Counts and sizes (``n``, ``batch_size``, ``sample_shape``) may be NumPy integers.
+modules cannot be seen). Pass the classifier itself, or make the wrapper a
+:class:`~fgsmkit.models.Classifier` whose ``probabilities`` hands on the classifier's.
+
+The predicted class is the one with the largest logit (the most probable one, read where
+probabilities cannot underflow into ties) and the *confidence* is its probability. A model
+whose outputs are already probabilities (one that ends in a softmax) warns where their softmax
+would be taken, on the first batch: drop the softmax, or pass ``lambda x: model(x).log()``.
+NaN or infinite logits raise a ``ValueError``. Counts and sizes (``n``, ``batch_size``,
+``sample_shape``) may be NumPy integers.
 
 Transfer error, the error of model B on adversarial examples made on model A (the paper's
 section 8), needs no function of its own:
@@ -197,6 +198,7 @@ def confidence_on_mistakes(model: Model, x: Tensor, y: Tensor, *, batch_size: Co
     y = _labels(y)
     batch_size, eval_mode = _check_batch(model, x, y, batch_size, eval_mode)
     predicted, confidence, _ = _predictions(model, x, y, batch_size, eval_mode)
+    assert confidence is not None  # asked for (with_confidence)
     return _mean(confidence[predicted != y])
 
 
@@ -228,7 +230,9 @@ def mean_confidence(model: Model, x: Tensor, *, batch_size: Count = 1000, eval_m
     0.625
     """
     batch_size, eval_mode = _check_batch(model, x, None, batch_size, eval_mode)
-    return _mean(_predictions(model, x, None, batch_size, eval_mode).confidence)
+    confidence = _predictions(model, x, None, batch_size, eval_mode).confidence
+    assert confidence is not None  # asked for (with_confidence)
+    return _mean(confidence)
 
 
 def agreement_on_mistakes(model_a: Model, model_b: Model, x: Tensor, y: Tensor, *, batch_size: Count = 1000,

@@ -6,6 +6,7 @@ import argparse
 import os
 import stat
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -117,15 +118,22 @@ def test_a_good_checkpoint_is_not_called_damaged_when_torch_refuses_for_another_
 
 def test_files_of_other_formats_are_called_damaged_not_a_runtime_error(tmp_path) -> None:
     # Old-style pickles and NumPy archives reached torch's zip reader, whose RuntimeError
-    # ("Invalid magic number", "inline_container") escaped the documented ValueError.
+    # ("Invalid magic number", "inline_container") escaped the documented ValueError, as did
+    # torch's refusal of a TorchScript archive under weights_only.
     import pickle
 
     with open(tmp_path / "pickled.pt", "wb") as handle:
         pickle.dump({"epoch": 3}, handle, protocol=2)
     np.savez(tmp_path / "arrays.npz", w=np.ones(3))
+    with warnings.catch_warnings():  # TorchScript is deprecated; its archives still exist
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
     for name in ("pickled.pt", "arrays.npz"):
         with pytest.raises(ValueError, match=rf"{name} cannot be read as a checkpoint"):
             fk.load_checkpoint(tmp_path / name)
+    with pytest.warns(UserWarning, match="TorchScript"), \
+            pytest.raises(ValueError, match="scripted.pt is a TorchScript archive, not a checkpoint; load it with torch.jit"):
+        fk.load_checkpoint(tmp_path / "scripted.pt")
 
 
 def test_a_checkpoint_whose_tensor_bytes_were_changed_is_damaged(tmp_path) -> None:

@@ -142,6 +142,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             raise
         raise _damaged(path, error) from error  # a seek past the end of a truncated archive
     except RuntimeError as error:  # also raised for good files (a CUDA map_location without CUDA)
+        if "TorchScript archives" in str(error):
+            raise ValueError(f"{path} is a TorchScript archive, not a checkpoint; load it with torch.jit.load") from error
         # Signs of bytes that are not a torch.save archive: torch's zip reader, old-style pickles
         # ("Invalid magic number") and other zip files (a NumPy .npz, "inline_container"); and of a
         # damaged old-style torch.save file, which has no checksums to check.

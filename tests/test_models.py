@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.utils.prune
 
 import fgsmkit as fk
 from fgsmkit.models import LogisticRegression, Maxout, MaxoutMLP, RBFNetwork, SoftmaxRegression
@@ -356,3 +357,60 @@ def test_input_of_another_dtype_than_the_parameters_is_refused_by_name(name: str
         # nor float64 weights
         with pytest.raises(TypeError, match=rf"{type(model).__name__} has float64 parameters but x is float32"):
             ZOO[name]().double()(torch.rand(2, 784))
+
+
+@pytest.mark.parametrize("compute", ["weight_norm", "prune"])
+def test_max_norm_refuses_a_layer_whose_weight_is_computed(compute) -> None:
+    # The weight of a parametrized or pruned layer is recomputed from its stored tensors at each
+    # access: rescaling it in place changed a copy that the next forward threw away, silently.
+    torch.manual_seed(0)
+    net = MaxoutMLP(in_features=6, hidden=(4,), pieces=2, max_norm=0.1)
+    if compute == "weight_norm":
+        torch.nn.utils.parametrizations.weight_norm(net.layers[1])
+    else:
+        torch.nn.utils.prune.l1_unstructured(net.layers[1], "weight", amount=0.5)
+    before = [p.clone() for p in net.parameters()]
+    with pytest.raises(TypeError, match=r"layers\.1 computes its weight .*remove"):
+        net.apply_max_norm()
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    with pytest.raises(ValueError, match="weight is computed from other tensors"):
+        fk.models.max_norm_(net.layers[1].weight, 0.1)
+
+
+def test_max_norm_caps_each_piece_as_its_docstring_says() -> None:
+    # Each affine piece (one row of the layer's weight) is capped, as in the maxout paper's code;
+    # a unit's pieces together may exceed the cap.
+    torch.manual_seed(0)
+    net = MaxoutMLP(in_features=8, hidden=(3,), pieces=4, max_norm=0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(50)
+    net.apply_max_norm()
+    pieces = net.layers[0].linear.weight.unflatten(0, (3, 4))
+    assert pieces.norm(dim=2).max() <= 0.5 * (1 + 1e-6)
+    assert pieces.flatten(1).norm(dim=1).min() > 0.5 * 1.5
+    assert "each affine piece" in fk.models.max_norm_.__doc__
+
+
+def test_max_norm_shortfall_is_what_its_docstring_says() -> None:
+    # A row just over a tiny cap ends 1e-7 / (n + 1e-7) under it: about 9% for a cap of 1e-6.
+    weight = torch.full((1, 4), 0.5e-6) * 1.0001
+    fk.models.max_norm_(weight, 1e-6)
+    shortfall = 1 - weight.double().norm().item() / 1e-6
+    assert shortfall == pytest.approx(1e-7 / (1.0001e-6 + 1e-7), rel=1e-4)
+    assert "9%" in fk.models.max_norm_.__doc__
+
+
+@pytest.mark.parametrize("x", [np.zeros((2, 784), np.float32), [[0.0] * 784]])
+def test_models_refuse_input_that_is_not_a_tensor_by_name(x) -> None:
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor; got .*torch.as_tensor"):
+        SoftmaxRegression(784, 10)(x)
+
+
+def test_models_say_how_to_pass_a_single_sample() -> None:
+    with pytest.raises(ValueError, match=r"got input of shape \(784,\).*x.unsqueeze\(0\)"):
+        SoftmaxRegression(784, 10)(torch.rand(784))
+
+
+def test_rbf_network_repr_shows_its_sizes() -> None:
+    assert repr(RBFNetwork(784, 10)) == "RBFNetwork(in_features=784, num_classes=10)"

@@ -52,10 +52,14 @@ class Classifier(nn.Module):
     def flat(self, x: Tensor) -> Tensor:
         """``x`` as ``(batch, in_features)``; a clear error for any other number of features, or
         another dtype than the parameters' (unless autocast casts it)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}. Convert it with torch.as_tensor(x)")
         if x.ndim < 1 or math.prod(x.shape[1:]) != self.in_features:
+            single = x.numel() == self.in_features and x.ndim <= 1
             raise ValueError(
                 f"{type(self).__name__} expects {self.in_features} features per sample; "
                 f"got input of shape {tuple(x.shape)}"
+                + (". For a single sample add the batch dimension: x.unsqueeze(0)" if single else "")
             )
         weight = next(self.parameters(), None)
         # Autocast casts the other floating dtypes for the layers itself, but never float64 (in x

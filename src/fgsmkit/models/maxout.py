@@ -22,10 +22,12 @@ def check_max_norm(max_norm: object) -> float:
 
 
 def max_norm_(weight: Tensor, max_norm: float) -> None:
-    """Rescale, in place, each row of ``weight`` (one unit's incoming weights) to norm <= ``max_norm``.
+    """Rescale, in place, each row of ``weight`` to norm <= ``max_norm``.
 
-    This is the maxout paper's max column norm constraint (its weights are stored transposed),
-    applied after each optimizer step. It is :func:`torch.renorm`, which multiplies a row of
+    A row is one unit's incoming weights, or in a maxout layer each affine piece's (each row of
+    its ``nn.Linear.weight``, so a unit's pieces together may exceed ``max_norm``). This is the
+    maxout paper's max column norm constraint (its weights are stored transposed), applied after
+    each optimizer step. It is :func:`torch.renorm`, which multiplies a row of
     norm ``n`` over ``max_norm`` by ``max_norm / (n + 1e-7)``, a factor rounded to ``weight``'s
     dtype; rows at or under ``max_norm`` are left as they are. A rescaled row's norm is not
     exactly ``max_norm``:
@@ -35,14 +37,15 @@ def max_norm_(weight: Tensor, max_norm: float) -> None:
       normal range. In float32 the norm's own rounding grows with the row: measured, up to
       2.3e-7 relative for rows of 2 to 4,096 entries and 1.2e-6 for 65,536. A row left over is
       rescaled again, by as little, on the next call.
-    - The 1e-7 added to ``n`` leaves it under, by ``1e-7 / max_norm`` relative: negligible for
-      the usual values, but 5% for ``max_norm=1e-6``.
+    - The 1e-7 added to ``n`` leaves it under, by ``1e-7 / (n + 1e-7)`` relative, at most about
+      ``1e-7 / max_norm``: negligible for the usual values, but up to 9% for ``max_norm=1e-6``.
 
     Parameters
     ----------
     weight : Tensor
-        One row per unit, such as ``nn.Linear.weight``, changed in place; with more than two
-        dimensions (a convolution's weight) each slice along the first is one unit.
+        One row per unit, such as ``nn.Linear.weight``, changed in place (a stored tensor or a
+        view of one, not a weight computed from others); with more than two dimensions (a
+        convolution's weight) each slice along the first is one unit.
     max_norm : float
         The largest L2 norm a row may keep (> 0).
 
@@ -50,7 +53,8 @@ def max_norm_(weight: Tensor, max_norm: float) -> None:
     ------
     ValueError
         If ``weight`` has fewer than two dimensions (for one unit's vector ``v``, pass the view
-        ``v[None]``), or ``max_norm`` is not a finite number > 0.
+        ``v[None]``), is computed from other tensors (a parametrized or pruned layer's weight,
+        which an in-place change would not reach), or ``max_norm`` is not a finite number > 0.
 
     Examples
     --------
@@ -65,6 +69,12 @@ def max_norm_(weight: Tensor, max_norm: float) -> None:
         raise ValueError(
             f"weight must have one row per unit (2 or more dimensions, such as nn.Linear.weight); got shape "
             f"{tuple(weight.shape)}. For one unit's weight vector v, call max_norm_(v[None], max_norm)"
+        )
+    if weight.grad_fn is not None and not weight._is_view():
+        # Written into, such a result changes a copy that the next access recomputes.
+        raise ValueError(
+            "weight is computed from other tensors (a parametrized or pruned layer's weight), so rescaling "
+            "it in place would not reach them; pass the stored parameter, or remove the parametrization first"
         )
     with torch.no_grad():
         weight.copy_(torch.renorm(weight, p=2, dim=0, maxnorm=max_norm))
@@ -127,8 +137,9 @@ class MaxoutMLP(Classifier):
     input_dropout : float
         Dropout probability on the input (the maxout paper used 0.2).
     max_norm : float or None
-        Max norm of each unit's incoming weights, enforced by :meth:`apply_max_norm`
-        (the maxout paper used 1.9365); None for no constraint.
+        Max norm of each affine piece's incoming weights (each row of a layer's weight),
+        enforced by :meth:`apply_max_norm` (the maxout paper used 1.9365, per piece too); None
+        for no constraint.
 
     Examples
     --------
@@ -175,9 +186,17 @@ class MaxoutMLP(Classifier):
         """Enforce ``max_norm`` on every layer's weights; call it after each optimizer step."""
         if self.max_norm is None:
             return
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                max_norm_(module.weight, self.max_norm)
+        layers = [(name, module) for name, module in self.named_modules() if isinstance(module, nn.Linear)]
+        for name, module in layers:  # all checked before any is changed
+            if "weight" not in module._parameters:
+                raise TypeError(
+                    f"{name} computes its weight from other tensors (a parametrization such as weight_norm, or "
+                    "pruning), which max_norm cannot rescale in place; remove it first "
+                    "(torch.nn.utils.parametrize.remove_parametrizations or torch.nn.utils.prune.remove), or "
+                    "constrain its stored tensors yourself"
+                )
+        for _, module in layers:
+            max_norm_(module.weight, self.max_norm)
 
 
 def _check_dropout(p: object, name: str) -> float:

@@ -120,3 +120,6 @@ class RBFNetwork(Classifier):
 
     def probabilities(self, logits: Tensor) -> Tensor:
         return logits.exp()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}"

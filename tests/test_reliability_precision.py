@@ -308,16 +308,58 @@ class HalfInsideNet(nn.Module):
     """Float32 logits from float16 internals under autocast (``.float()`` at the end, as many
     models do), confident by ``margin`` nats on class 0."""
 
-    def __init__(self, margin: float, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, margin: float, dtype: torch.dtype = torch.float32, inner_autocast: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.hidden, self.out = nn.Linear(10, 16), nn.Linear(16, 3)
         with torch.no_grad():
             self.out.bias.copy_(torch.tensor([margin, 0.0, 0.0]))
         self.to(dtype)
+        self.inner_autocast = inner_autocast  # the model enters autocast itself, in its forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.hidden(x))).float()
+        with torch.autocast("cpu", dtype=torch.float16, enabled=self.inner_autocast):
+            return self.out(torch.tanh(self.hidden(x))).float()
+
+
+def test_autocast_inside_the_model_is_seen_by_the_attacks():
+    """Autocast entered in the model's forward, behind float32 logits and float32 weights, leaves
+    no trace in the model's modules or at the call: the graph shows it. The attack is the one
+    taken with autocast around the call (each sample's gradient rescaled before float16)."""
+    x, _ = batch(128)
+    y = torch.zeros(128, dtype=torch.long)
+    x_adv = fk.fgsm(HalfInsideNet(margin=14.0, inner_autocast=True), x, y, eps=0.125)
+    with torch.autocast("cpu", dtype=torch.float16):
+        expected = fk.fgsm(HalfInsideNet(margin=14.0), x, y, eps=0.125)
+    assert torch.equal(x_adv, expected)
+    assert bool((x_adv != x).any(dim=1).all())
+
+
+def test_adversarial_loss_with_autocast_inside_the_model_takes_the_attack_step():
+    model = HalfInsideNet(margin=12.0, inner_autocast=True)
+    x, _ = batch(128)
+    y = torch.zeros(128, dtype=torch.long)
+    criterion = fk.AdversarialLoss(alpha=0.5, eps=0.125)
+    criterion(model, x, y)
+    x_adv = fk.fgsm(model, x, y, eps=0.125)
+    with torch.no_grad():
+        expected = model(x_adv)
+    assert bool((x_adv != x).any(dim=1).all())
+    assert torch.equal(criterion.adversarial_logits, expected)
+
+
+def test_adversarial_loss_with_a_grad_scaler_and_autocast_inside_the_model_keeps_the_clean_gradient():
+    margin, scale = 14.0, 2.0 ** 16
+    model, exact = HalfInsideNet(margin, inner_autocast=True), HalfInsideNet(margin, torch.float64)
+    x, _ = batch(128)
+    y = torch.zeros(128, dtype=torch.long)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    scaler.scale(fk.AdversarialLoss(alpha=0.5, eps=0.0)(model, x, y)).backward()
+    scaler.unscale_(torch.optim.SGD(model.parameters(), lr=0.0))
+    cross_entropy(exact(x.double()), y).mean().backward()
+    for p, e in zip(model.parameters(), exact.parameters()):
+        along = float((p.grad.double() * e.grad).sum() / (e.grad * e.grad).sum())
+        assert abs(along - 1) < 0.05, along
 
 
 def test_adversarial_loss_under_autocast_with_float32_logits_takes_the_attack_step():

@@ -174,8 +174,8 @@ class AdversarialLoss(nn.Module):
     parameters (and to any other tensor the clean term reaches, such as a learnable part of
     ``loss_fn``) when the returned loss is back-propagated. ``.grad`` is not touched before that.
     The loss can be back-propagated once: a second backward or ``create_graph=True`` raises.
-    With float16/bfloat16 logits (half-precision models, autocast) the input gradient takes a
-    forward and backward pass of its own, rescaled per sample so that it cannot underflow (one
+    Where float16/bfloat16 is involved (half-precision models or inputs, autocast at the call or
+    inside the model's forward) the input gradient takes a forward and backward pass of its own, rescaled per sample so that it cannot underflow (one
     more pass checks that the samples do not interact, unless a train-mode BatchNorm shows it).
 
     It works under ``DistributedDataParallel`` (pass the wrapped model; only the adversarial pass

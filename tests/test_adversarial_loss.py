@@ -449,6 +449,108 @@ def test_bad_call_arguments_are_rejected() -> None:
         criterion(small_mlp(), x * 3, y)
 
 
+def _margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """An additive-margin softmax loss that subtracts its margin in place, as some are written."""
+    logits[torch.arange(len(y)), y] -= 5.0
+    return F.cross_entropy(logits, y)
+
+
+def test_logged_logits_are_the_models_even_when_loss_fn_edits_them_in_place() -> None:
+    x, y = data()
+    model = small_mlp()
+    criterion = fk.AdversarialLoss(0.5, 0.1, loss_fn=_margin_loss)
+    criterion(model, x, y).backward()
+    with torch.no_grad():
+        assert torch.equal(criterion.clean_logits, model(x))
+        assert torch.equal(criterion.adversarial_logits, model(fk.fgsm(model, x, y, eps=0.1, loss_fn=_margin_loss)))
+
+
+def test_loss_fn_set_after_construction_is_checked_and_used_on_the_call() -> None:
+    x, y = data()
+    model = nn.Sequential(nn.Linear(12, 1)).double()
+    hinge = lambda z, t: F.relu(1 - t * z[:, 0])  # noqa: E731  labels in {-1, +1}
+    signs = y % 2 * 2 - 1
+    criterion = fk.AdversarialLoss(0.5, 0.1)
+    criterion.loss_fn = hinge  # a schedule may change it: no stale label check for the default loss
+    assert torch.equal(criterion(model, x, signs), fk.AdversarialLoss(0.5, 0.1, loss_fn=hinge)(model, x, signs))
+    criterion.loss_fn = None  # back to the default, as in the constructor
+    assert torch.equal(criterion(small_mlp(), x, y), fk.AdversarialLoss(0.5, 0.1)(small_mlp(), x, y))
+    criterion.loss_fn = "cross_entropy"
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        criterion(small_mlp(), x, y)
+
+
+def test_a_model_that_returns_a_tuple_is_told_to_wrap_it_in_a_module() -> None:
+    class WithAux(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(12, 4).double()
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.linear(x), x
+
+    x, y = data()
+    with pytest.raises(TypeError, match=r"got tuple.*an nn.Module whose forward returns model\(x\)\['logits'\]"):
+        fk.AdversarialLoss()(WithAux(), x, y)
+
+
+def test_cached_parametrizations_shared_by_both_passes_are_back_propagated_once() -> None:
+    # parametrize.cached() computes a parametrized weight once, in the clean pass, and the
+    # adversarial pass reuses it: a backward that yields the clean gradients would free it.
+    from torch.nn.utils import parametrize, parametrizations
+    x, y = data()
+    model, reference = small_mlp(), small_mlp()
+    for m in (model, reference):
+        parametrizations.weight_norm(m.layers[0].linear)
+    with parametrize.cached():
+        loss = fk.AdversarialLoss(0.5, 0.1)(model, x, y)
+        loss.backward()
+    slow_reference(reference, x, y, 0.5, 0.1).backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.filterwarnings("ignore:the input gradient is zero:RuntimeWarning")
+def test_targets_built_in_another_thread_are_back_propagated_once() -> None:
+    # Autograd numbers its nodes per thread: soft targets from a teacher run in the main thread
+    # must not pass for this call's own graph when the criterion runs in a worker thread.
+    import threading
+    x, _ = data()
+    student, teacher = small_mlp(), small_mlp()
+    soft = lambda z, t: -(t * z.log_softmax(1)).sum(1)  # noqa: E731
+    targets = teacher(x).softmax(1)  # built before the call, with a graph, in this thread
+    errors: list[BaseException] = []
+
+    def step() -> None:
+        try:
+            fk.AdversarialLoss(0.5, 0.1, loss_fn=soft)(student, x, targets).backward()
+        except BaseException as error:  # noqa: BLE001  reported in the main thread
+            errors.append(error)
+
+    worker = threading.Thread(target=step)
+    worker.start()
+    worker.join()
+    assert not errors, errors
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_reentrant_activation_checkpointing_is_refused_with_the_fix() -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(12, 16).double(), nn.Linear(16, 4).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(checkpoint(lambda h: torch.tanh(self.body(h)), x, use_reentrant=True))
+
+    x, y = data()
+    for call in (lambda m: fk.AdversarialLoss()(m, x, y), lambda m: fk.fgsm(m, x, y, eps=0.1)):
+        with pytest.raises(ValueError, match=r"use_reentrant=True.*use_reentrant=False"):
+            call(Checkpointed())
+
+
 # The closed form of section 5 ------------------------------------------------------------------
 
 

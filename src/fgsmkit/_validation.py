@@ -197,7 +197,8 @@ def check_logits(logits: object, x: Tensor, name: str = "model") -> Tensor:
     if not isinstance(logits, Tensor):
         raise TypeError(
             f"{name} must return a tensor of logits, shape (batch, classes); got {type(logits).__name__}. "
-            "Wrap a model that returns a tuple or dict, e.g. lambda x: model(x)['logits']"
+            "Wrap a model that returns a tuple or dict in an nn.Module whose forward returns model(x)['logits'] "
+            "(the attacks and metrics also take a function: lambda x: model(x)['logits'])"
         )
     if logits.ndim != 2 or logits.shape[0] != batch or logits.shape[1] < 1 or not logits.is_floating_point():
         raise ValueError(
@@ -207,7 +208,7 @@ def check_logits(logits: object, x: Tensor, name: str = "model") -> Tensor:
     if logits.device != x.device:
         raise ValueError(
             f"{name} returned logits on {logits.device} but x is on {x.device}; return logits on x's device "
-            "(e.g. lambda x: model(x).to(x.device))"
+            "(end the forward with .to(x.device); the attacks and metrics also take lambda x: model(x).to(x.device))"
         )
     return logits
 

@@ -10,7 +10,7 @@ import contextlib
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -182,6 +182,22 @@ def logits_of(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
             "model writes into its input in place (e.g. nn.ReLU(inplace=True) or x.mul_() as its first "
             "operation), which autograd forbids on the input it differentiates; make that operation "
             "out of place, or pass lambda x: model(x.clone())"
+        ) from error
+
+
+def gradients_through_model(outputs: Tensor, inputs: Tensor | Sequence[Tensor],
+                            **kwargs: Any) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad(outputs, inputs, **kwargs)`` through a model, with a clear error for one
+    that uses reentrant activation checkpointing, which cannot give gradients for chosen inputs."""
+    try:
+        return torch.autograd.grad(outputs, inputs, **kwargs)
+    except RuntimeError as error:
+        if "use_reentrant=True" not in str(error):
+            raise
+        raise ValueError(
+            "model uses torch.utils.checkpoint with use_reentrant=True, which cannot give the gradient with "
+            "respect to the input alone (nor the clean weight gradients that AdversarialLoss takes from the "
+            "same backward); pass use_reentrant=False to checkpoint, PyTorch's recommended setting"
         ) from error
 
 
@@ -501,7 +517,7 @@ class Objective:
                 x, logits = self.forward_again(x)
                 scaled = power_of_two_scaled(self.logit_gradient(logits), WHOLE_BATCH)
             logit_grad = scaled
-        (grad,) = torch.autograd.grad(logits, x, grad_outputs=logit_grad.to(logits.dtype), allow_unused=True)
+        (grad,) = gradients_through_model(logits, x, grad_outputs=logit_grad.to(logits.dtype), allow_unused=True)
         if grad is None:
             return torch.zeros_like(x)
         return self._laid_out_like(grad, x)
@@ -525,7 +541,7 @@ class Objective:
                 x, logits = self.forward_again(x)
                 scaled = power_of_two_scaled(self.logit_gradient(logits), PER_SAMPLE)
             part = torch.where(rows[:, None], scaled, 0.0).to(logits.dtype)
-            (grad,) = torch.autograd.grad(logits, x, grad_outputs=part, allow_unused=True)
+            (grad,) = gradients_through_model(logits, x, grad_outputs=part, allow_unused=True)
             halves.append(torch.zeros_like(x) if grad is None else grad)
         leaked = [sample_rows(half)[~rows] for half, rows in zip(halves, (even, ~even))]
         if bool(torch.stack([(part.isfinite() & part.ne(0)).any() for part in leaked]).any()):

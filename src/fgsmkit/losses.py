@@ -16,7 +16,7 @@ from . import _validation
 from ._validation import Clip
 from .constraints import make_ball, sample_rows
 from .gradient import (LossFn, Objective, RandomDraws, autograd_usable, check_first_gradient, compiled_from, cross_entropy,
-                       local_model, logits_of, model_state_kept, rescaled_dims)
+                       gradients_through_model, local_model, logits_of, model_state_kept, rescaled_dims)
 
 
 def _check_alpha(alpha: object) -> float:
@@ -24,6 +24,11 @@ def _check_alpha(alpha: object) -> float:
     if value is None or not 0.0 <= value <= 1.0:
         raise ValueError(f"alpha must be a float in [0, 1]; got {alpha!r}")
     return value
+
+
+# The default loss: averages like a plain training loop's F.cross_entropy (the same value up to
+# rounding; the gradient differs where PyTorch's cancels, see gradient.cross_entropy).
+DEFAULT_LOSS: LossFn = functools.partial(cross_entropy, reduction="mean")
 
 
 def _mean(loss: Tensor, batch: int) -> Tensor:
@@ -98,14 +103,16 @@ def _handed_over(param: Tensor, accumulator: Any, grad: Tensor, owned: bool) -> 
     return None
 
 
-def _graph_leaves(loss: Tensor, skip: Tensor, since: int) -> tuple[list[Tensor], list[Any]] | None:
+def _graph_leaves(loss: Tensor, skip: Tensor, since: int,
+                  until: int | None = None) -> tuple[list[Tensor], list[Any]] | None:
     """The tensors (other than ``skip``) that ``loss.backward()`` would accumulate gradients into,
     and their gradient accumulators; None where the graph reaches back before this call.
 
     These are the model's trainable parameters, and also any other tensor the loss reaches: the
     learnable parts of a loss_fn (a temperature, a classification head), a parameter shared from
-    another module. A node older than ``since`` (the sequence number of this call's first node)
-    was built before the call, say soft targets from a teacher network or a loss weight
+    another module. A node numbered outside ``[since, until]`` (this call's first node and its
+    last, ``until`` None for no upper end) was built before the call (autograd numbers nodes per
+    thread, so one built in another thread can come out above), say soft targets from a teacher network or a loss weight
     computed once per step: the adversarial term may share it, and a backward that yields the
     clean gradients would free it, so then there are none to hand over. The walk visits each
     node once (about a microsecond per node: a few for an MLP, thousands for an unrolled RNN).
@@ -120,7 +127,8 @@ def _graph_leaves(loss: Tensor, skip: Tensor, since: int) -> tuple[list[Tensor],
                 continue
             seen.add(node)
             if node.next_functions:
-                if node._sequence_nr() < since:
+                number = node._sequence_nr()
+                if number < since or until is not None and number > until:
                     return None
                 pending.append(node)
                 continue
@@ -175,8 +183,9 @@ class AdversarialLoss(nn.Module):
     ``loss_fn``) when the returned loss is back-propagated. ``.grad`` is not touched before that.
     The loss can be back-propagated once: a second backward or ``create_graph=True`` raises.
     Where float16/bfloat16 is involved (half-precision models or inputs, autocast at the call or
-    inside the model's forward) the input gradient takes a forward and backward pass of its own, rescaled per sample so that it cannot underflow (one
-    more pass checks that the samples do not interact, unless a train-mode BatchNorm shows it).
+    inside the model's forward) the input gradient takes a forward and backward pass of its own,
+    rescaled per sample so that it cannot underflow (one more pass checks that the samples do
+    not interact, unless a train-mode BatchNorm shows it).
 
     It works under ``DistributedDataParallel`` (pass the wrapped model; only the adversarial pass
     goes through the wrapper, and the one backward all-reduces the combined gradient), with
@@ -225,11 +234,7 @@ class AdversarialLoss(nn.Module):
         super().__init__()
         self.alpha = _check_alpha(alpha)
         self.eps = _validation.finite_at_least_zero(eps, "eps")
-        # The default averages like a plain training loop's F.cross_entropy (the same value up to
-        # rounding; the gradient differs where PyTorch's cancels, see gradient.cross_entropy).
-        self.loss_fn: LossFn = (_validation.check_loss_fn(loss_fn)
-                                or functools.partial(cross_entropy, reduction="mean"))
-        self.checks_labels = loss_fn is None
+        self.loss_fn: LossFn = _validation.check_loss_fn(loss_fn) or DEFAULT_LOSS
         self.norm = _validation.check_norm(norm)
         if clip is not None:  # what can be checked before x is known (its shape, dtype, device)
             _validation.check_clip_pair(clip)
@@ -276,10 +281,11 @@ class AdversarialLoss(nn.Module):
             raise ValueError("y must be the labels of x; adversarial training needs them")
         if x.shape[0] == 0:
             raise ValueError("x must hold at least one sample; the mean loss of an empty batch is NaN")
-        label_range = _validation.class_label_range(y) if self.checks_labels else None
         # Settings are attributes a schedule may change between calls: checked on every call.
         alpha, norm = _check_alpha(self.alpha), _validation.check_norm(self.norm)
         eps = _validation.finite_at_least_zero(self.eps, "eps")
+        loss_fn = _validation.check_loss_fn(self.loss_fn) or DEFAULT_LOSS
+        label_range = _validation.class_label_range(y) if loss_fn is DEFAULT_LOSS else None
 
         # Weight gradients only when the loss will be back-propagated; the input gradient even
         # under no_grad or inference_mode (an adversarial validation loss needs it too).
@@ -294,23 +300,28 @@ class AdversarialLoss(nn.Module):
             draws = RandomDraws(x.device)  # a pass of the input gradient's own repeats these
             logits = _validation.check_logits(logits_of(clean_model, x_in), x)
             _validation.check_label_range(label_range, logits.shape[1])
-            clean = _mean(self.loss_fn(logits, y), x.shape[0])
+            # Kept before loss_fn runs: a margin loss may edit the logits in place.
+            self.clean_logits, self.adversarial_logits = _logged(logits, loss_fn), None
+            clean = _mean(loss_fn(logits, y), x.shape[0])
             if training and logits.requires_grad and not clean.requires_grad:
                 raise ValueError(
                     "loss_fn returned a loss that does not depend on the logits (detached, or made of "
                     "constants), so no parameter would be trained; return it without .detach() or .item()"
                 )
-            self.clean_logits, self.adversarial_logits = logits.detach(), None
             if alpha == 1.0:
                 return clean if training else clean.detach()
-            found = ([], []) if alpha == 0 or not training else _graph_leaves(
-                clean, x_leaf, since=x_in.grad_fn._sequence_nr())
+            # The clean term keeps its graph where the adversarial pass shares part of it: targets
+            # with a graph (a teacher trained alongside, built in any thread), or a weight that a
+            # cached parametrization (torch.nn.utils.parametrize.cached()) computes in the clean pass.
+            shares_graph = y.requires_grad or bool(getattr(nn.utils.parametrize, "_cache_enabled", 0))
+            found = ([], []) if alpha == 0 or not training else None if shares_graph else _graph_leaves(
+                clean, x_leaf, since=x_in.grad_fn._sequence_nr(), until=_latest_node_number(clean))
             # A hook on a parameter must see its gradient once, clean and adversarial summed, as in the
             # straightforward backward; a backward that yields the clean weight gradients would run it.
             if found is not None and any(p._backward_hooks for p in found[0]):
                 found = None
             params, accumulators = found or ([], [])
-            direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, alpha,
+            direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, alpha, loss_fn,
                                                             None if found is None else params, draws)
         if not self.checked:
             self.checked = True
@@ -322,8 +333,8 @@ class AdversarialLoss(nn.Module):
         x_adv = ball.fast_gradient_step(direction)
 
         adv_logits = model(x_adv)
-        self.adversarial_logits = adv_logits.detach()
-        adversarial_term = (1.0 - alpha) * _mean(self.loss_fn(adv_logits, y), x.shape[0])
+        self.adversarial_logits = _logged(adv_logits, loss_fn)
+        adversarial_term = (1.0 - alpha) * _mean(loss_fn(adv_logits, y), x.shape[0])
         if training and alpha > 0:
             _refuse_parameters_ddp_marks_unused(model, clean_model, clean, adversarial_term, x_leaf)
         if weight_grads is None:  # the clean term is back-propagated through its own graph
@@ -336,8 +347,9 @@ class AdversarialLoss(nn.Module):
         clean_term = _PrecomputedGradient.apply(alpha * clean.detach(), used_grads, used_accumulators, *used_params)
         return clean_term + adversarial_term
 
-    def _clean_gradients(self, clean_model: nn.Module, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
-                         alpha: float, params: list[Tensor] | None,
+    @staticmethod
+    def _clean_gradients(clean_model: nn.Module, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
+                         alpha: float, loss_fn: LossFn, params: list[Tensor] | None,
                          draws: RandomDraws) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
         """The clean loss's input gradient (only its direction is used) and the weight gradients of
         ``params``, or None (also for ``params=None``) where the clean term must keep its graph.
@@ -350,7 +362,7 @@ class AdversarialLoss(nn.Module):
         rescaled_over = rescaled_dims(clean_model, x_in, logits)
         if params is not None and rescaled_over is None:
             scaled = alpha * clean if alpha > 0 else clean
-            grads = torch.autograd.grad(scaled, [x_in, *params], allow_unused=True)
+            grads = gradients_through_model(scaled, [x_in, *params], allow_unused=True)
             return (torch.zeros_like(x_in) if grads[0] is None else grads[0]), grads[1:]
         # float16/bfloat16 anywhere (logits, inputs, autocast, weights): the input gradient is
         # rescaled per sample (Objective) so that a confident sample's does not underflow to zero,
@@ -359,12 +371,23 @@ class AdversarialLoss(nn.Module):
         # give both, and a compiled graph may be back-propagated only once, so the input gradient
         # comes from a pass of its own (statistics such as BatchNorm's kept). The same pass serves
         # the graphs whose clean gradients cannot be handed over (params=None).
-        objective = Objective(clean_model, y, self.loss_fn, targeted=False)
+        objective = Objective(clean_model, y, loss_fn, targeted=False)
         objective.decide_rescaling(rescaled_over)
         objective.draws = draws  # the same dropout masks as the clean loss's
         with model_state_kept(clean_model, eval_mode=False):
             direction = objective.input_gradient(*objective.forward_again(x_in))
         return direction, None
+
+
+def _logged(logits: Tensor, loss_fn: LossFn) -> Tensor:
+    """``logits`` detached, for the caller's logging; a copy where a ``loss_fn`` of the caller's,
+    which may edit them in place (a margin loss), is about to run."""
+    return logits.detach() if loss_fn is DEFAULT_LOSS else logits.detach().clone()
+
+
+def _latest_node_number(loss: Tensor) -> int | None:
+    """The sequence number of ``loss``'s node, the last this call made (None without a graph)."""
+    return None if loss.grad_fn is None else loss.grad_fn._sequence_nr()
 
 
 def adversarial_logistic_loss(w: Tensor, b: float | Tensor, x: Tensor, y: Tensor, eps: SupportsFloat) -> Tensor:

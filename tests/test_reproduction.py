@@ -79,6 +79,20 @@ def test_cli_parses_its_options() -> None:
     assert "--smoke" not in parser.format_help()
 
 
+def test_a_seed_list_that_starts_with_a_negative_seed_follows_seed_after_a_space(capsys) -> None:
+    # argparse read "-1,2" as an unknown flag: "--seed: expected one argument"; only --seed=-1,2 worked.
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert parser.parse_args(["--seed", "-1,2", "--out", "-3,4"]).seed == [-1, 2]
+    assert parser.parse_args(["--seed", "-1"]).seed == [-1]
+    with pytest.raises(SystemExit):  # a flag that does not exist is still one
+        parser.parse_args(["--seed", "1", "-q"])
+    with pytest.raises(SystemExit):  # stopped by --data, after reading --seed
+        main(["reproduce", "--seed", "-1,2", "--data", "elsewhere"])
+    err = capsys.readouterr().err
+    assert "argument --data: invalid choice" in err and "--seed" not in err.splitlines()[-1]
+
+
 def test_an_output_path_that_is_a_file_is_refused_before_any_training(tmp_path: Path, capsys) -> None:
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)

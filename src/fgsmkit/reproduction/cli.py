@@ -18,6 +18,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -39,6 +40,10 @@ DEFAULT_OUT = {"full": os.path.join("fgsmkit-runs", "reproduce"),
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``fgsmkit reproduce`` to ``parser``."""
+    # argparse takes "-1" or "-1.5" for a value, but "-1,2" for an unknown flag, so "--seed -1,2"
+    # was --seed without its value: take anything that starts with "-" and a digit for a value
+    # (no option here starts so).
+    parser._negative_number_matcher = re.compile(r"-\.?\d")
     parser.add_argument("--out", type=folder_name, metavar="DIR",
                         help=f"folder for checkpoints, report.md, report.json and figures (default: "
                              f"{DEFAULT_OUT['full']}, with --quick {DEFAULT_OUT['quick']}); a run there with other "
@@ -113,7 +118,8 @@ def command_line(args: argparse.Namespace, data: str | None = None) -> str:
     """The command that runs ``args`` again, for the report; ``data`` is the ``--data`` value that
     selects the data the run used (:attr:`~fgsmkit.reproduction.data.Splits.option`), recorded
     in place of ``auto``, whose choice depends on what is on disk."""
-    # --seed=..., not --seed ...: argparse would read a list starting with a negative seed as a flag.
+    # --seed=..., which earlier versions read back too: they took --seed -1,2 for --seed without its
+    # value.
     parts = ["fgsmkit reproduce", f"--out {shlex.quote(str(output_folder(args)))}",
              f"--seed={','.join(map(str, args.seed))}"]
     parts += [flag for flag, on in (("--quick", args.quick), ("--smoke", args.smoke),

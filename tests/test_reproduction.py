@@ -521,6 +521,24 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(smoke_run: tuple[Path,
     assert numbers(json.loads((out / "report.json").read_text())) == numbers(uninterrupted)
 
 
+@pytest.mark.parametrize("seeds, resume_from", [("0", "checkpoints"), ("0,1", "seed-N/checkpoints")])
+def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch,
+                                                          seeds: str, resume_from: str) -> None:
+    # Ctrl-C printed KeyboardInterrupt's traceback, and nothing said the run could be resumed.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "train", interrupted)
+    out = tmp_path / "run"
+    try:
+        code = main([*SMOKE, "--out", str(out), "--seed", seeds])
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt ended the run with a traceback")
+    assert code == 130
+    assert capsys.readouterr().err == ("interrupted; run the same command again to resume from "
+                                       f"{out / resume_from}\n")
+
+
 def test_download_with_the_embedded_sample_is_refused_by_name() -> None:
     # The sample is embedded: nothing to download, and nothing said so.
     with pytest.raises(ValueError, match=r"download=True needs data='auto' or 'full'"):

@@ -138,11 +138,21 @@ def machine() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run every experiment, printing each result as it comes, and write the report."""
+    """Run every experiment, printing each result as it comes, and write the report.
+
+    Returns 0, 2 where the run cannot start (the reason printed), or 130 on Ctrl-C.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
         return _run(args)
+    except KeyboardInterrupt:
+        # The folder is consistent (whole checkpoints, a report marked incomplete): a traceback
+        # would only hide that the run resumes.
+        checkpoints = Path("seed-N", "checkpoints") if len(args.seed) > 1 else Path("checkpoints")
+        print(f"interrupted; run the same command again to resume from {output_folder(args) / checkpoints}",
+              file=sys.stderr)
+        return 130
     finally:
         torch.set_num_threads(threads)
 

@@ -24,7 +24,7 @@ import torch
 
 import fgsmkit as fk
 from fgsmkit.__main__ import main
-from fgsmkit.reproduction import cli, experiments
+from fgsmkit.reproduction import cli, experiments, training
 from fgsmkit.reproduction.data import load_splits
 from fgsmkit.reproduction.settings import PRESETS
 from fgsmkit.reproduction.training import CheckpointConflict, Recipe, train
@@ -442,6 +442,47 @@ def test_a_refusal_for_other_data_names_both_and_the_data_option_that_resumes(
     fk.save_checkpoint(dict(state, fingerprint=json.dumps(dict(unnamed, data="0" * 64))), path)
     assert main(["reproduce", "--smoke", "--out", str(out)]) == 2
     assert "other data (not named in the checkpoint; this run: the embedded MNIST sample)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("held, flags, advice", [("full", ["--quick"], "drop --quick"), ("quick", [], "add --quick")])
+def test_a_quick_run_and_a_full_run_in_one_folder_are_told_apart_by_name(
+        smoke_run: tuple[Path, dict], tmp_path: Path, capsys, held: str, flags: list[str], advice: str) -> None:
+    # --quick into the folder of a full run stopped after its first checkpoint (and the reverse)
+    # blamed "other images" (the same sample, cut otherwise), never named --quick, and advised
+    # deleting the full run.
+    settings = PRESETS[held]
+    splits = load_splits(settings, "sample", log=lambda line: None)
+    out = tmp_path / "f1"
+    (out / "checkpoints").mkdir(parents=True)
+    state = fk.load_checkpoint(smoke_run[0] / "checkpoints" / "softmax.pt")
+    recipe = experiments.recipes(settings)["softmax"][1]
+    fk.save_checkpoint(dict(state, fingerprint=training.fingerprint(splits, recipe, settings, 0)),
+                       out / "checkpoints" / "softmax.pt")
+    assert main(["reproduce", *flags, "--data", "sample", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: --out {out} holds a {held} run: {advice} to resume it, or give another --out\n"
+    # With another seed too, neither flag resumes it: both differences are named.
+    assert main(["reproduce", *flags, "--data", "sample", "--out", str(out), "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    this = "quick" if held == "full" else "full"
+    assert f"another preset ({held}, this run {this}) and another seed (0, this run 1)" in err
+    assert "other images" not in err and "other settings" not in err
+
+
+def test_checkpoints_from_before_the_preset_was_recorded_are_compared_by_the_rest(tmp_path: Path) -> None:
+    settings = PRESETS["smoke"]
+    splits = load_splits(settings, "sample", log=lambda line: None)
+    train_softmax(splits, settings, tmp_path)
+    path = tmp_path / "softmax.pt"
+    state = fk.load_checkpoint(path)
+    unnamed = json.loads(state["fingerprint"])
+    del unnamed["preset"]
+    fk.save_checkpoint(dict(state, fingerprint=json.dumps(unnamed, sort_keys=True)), path)
+    assert any("already trained" in line for line in train_softmax(splits, settings, tmp_path)[1])
+    # Settings that cut the data otherwise are named as such, not as other images.
+    fewer = dataclasses.replace(settings, train_limit=250)
+    with pytest.raises(CheckpointConflict, match=r"other settings \(train_limit 300, this run 250\)") as refused:
+        train_softmax(load_splits(fewer, "sample", log=lambda line: None), fewer, tmp_path)
+    assert "other data" not in str(refused.value)
 
 
 def test_checkpoints_of_other_training_code_are_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

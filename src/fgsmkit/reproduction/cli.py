@@ -30,7 +30,7 @@ import torch
 from . import experiments, figures, folders, report
 from .data import DataUnavailable, load_splits
 from .settings import PRESETS, Settings
-from .training import CheckpointConflict
+from .runs import OtherRun, refusal
 
 # One folder per run size: a --quick run after a full one must not meet the full run's models.
 DEFAULT_OUT = {"full": os.path.join("fgsmkit-runs", "reproduce"),
@@ -179,9 +179,8 @@ def _run(args: argparse.Namespace) -> int:
     for seed, lab in labs.items():
         try:
             lab.check_checkpoints()
-        except CheckpointConflict as error:
-            print(f"error: --out {out} holds another run: {error}; give another --out, or delete "
-                  f"{seed_folders[seed]} first to replace that run with this one", file=sys.stderr)
+        except OtherRun as error:
+            print(f"error: {refusal(out, seed_folders[seed], error, settings.name)}", file=sys.stderr)
             return 2
     for folder in {out, *seed_folders.values()}:
         folders.mark(folder)

@@ -26,7 +26,8 @@ import fgsmkit as fk
 from fgsmkit import evaluation
 from fgsmkit.gradient import cross_entropy
 
-from .data import DATA_OPTIONS, Splits
+from .data import Splits
+from .runs import OtherRun, differences, held_preset, same
 from .settings import Settings
 
 KINDS = ("plain", "adversarial", "sign-noise", "uniform-noise", "l1")
@@ -73,8 +74,9 @@ class Recipe:
             raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
 
 
-class CheckpointConflict(RuntimeError):
-    """A checkpoint was written by another run: other settings, seed, data, recipe or training code.
+class CheckpointConflict(OtherRun):
+    """A checkpoint was written by another run: another preset, other settings, seed, data, recipe
+    or training code.
 
     It is kept, never overwritten: the other run's models may have taken hours to train.
     """
@@ -151,14 +153,14 @@ class _Step:
 
 
 def fingerprint(splits: Splits, recipe: Recipe, settings: Settings, seed: int) -> str:
-    """What a checkpoint records of how its model is trained; only a run with the same one resumes it.
+    """What a checkpoint records of the run that trains its model; only a run with the same one resumes it.
 
     The data is matched by its digest; its name (``data_name``, :attr:`Splits.label`) is recorded
     beside it only to say, when a run refuses the checkpoint, which data it was trained on.
     """
-    return json.dumps({"recipe": asdict(recipe), "settings": settings.training_fields(), "seed": seed,
-                       "data": splits.digest, "data_name": splits.label, "training_version": TRAINING_VERSION},
-                      sort_keys=True)
+    return json.dumps({"recipe": asdict(recipe), "preset": settings.name, "settings": settings.training_fields(),
+                       "seed": seed, "data": splits.digest, "data_name": splits.label,
+                       "training_version": TRAINING_VERSION}, sort_keys=True)
 
 
 def _parsed(fingerprint: object) -> dict[str, Any] | None:
@@ -201,46 +203,13 @@ def check_resumable(name: str, splits: Splits, recipe: Recipe, settings: Setting
 
 def _require_same_run(path: Path, saved: dict[str, Any], expected: str, splits: Splits) -> None:
     old, new = _parsed(saved.get("fingerprint")), json.loads(expected)
-    # Words, not the data: matched by the digest (checkpoints before the name was recorded lack it).
-    names = (old.pop("data_name", None) if old is not None else None), new.pop("data_name")
-    if old is not None and old.get("data") not in (None, new["data"]) and old["data"] == splits.digest_with_test:
-        old["data"] = new["data"]  # recorded before the digest left out the test split: the same training data
-    if old != new:
-        raise CheckpointConflict(f"{path} was written by a run with {_differences(old, new, *names)}")
-
-
-def _differences(old: dict[str, Any] | None, new: dict[str, Any], old_data: str | None = None,
-                 new_data: str = "") -> str:
-    """How the run that wrote a checkpoint differs from this one, in words; ``old_data`` and
-    ``new_data`` name their data (None where the checkpoint does not)."""
-    if old is None:
-        return "other settings"
-    found = []
-    if old["training_version"] != new["training_version"]:
-        found.append(f"other training code (version {old['training_version']}, this run {new['training_version']})")
-    if old.get("seed") != new["seed"]:
-        found.append(f"another seed ({old.get('seed')}, this run {new['seed']})")
-    if old.get("data") != new["data"]:
-        found.append(f"other data ({_other_data(old_data, new_data)})")
-    for key, words in (("settings", "other settings"), ("recipe", "another recipe")):
-        theirs = old.get(key) if isinstance(old.get(key), dict) else {}
-        fields = [f"{field} {theirs.get(field)}, this run {value}" for field, value in new[key].items()
-                  if theirs.get(field) != value]
-        if fields:
-            found.append(f"{words} ({'; '.join(fields[:3])}{'; ...' if len(fields) > 3 else ''})")
-    return " and ".join(found) or "other settings"
-
-
-def _other_data(old: str | None, new: str) -> str:
-    """The checkpoint's data and this run's, and the ``--data`` value that selects the checkpoint's."""
-    if old is None:
-        return f"not named in the checkpoint; this run: {new}"
-    if old == new:
-        return f"{new} too, but other images"
-    option = DATA_OPTIONS.get(old)
-    fix = (f"--data {option} selects that data" if option
-           else "--data auto selects those files while they are on disk")
-    return f"that run: {old}, this run: {new}; {fix}"
+    if old is not None:
+        # Checkpoints from before the preset was recorded are told apart by their settings, recipe and data.
+        old.setdefault("preset", new["preset"])
+        if old.get("data") not in (None, new["data"]) and old["data"] == splits.digest_with_test:
+            old["data"] = new["data"]  # recorded before the digest left out the test split: the same training data
+    if not same(old, new):
+        raise CheckpointConflict(f"{path} was written by a run with {differences(old, new)}", held_preset(old, new))
 
 
 def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Recipe, settings: Settings,
@@ -250,7 +219,7 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
     After every epoch the weights, the optimiser's momentum, the best weights so far and the
     history are written atomically to ``checkpoint_dir/<name>.pt``. A later call with the same
     arguments continues from there; one that finds the model finished just loads it. A
-    checkpoint written with other settings, seed, data, recipe or training code
+    checkpoint written with another preset, other settings, seed, data, recipe or training code
     (:data:`TRAINING_VERSION`) raises :class:`CheckpointConflict` and is left as it is; a
     damaged one is trained again.
 
@@ -276,8 +245,8 @@ def train(name: str, build: Callable[[], nn.Module], splits: Splits, recipe: Rec
     Raises
     ------
     CheckpointConflict
-        If ``checkpoint_dir/<name>.pt`` was written by a run with other settings, seed, data,
-        recipe or training code.
+        If ``checkpoint_dir/<name>.pt`` was written by a run with another preset, other settings,
+        seed, data, recipe or training code.
     """
     path = checkpoint_path(checkpoint_dir, name)
     expected = fingerprint(splits, recipe, settings, seed)

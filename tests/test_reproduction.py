@@ -151,6 +151,51 @@ def test_a_run_with_other_settings_refuses_the_folder_of_another_and_keeps_it(sm
     assert (out / "report.json").read_bytes() == report
 
 
+def test_a_run_with_other_settings_refuses_an_earlier_runs_report_without_its_checkpoints(
+        smoke_run: tuple[Path, dict], tmp_path: Path, capsys) -> None:
+    # With checkpoints/ deleted (a full run's take ~650 MB), a run with another seed replaced the
+    # earlier run's report and figures: only the checkpoints were compared with this run.
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)
+    shutil.rmtree(out / "checkpoints")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "report.md" in before
+    assert main([*SMOKE, "--out", str(out), "--seed", "1"]) == 2
+    printed, err = capsys.readouterr()
+    assert err == (f"error: --out {out} holds another run: {out / 'report.json'} was written by a run with another "
+                   f"seed (0, this run 1); give another --out, or delete {out} first to replace that run with this one\n")
+    assert "] epoch " not in printed and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # Other data (here, other images under the same name) is refused too.
+    report = json.loads((out / "report.json").read_text())
+    (out / "report.json").write_text(json.dumps(dict(report, meta=dict(report["meta"], data_digest="0" * 64))))
+    assert main([*SMOKE, "--out", str(out)]) == 2
+    assert "other data (the embedded MNIST sample too, but other images)" in capsys.readouterr().err
+    # A report from before the data was recorded is compared by the rest; the same run is
+    # accepted, and trains its models again.
+    meta = {key: value for key, value in report["meta"].items() if key not in ("data_digest", "data_name")}
+    (out / "report.json").write_text(json.dumps(dict(report, meta=meta)))
+    assert main([*SMOKE, "--out", str(out)]) == 0
+    assert numbers(json.loads((out / "report.json").read_text())) == numbers(smoke_run[1])
+
+
+def test_a_run_of_several_seeds_refuses_the_spread_of_another(tmp_path: Path, capsys) -> None:
+    # Its seeds are not compared: a run may add seeds to the folder.
+    assert main([*SMOKE, "--out", str(tmp_path), "--seed", "0,1"]) == 0
+    capsys.readouterr()
+    spread = json.loads((tmp_path / "spread.json").read_text())
+    settings = dict(spread["meta"]["settings"], lr=0.05)
+    (tmp_path / "spread.json").write_text(json.dumps(dict(spread, meta=dict(spread["meta"], settings=settings))))
+    before = (tmp_path / "spread.json").read_bytes()
+    assert main([*SMOKE, "--out", str(tmp_path), "--seed", "2,3"]) == 2
+    printed, err = capsys.readouterr()
+    assert err.startswith(f"error: --out {tmp_path} holds another run: {tmp_path / 'spread.json'} was written by a "
+                          "run with other settings (lr 0.05, this run 0.1)")
+    assert "] epoch " not in printed and (tmp_path / "spread.json").read_bytes() == before
+    (tmp_path / "spread.json").write_text(json.dumps(spread))
+    assert main([*SMOKE, "--out", str(tmp_path), "--seed", "0,1,2"]) == 0
+    assert json.loads((tmp_path / "spread.json").read_text())["seeds"] == [0, 1, 2]
+
+
 def test_a_folder_not_made_by_a_run_is_refused_and_an_earlier_runs_folder_resumed(
         smoke_run: tuple[Path, dict], tmp_path: Path, capsys) -> None:
     # --out naming a folder of the user's own files wrote report.md, report.json and the

@@ -29,8 +29,8 @@ import torch
 
 from . import experiments, figures, folders, report
 from .data import DataUnavailable, load_splits
+from .runs import OtherRun, refusal, require_same_report
 from .settings import PRESETS, Settings
-from .runs import OtherRun, refusal
 
 # One folder per run size: a --quick run after a full one must not meet the full run's models.
 DEFAULT_OUT = {"full": os.path.join("fgsmkit-runs", "reproduce"),
@@ -176,17 +176,17 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     labs = {seed: experiments.Lab(settings, splits, seed, folder / "checkpoints", log)
             for seed, folder in seed_folders.items()}
-    for seed, lab in labs.items():
-        try:
-            lab.check_checkpoints()
-        except OtherRun as error:
-            print(f"error: {refusal(out, seed_folders[seed], error, settings.name)}", file=sys.stderr)
-            return 2
-    for folder in {out, *seed_folders.values()}:
-        folders.mark(folder)
+    # data_name and data_digest are for later runs to compare, as a checkpoint's fingerprint.
     meta = {"command": command_line(args, splits.option), "seed": args.seed[0], "data": splits.describe(),
+            "data_name": splits.label, "data_digest": splits.digest,
             "machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_time": "", "settings": settings.as_dict()}
+    problem = _other_run(out, labs, seed_folders, meta)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    for folder in {out, *seed_folders.values()}:
+        folders.mark(folder)
     if len(args.seed) == 1:
         _run_seed(labs[args.seed[0]], meta, out, started, "this invocation", log)
         return 0
@@ -199,6 +199,26 @@ def _run(args: argparse.Namespace) -> int:
     markdown, data = report.write_spread(out, dict(meta, seed=args.seed, wall_time=wall_time), runs)
     log(f"\nspread over seeds {', '.join(map(str, args.seed))}: {markdown} and {data}")
     return 0
+
+
+def _other_run(out: Path, labs: dict[int, experiments.Lab], seed_folders: dict[int, Path], meta: dict) -> str | None:
+    """Why the folders hold another run (checkpoints, a report or the spread of one), or None.
+
+    The report is compared too: it is all that is left of a run whose checkpoints were deleted.
+    """
+    for seed, lab in labs.items():
+        folder = seed_folders[seed]
+        try:
+            lab.check_checkpoints()
+            require_same_report(folder / report.REPORT_FILES[1], dict(meta, seed=seed))
+        except OtherRun as error:
+            return refusal(out, folder, error, lab.settings.name)
+    if len(labs) > 1:
+        try:
+            require_same_report(out / report.SPREAD_FILES[1], meta, seeds=True)
+        except OtherRun as error:
+            return refusal(out, out, error, meta["settings"]["name"])
+    return None
 
 
 def _run_seed(lab: experiments.Lab, meta: dict, out: Path, started: float, timed: str,

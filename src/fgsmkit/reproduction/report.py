@@ -49,7 +49,8 @@ def write_report(out: str | os.PathLike[str], meta: dict[str, Any], notes: Seque
     out : path-like
         The run's folder.
     meta : dict
-        Command, seed, data, machine, date, wall time, settings: printed above the table.
+        Command, seed, data, machine, date, wall time, settings: printed above the table; and the
+        data's name and digest, which only ``report.json`` holds, for later runs to compare.
     notes : sequence of str
         Every hyperparameter choice and deviation from the paper, one per item.
     rows : sequence of dict

@@ -1,16 +1,19 @@
 """What tells one run from another, in words.
 
 A checkpoint records the run that wrote it: its preset (full, quick), the settings its model
-trains with, its seed and its data, with the model's recipe and the training code's version. A
-run refuses a checkpoint of another run rather than train over it, and says how the two differ.
+trains with, its seed and its data, with the model's recipe and the training code's version; a
+report records the same of its run but the recipes and the code. A run refuses the checkpoints
+and report of another run rather than write over them, and says how the two differ.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from .data import DATA_OPTIONS
+from .settings import training_fields
 
 # The settings that decide which images the training and validation splits hold.
 CUTS = ("train_limit", "val_size")
@@ -31,6 +34,41 @@ class OtherRun(RuntimeError):
     def __init__(self, message: str, preset: str | None = None) -> None:
         super().__init__(message)
         self.preset = preset
+
+
+def require_same_report(path: Path, meta: dict[str, Any], seeds: bool = False) -> None:
+    """Raise :class:`OtherRun` where the report ``path`` was written by another run than the one
+    of ``meta`` (this run's report meta): another preset, seed, settings or data.
+
+    With ``seeds`` the report is the spread of several seeds, whose seeds are not compared: a
+    run may add seeds to its folder. A missing or unreadable report passes, and so does the data
+    of a report from before it was recorded.
+    """
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["meta"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    new = _report_run(json.loads(json.dumps(meta)))  # as read back: tuples become lists
+    old = _report_run(recorded, like=new) if isinstance(recorded, dict) else None
+    if seeds:
+        for run in (old, new):
+            if run is not None:
+                run["seed"] = None
+    if not same(old, new):
+        raise OtherRun(f"{path} was written by a run with {differences(old, new)}", held_preset(old, new))
+
+
+def _report_run(meta: dict[str, Any], like: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a report's ``meta`` records of its run, as a checkpoint's fingerprint has it; ``like``
+    (this run's) gives the settings compared, and the data where ``meta`` does not record it."""
+    settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+    fields = like["settings"] if like is not None else training_fields(settings)
+    run = {"preset": settings.get("name"), "seed": meta.get("seed"),
+           "settings": {field: settings.get(field) for field in fields},
+           "data": meta.get("data_digest"), "data_name": meta.get("data_name")}
+    if like is not None and run["data"] is None:  # a report from before the data was recorded
+        run["data"], run["data_name"] = like["data"], like["data_name"]
+    return run
 
 
 def same(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:

@@ -86,9 +86,17 @@ class Settings:
         A checkpoint records these, so that changing, say, the ensemble's size or the number of
         rubbish inputs keeps every trained model.
         """
-        skip = {"name", "notes", "maxout_epochs", "large_epochs", "control_epochs", "l1_epochs",
-                "ensemble_epochs", "ensemble_size", "linear_epochs", "rbf_epochs", "rubbish_samples", "test_limit"}
-        return {k: v for k, v in self.as_dict().items() if k not in skip}
+        return training_fields(self.as_dict())
+
+
+_NOT_TRAINING = frozenset({"name", "notes", "maxout_epochs", "large_epochs", "control_epochs", "l1_epochs",
+                           "ensemble_epochs", "ensemble_size", "linear_epochs", "rbf_epochs", "rubbish_samples",
+                           "test_limit"})
+
+
+def training_fields(settings: dict) -> dict:
+    """:meth:`Settings.training_fields` of settings as a dict (as a report records them)."""
+    return {k: v for k, v in settings.items() if k not in _NOT_TRAINING}
 
 
 COMMON_NOTES = (

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -243,6 +244,18 @@ def test_a_file_where_the_run_needs_a_folder_is_refused_before_any_training(smok
     assert main([*SMOKE, "--out", str(out), "--seed", "0,1"]) == 2
     printed, err = capsys.readouterr()
     assert err.startswith(f"error: --out {out}: {out / in_the_way} is a file") and "] epoch " not in printed
+
+
+def test_the_documented_runs_each_have_a_folder_of_their_own() -> None:
+    # docs/reproduction.md listed `fgsmkit reproduce` and then `fgsmkit reproduce --seed 0,1,2` as
+    # steps; they shared the default folder, and the second was refused.
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    for text in ((PACKAGE_ROOT.parent / "docs" / "reproduction.md").read_text(), cli.__doc__):
+        lines = re.findall(r"^\s*\$? ?(?:python -m )?fgsmkit reproduce\b([^#\n]*)", text, re.MULTILINE)
+        runs = [parser.parse_args(shlex.split(line)) for line in lines if "--help" not in line]
+        assert len(runs) >= 3
+        assert len({cli.output_folder(args) for args in runs}) == len(runs), lines
 
 
 def test_quick_and_smoke_runs_have_default_folders_of_their_own() -> None:

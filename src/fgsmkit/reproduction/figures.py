@@ -26,7 +26,7 @@ def write_figures(figures: dict[str, dict[str, Any]], out: str | os.PathLike[str
     Raises
     ------
     ImportError
-        Without matplotlib (``pip install "fgsmkit[figures]"``).
+        Without matplotlib (``pip install matplotlib``, or ``pip install -e ".[figures]"`` in the checkout).
     """
     import matplotlib
 

@@ -16,7 +16,8 @@ from .experiments import Row
 # reads these names to tell a run's folder from the user's own).
 REPORT_FILES = ("report.md", "report.json")
 SPREAD_FILES = ("spread.md", "spread.json")
-FIGURES_HINT = 'Figures need matplotlib: pip install "fgsmkit[figures]", then run the same command again.'
+FIGURES_HINT = ('Figures need matplotlib: pip install matplotlib (or, in the checkout, pip install -e ".[figures]"), '
+                'then run the same command again.')
 
 
 def format_value(value: float | str | None, paper: bool = False) -> str:

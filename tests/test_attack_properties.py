@@ -460,6 +460,36 @@ def test_eval_mode_option_attacks_the_eval_model_and_restores_train_mode() -> No
     assert torch.equal(in_eval, fk.fgsm(model, x, y, eps=0.1))
 
 
+class _FreezesWhenEvaluated(nn.Module):
+    """A model whose ``train()`` does more than set flags (as LoRA layers merge their adapters on
+    ``eval()`` and unmerge them on ``train()``): here it freezes its body in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def train(self, mode: bool = True) -> _FreezesWhenEvaluated:
+        super().train(mode)
+        for p in self.body.parameters():
+            p.requires_grad_(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x)))
+
+
+def test_eval_mode_is_undone_through_the_models_own_train_method() -> None:
+    torch.manual_seed(0)
+    x, y = torch.rand(10, 6), torch.randint(0, 3, (10,))
+    model = _FreezesWhenEvaluated().train()
+    model.head.eval()  # mixed modes come back as they were, each through its module's train()
+    fk.fgsm(model, x, y, eps=0.1, eval_mode=True)
+    assert model.training and model.body.training and not model.head.training
+    assert all(p.requires_grad for p in model.parameters())  # the freeze of eval() is undone
+    fk.evaluation.error_rate(model, x, y, eval_mode=True)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
 @pytest.mark.parametrize("norm", [math.inf, 2.0])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_adversarial_loss_updates_batchnorm_twice_and_leaves_everything_else_until_backward(

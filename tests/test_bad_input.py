@@ -146,6 +146,21 @@ def test_a_model_on_another_device_is_named() -> None:
         fk.fgsm(model, X, Y, eps=0.1)
 
 
+@pytest.mark.parametrize("clip", [(0.0, None), (None, 1.0)])
+def test_an_open_side_of_the_box_is_shown_how_to_write(clip) -> None:
+    side = "upper" if clip[1] is None else "lower"
+    with pytest.raises(TypeError, match=rf"got None; for no {side} bound pass .*math.inf"):
+        fk.fgsm(MODEL, X, Y, eps=0.1, clip=clip)
+    with pytest.raises(TypeError, match=rf"got None; for no {side} bound"):
+        fk.AdversarialLoss(clip=clip)
+
+
+def test_inputs_of_another_dtype_than_the_models_are_named_with_the_fix() -> None:
+    model = nn.Linear(12, 4)  # float32; the inputs are float64
+    with pytest.raises(TypeError, match=r"x is float64 but model has float32 parameters.*x.to\(torch.float32\)"):
+        fk.fgsm(model, torch.rand(3, 12, dtype=torch.float64), torch.zeros(3, dtype=torch.long), eps=0.1)
+
+
 def test_labels_on_another_device_are_named() -> None:
     with pytest.raises(ValueError, match=r"y is on meta but x is on cpu"):
         fk.fgsm(MODEL, X, Y.to("meta"), eps=0.1)

@@ -433,6 +433,12 @@ def check_clip_pair(clip: object) -> None:
     """What can be checked of ``clip`` before ``x`` is known: a pair, and number bounds in order."""
     if not isinstance(clip, (tuple, list)) or len(clip) != 2:
         raise TypeError(f"clip must be a pair (low, high) or None; got {clip!r}")
+    for side, bound, example in (("lower", clip[0], "(-math.inf, 1)"), ("upper", clip[1], "(0, math.inf)")):
+        if bound is None:
+            raise TypeError(
+                f"clip[{int(side == 'upper')}] must be a float or a tensor; got None; for no {side} bound pass "
+                f"{'-' if side == 'lower' else ''}math.inf, e.g. clip={example}"
+            )
     if is_number(clip[0]) and is_number(clip[1]) and float(clip[0]) > float(clip[1]):  # type: ignore[arg-type]
         raise ValueError(f"clip must satisfy low <= high everywhere; got clip={clip!r}")
 

@@ -172,10 +172,19 @@ def innermost_module(model: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Te
 
 
 def logits_of(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """``model(x)``, with a clear error for a model that writes into the input being differentiated."""
+    """``model(x)``, with a clear error for a model that writes into the input being differentiated,
+    and for one that fails on inputs of another dtype than its parameters'."""
     try:
         return model(x)
     except RuntimeError as error:
+        found = _validation.model_tensor(model)
+        if found is not None and found[1].is_floating_point() and found[1].dtype != x.dtype and "type" in str(error):
+            kind, tensor = found
+            raise TypeError(
+                f"x is {str(x.dtype).removeprefix('torch.')} but model has {str(tensor.dtype).removeprefix('torch.')} "
+                f"{kind}, and failed on it ({str(error).splitlines()[0]}); convert x (x.to({tensor.dtype})) or the "
+                f"model (model.to({x.dtype}))"
+            ) from error
         if "leaf Variable that requires grad is being used in an in-place operation" not in str(error):
             raise
         raise ValueError(
@@ -253,10 +262,13 @@ def model_state_kept(model: object, eval_mode: bool) -> Iterator[None]:
         yield
     finally:
         # Restored even without eval_mode: code inside the block (an attack passed to
-        # evaluate_attack, a forward) may switch them.
+        # evaluate_attack, a forward) may switch them. Through each module's own train(), parents
+        # before children (a child's call then corrects what its parent's set): a train() that
+        # does more than set flags (LoRA layers merge their adapters on eval() and unmerge them
+        # on train()) is undone as it was done. Most modules never change.
         for module, training in modes:
-            if module.training != training:  # nn.Module's __setattr__ is slow; most never change
-                module.training = training
+            if module.training != training:
+                module.train(training)
         # Through .data, like BatchNorm's own update: a graph built before the attack saved these
         # buffers for its backward, and a tracked in-place copy would bump their version counters
         # and make that backward fail.

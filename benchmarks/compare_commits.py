@@ -39,8 +39,11 @@ def module_name(rev: str) -> str:
 
 def import_commit(rev: str, folder: Path):
     """The package of commit ``rev``, imported as :func:`module_name` ``(rev)``."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/fgsmkit"],
-                             check=True, capture_output=True).stdout
+    done = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/fgsmkit"], capture_output=True)
+    if done.returncode:
+        # git's own reason (an unknown revision, not a git checkout) is what the user needs.
+        sys.exit(f"error: git archive {rev} failed: {done.stderr.decode(errors='replace').strip()}")
+    archive = done.stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (and backports)
             tar.extractall(folder, filter="data")
@@ -57,6 +60,8 @@ def main() -> None:
     parser.add_argument("rev", help="the commit to compare against (anything git understands)")
     parser.add_argument("--rounds", type=int, default=300, help="rounds per contender pair (default: 300)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1; got {args.rounds}")
     import fgsmkit
 
     with tempfile.TemporaryDirectory() as scratch:

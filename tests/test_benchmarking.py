@@ -21,6 +21,14 @@ TRAIN = ("clean step", "AdversarialLoss step", "3-forward adversarial step", "2-
 MEASURES_RESIDENT_PEAK = timing._reset_resident_peak()  # False where /proc/self/clear_refs is not writable
 
 
+def test_quick_keeps_the_repeats_given_explicitly(tmp_path):
+    out = tmp_path / "q.json"
+    assert main(["bench", "--quick", "--no-peers", "--workloads", "maxout-128", "--repeats", "3",
+                 "--fast-repeats", "4", "--json", str(out)]) == 0
+    meta = json.loads(out.read_text())["meta"]
+    assert (meta["repeats"], meta["fast_repeats"], meta["warmup"]) == (3, 4, 1)
+
+
 def test_quick_run_writes_the_table_and_json(tmp_path, capsys):
     out = tmp_path / "results.json"
     code = main(["bench", "--quick", "--workloads", "maxout-128", "--repeats", "2", "--fast-repeats", "2", "--json", str(out)])

@@ -38,12 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help=f"comma-separated workloads (default: all of {', '.join(WORKLOADS)})")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed rounds of the PGD contenders; the median is reported (default: 5)")
-    parser.add_argument("--fast-repeats", type=int, default=30,
+    # None: the run's size decides (--quick or not), unless given.
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed rounds of the PGD contenders; the median is reported (default: 5, 2 with --quick)")
+    parser.add_argument("--fast-repeats", type=int, default=None,
                         help="timed rounds of the one-pass contenders (FGSM, floor, training steps), "
-                             "which are cheaper and noisier (default: 30)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
+                             "which are cheaper and noisier (default: 30, 2 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default: 1)")
     parser.add_argument("--backends", default=None,
                         help="fgsmkit PGD backends to time, comma-separated, among eager, compile, cuda_graph; "
                              "eager is always timed (default: eager,compile on CPU, all three on CUDA, compile "
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-peers", action="store_true", help="leave the peer libraries out")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run: batch {QUICK_BATCH}, {QUICK_STEPS} PGD steps (each larger, so that "
-                             "they still reach the eps-ball's edge), 2 repeats")
+                             "they still reach the eps-ball's edge), 2 repeats unless --repeats/--fast-repeats say")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"),
                         help="where to write the results (default: bench-results.json)")
 
@@ -68,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not names:
         found = f"unknown workloads {unknown}" if unknown else "no workload named"
         return _refuse(f"--workloads {args.workloads!r}: {found}; choose among {list(WORKLOADS)}")
-    repeats, fast_repeats, warmup = args.repeats, args.fast_repeats, args.warmup
-    if args.quick:
-        repeats, fast_repeats, warmup = min(repeats, 2), min(fast_repeats, 2), min(warmup, 1)
+    defaults = (2, 2, 1) if args.quick else (5, 30, 1)
+    repeats, fast_repeats, warmup = (default if given is None else given for given, default in
+                                     zip((args.repeats, args.fast_repeats, args.warmup), defaults))
     if min(repeats, fast_repeats) < 1 or warmup < 0:
         return _refuse("--repeats and --fast-repeats must be >= 1, --warmup >= 0")
     try:

@@ -244,10 +244,12 @@ def test_adversarial_loss_with_a_grad_scaler():
         torch.testing.assert_close(p.grad, r.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_a_dtype_mismatch_inside_the_model_is_the_models_own_error():
-    """The library does not refuse float64 inputs to a float32 model: the model may cast them."""
-    with pytest.raises(RuntimeError, match="dtype"):
+def test_a_dtype_mismatch_inside_the_model_is_named_and_a_casting_model_works():
+    """The library does not refuse float64 inputs to a float32 model, which may cast them; where
+    the model fails on them, the error names both dtypes and chains the model's own."""
+    with pytest.raises(TypeError, match="x is float64 but model has float32 parameters") as caught:
         fk.fgsm(mlp(), batch(dtype=torch.float64)[0], batch()[1], eps=0.1)
+    assert isinstance(caught.value.__cause__, RuntimeError) and "dtype" in str(caught.value.__cause__)
     casting = nn.Sequential(mlp())
     casting.register_forward_pre_hook(lambda module, args: (args[0].float(),))
     x, y = batch(dtype=torch.float64)

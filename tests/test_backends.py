@@ -52,15 +52,43 @@ def test_auto_is_eager_on_cpu():
     assert _backends.walk_for("eager", small_model()).__name__ == "ascend"
 
 
-@pytest.mark.parametrize(("backend", "norm", "message"), [
-    ("fast", math.inf, "backend must be one of"),
-    ("compile", 2, "L-inf step only"),
-    ("cuda_graph", math.inf, "needs x on a CUDA device"),
+@pytest.mark.parametrize(("attack", "backend", "norm", "message"), [
+    (attack, *case)
+    for attack in ("fgsm", "iterative_fgsm", "pgd")
+    for case in [("fast", math.inf, "backend must be one of"), ("compile", 2, "L-inf step only"),
+                 ("cuda_graph", math.inf, "needs x on a CUDA device")]
+    if not (attack == "iterative_fgsm" and case[1] == 2)  # the basic iterative method is L-inf only
 ])
-def test_unusable_backends_are_refused_with_the_fix(backend, norm, message):
+def test_unusable_backends_are_refused_with_the_fix(attack, backend, norm, message):
     model, (x, y) = small_model(), batch()
+    kwargs = {} if attack == "fgsm" else {"step_size": 0.02, "steps": 2}
+    if attack != "iterative_fgsm":
+        kwargs["norm"] = norm
     with pytest.raises(ValueError, match=message):
-        fk.pgd(model, x, y, eps=0.1, step_size=0.02, steps=2, norm=norm, backend=backend)
+        getattr(fk, attack)(model, x, y, eps=0.1, backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize(("attack", "fused", "calls"), [
+    ("fgsm", "linf_fast_gradient_step", 1),
+    ("iterative_fgsm", "linf_take_step", 3),
+    ("pgd", "linf_take_step", 3),
+])
+def test_each_attack_takes_its_steps_through_the_compiled_step(monkeypatch, attack, fused, calls):
+    # Bit-identity with eager cannot tell a compiled step from an eager one: count that each
+    # attack's steps go through what backend="compile" hands to torch.compile (run eagerly here).
+    taken: list[str] = []
+
+    def counting(function):
+        def run(*args):
+            taken.append(function.__name__)
+            return function(*args)
+        return run
+
+    monkeypatch.setattr(_backends, "compiled", counting)
+    model, (x, y) = small_model(), batch()
+    steps = {} if attack == "fgsm" else {"step_size": 0.02, "steps": 3}
+    getattr(fk, attack)(model, x, y, eps=0.1, backend="compile", **steps)
+    assert taken == [fused] * calls
 
 
 @pytest.mark.compile

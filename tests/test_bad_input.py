@@ -181,7 +181,7 @@ def test_labels_that_are_not_class_indices_are_refused_at_eps_zero_too(attack) -
 
 def test_errors_leave_nothing_modified() -> None:
     x, y = X.clone(), Y.clone()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"y holds labels in \[0, 9\]"):
         fk.fgsm(MODEL, x, torch.tensor([0, 1, 2, 9]), eps=0.1)
     assert torch.equal(x, X) and torch.equal(y, Y)
     assert all(p.grad is None for p in MODEL.parameters())

@@ -284,3 +284,27 @@ def test_an_empty_batch_with_per_sample_budgets_passes_the_overflow_check(norm):
     x, y = torch.rand(0, 3), torch.zeros(0, dtype=torch.long)
     assert fk.fgsm(model, x, y, eps=torch.empty(0), norm=norm).shape == (0, 3)
     assert fk.pgd(model, x, y, eps=torch.empty(0), step_size=0.1, steps=2, norm=norm).shape == (0, 3)
+
+
+def test_the_l2_projection_shrinks_onto_the_ball_then_clips_to_the_box() -> None:
+    # The order every peer uses (Madry et al.); clipping first gives another feasible point.
+    from fgsmkit.constraints import Box, L2Ball
+    x = torch.tensor([[0.9, 0.5]], dtype=torch.float64)
+    box = Box(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64), (0.0, 1.0))
+    ball = L2Ball(x, torch.tensor(0.5, dtype=torch.float64), box)
+    point = torch.tensor([[2.1, 2.1]], dtype=torch.float64)  # outside the ball and the box
+    delta = point - x
+    shrunk = x + delta * (0.5 / delta.norm())
+    assert torch.equal(ball.project(point), shrunk.clamp(0.0, 1.0))
+    assert not torch.equal(ball.project(point), x + (point.clamp(0, 1) - x) * (0.5 / (point.clamp(0, 1) - x).norm()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_a_point_inside_the_l2_ball_keeps_its_exact_value(dtype) -> None:
+    from fgsmkit.constraints import L2Ball
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(16, 30, generator=g) * 0.01).to(dtype)
+    point = (0.3 + torch.rand(16, 30, generator=g) * 0.1).to(dtype)  # |point - x| < 2.2: inside eps = 3
+    ball = L2Ball(x, torch.tensor(3.0), None)
+    assert not torch.equal(x + (point - x), point)  # rebuilt as x + delta, some values would move
+    assert torch.equal(ball.project(point), point)

@@ -110,12 +110,12 @@ def _graph_leaves(loss: Tensor, skip: Tensor, since: int,
 
     These are the model's trainable parameters, and also any other tensor the loss reaches: the
     learnable parts of a loss_fn (a temperature, a classification head), a parameter shared from
-    another module. A node numbered outside ``[since, until]`` (this call's first node and its
-    last, ``until`` None for no upper end) was built before the call (autograd numbers nodes per
-    thread, so one built in another thread can come out above), say soft targets from a teacher network or a loss weight
-    computed once per step: the adversarial term may share it, and a backward that yields the
-    clean gradients would free it, so then there are none to hand over. The walk visits each
-    node once (about a microsecond per node: a few for an MLP, thousands for an unrolled RNN).
+    another module. A node numbered outside ``[since, until]`` (this call's first node and its last,
+    ``until`` None for no upper end) was built before the call (autograd numbers nodes per thread,
+    so one built in another thread can come out above), say soft targets from a teacher network or a
+    loss weight computed once per step: the adversarial term may share it, and a backward that
+    yields the clean gradients would free it, so then there are none to hand over. The walk visits
+    each node once (about a microsecond per node: a few for an MLP, thousands for an unrolled RNN).
     """
     leaves: list[Tensor] = []
     accumulators: list[Any] = []

@@ -755,3 +755,83 @@ def test_a_module_wrapping_a_model_with_its_own_probabilities_warns_that_it_gets
         for inner in (fk.models.SoftmaxRegression(4, 3), fk.models.LogisticRegression(4)):
             assert mean_confidence(Normalized(inner), x) == pytest.approx(mean_confidence(inner, x))
         error_rate(Normalized(rbf), x, torch.randint(0, 3, (40,)))  # no probabilities taken
+
+
+class AsClassifier(fk.models.Classifier):
+    """A model written as a Classifier that keeps the base probabilities()."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net(t)
+
+
+def test_a_classifier_with_the_base_probabilities_gets_the_same_warnings_as_a_module() -> None:
+    # A Classifier subclass was trusted to return logits: its softmax-ended outputs and its
+    # wrapped RBF network were scored with a softmax, silently.
+    _, probabilities_model = _softmax_at_the_end()
+    x = torch.rand(30, 20)
+    with pytest.warns(UserWarning, match=r"model's outputs are probabilities"):
+        assert mean_confidence(AsClassifier(probabilities_model), x) == pytest.approx(
+            mean_confidence(lambda t: probabilities_model(t), x))
+    rbf = fk.models.RBFNetwork(20, 3)
+    with pytest.warns(UserWarning, match=r"its submodule 'net' \(RBFNetwork\) defines its own probabilities"):
+        mean_confidence(AsClassifier(rbf), x)
+
+
+def test_a_classifier_with_one_logit_column_gets_sigmoid_probabilities() -> None:
+    # The base probabilities() took a softmax of the one column: confidence 1.0 for every
+    # sample, and an index error for a sample of class 1.
+    torch.manual_seed(0)
+    net = nn.Linear(4, 1)
+    model, x = AsClassifier(net), torch.randn(50, 4)
+    logit = net(x).detach()
+    assert (logit > 0).any() and (logit < 0).any()
+    expected = torch.cat([torch.sigmoid(-logit), torch.sigmoid(logit)], dim=1)
+    assert torch.equal(model.predict_proba(x), expected)
+    assert mean_confidence(model, x) == pytest.approx(expected.amax(dim=1).double().mean().item())
+    assert mean_confidence(model, x) == pytest.approx(mean_confidence(lambda t: net(t), x))
+
+
+SIGMOID_WARNING = (
+    r"model's single output column lies in \[0, 1\] for every sample, like a sigmoid's probability, but fgsmkit "
+    r"reads one column as the logit of class 1 \(predicted where it is above 0\); drop the sigmoid at the end "
+    r"of the model, or pass lambda x: torch.logit\(model\(x\)\)"
+)
+
+
+def test_a_model_ending_in_a_sigmoid_warns_that_one_column_is_read_as_a_logit() -> None:
+    # Its outputs are all above 0, so every sample was scored as class 1, without a word.
+    torch.manual_seed(0)
+    net = nn.Linear(4, 1)
+    sigmoid_model, x = nn.Sequential(net, nn.Sigmoid()), torch.randn(50, 4)
+    y = (net(x)[:, 0] > 0).long()
+    unchanged = lambda model, xb, yb: xb.clone()  # noqa: E731
+    for metric in (lambda m: error_rate(m, x, y, batch_size=7),
+                   lambda m: mean_confidence(m, x, batch_size=7),
+                   lambda m: evaluate_attack(m, unchanged, x, y, batch_size=7),
+                   lambda m: fk.fgsm(m, x.sigmoid(), eps=0.1)):  # labels from the predictions
+        with pytest.warns(UserWarning) as caught:
+            metric(sigmoid_model)
+        assert len(caught) == 1
+        assert re.fullmatch(SIGMOID_WARNING, str(caught[0].message))
+        assert caught[0].filename == __file__
+    # The advice gives the logits' numbers.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert error_rate(lambda t: torch.logit(sigmoid_model(t)), x, y) == error_rate(net, x, y) == 0.0
+    # A constant column (zero weights, a single sample) says nothing about sigmoids.
+    zero = fk.models.LogisticRegression(4)
+    nn.init.zeros_(zero.linear.weight)
+    nn.init.zeros_(zero.linear.bias)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean_confidence(zero, x)
+        mean_confidence(sigmoid_model, x[:1])
+    # Logits, not all in [0, 1], do not warn.
+    assert (net(x.sigmoid()) < 0).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fk.fgsm(net, x.sigmoid(), eps=0.1)

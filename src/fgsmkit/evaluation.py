@@ -22,7 +22,9 @@ modules cannot be seen). Pass the classifier itself, or make the wrapper a
 The predicted class is the one with the largest logit (the most probable one, read where
 probabilities cannot underflow into ties) and the *confidence* is its probability. A model
 whose outputs are already probabilities (one that ends in a softmax) warns where their softmax
-would be taken, on the first batch: drop the softmax, or pass ``lambda x: model(x).log()``.
+would be taken, on the first batch: drop the softmax, or pass ``lambda x: model(x).log()``. A
+single output column that lies in [0, 1] (a sigmoid at the end) warns in every metric, since
+each of its samples would be predicted class 1: pass ``lambda x: torch.logit(model(x))``.
 NaN or infinite logits raise a ``ValueError``. Counts and sizes (``n``, ``batch_size``,
 ``sample_shape``) may be NumPy integers.
 
@@ -59,7 +61,9 @@ from .gradient import (
     innermost_module,
     model_state_kept,
     predicted_labels,
+    probabilities_of_logits,
     warn_if_probabilities,
+    warn_if_sigmoid_outputs,
 )
 from .models import Classifier
 
@@ -368,7 +372,10 @@ def rubbish_rate(model: Model, n: Count, sample_shape: Count | Sequence[Count], 
     confidences = []
     with model_state_kept(model, eval_mode), torch.no_grad():
         for noise in _noise_batches(n, shape, batch_size, generator, probe):
-            confidences.append(_probabilities(model, _logits(model, noise), first=not confidences).amax(dim=1))
+            logits = _logits(model, noise)
+            if not confidences:
+                _warn_if_sigmoid_outputs(logits)
+            confidences.append(_probabilities(model, logits, first=not confidences).amax(dim=1))
     confidence = torch.cat(confidences)
     rubbish = confidence > threshold
     return _mean(rubbish.double()), _mean(confidence[rubbish])
@@ -482,19 +489,28 @@ def _checked_attack_output(x_adv: object, x: Tensor) -> Tensor:
 
 
 def _probabilities(model: Model, logits: Tensor, first: bool) -> Tensor:
-    """The same probabilities as ``predict_proba``: the model's own, or softmax / sigmoid. On the
-    ``first`` batch, a softmax of outputs that are already probabilities warns."""
+    """The same probabilities as ``predict_proba``: those a :class:`Classifier` defines for itself,
+    or the softmax / sigmoid of the logits. On the ``first`` batch, a softmax of outputs that are
+    already probabilities warns."""
     classifier = innermost_module(model)
     wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    if isinstance(classifier, Classifier):
+    if isinstance(classifier, Classifier) and type(classifier).probabilities is not Classifier.probabilities:
         return classifier.probabilities(wide)
-    if logits.shape[1] == 1:
-        return torch.cat([torch.sigmoid(-wide), torch.sigmoid(wide)], dim=1)
-    if first:
-        low, high = torch.stack(torch.aminmax(logits)).tolist()
-        warn_if_probabilities(logits, (low, high), _SOFTMAX_OF_PROBABILITIES)
+    if first and logits.shape[1] > 1:
+        warn_if_probabilities(logits, _output_range(logits), _SOFTMAX_OF_PROBABILITIES)
         _warn_if_wrapping_own_probabilities(classifier)
-    return torch.softmax(wide, dim=1)
+    return probabilities_of_logits(wide)
+
+
+def _warn_if_sigmoid_outputs(logits: Tensor) -> None:
+    """Warn where the first batch's single output column holds a sigmoid's probabilities."""
+    if logits.shape[1] == 1:
+        warn_if_sigmoid_outputs(logits, _output_range(logits))
+
+
+def _output_range(logits: Tensor) -> tuple[float, float]:
+    low, high = torch.stack(torch.aminmax(logits)).tolist()
+    return low, high
 
 
 def _warn_if_wrapping_own_probabilities(model: Model) -> None:
@@ -568,8 +584,10 @@ def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: int, eva
     with model_state_kept(model, eval_mode), torch.no_grad():
         for batch in x.split(batch_size):
             logits = _logits(model, batch, name)
-            if y is not None and not predictions:
-                _validation.check_class_labels(y, logits.shape[1])
+            if not predictions:
+                _warn_if_sigmoid_outputs(logits)
+                if y is not None:
+                    _validation.check_class_labels(y, logits.shape[1])
             if with_confidence:
                 predicted, confidence = _predicted_class(model, logits, first=not predictions)
                 confidences.append(confidence)

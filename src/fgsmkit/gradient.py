@@ -119,6 +119,14 @@ def predicted_labels(logits: Tensor) -> Tensor:
     return logits.argmax(dim=1)
 
 
+def probabilities_of_logits(logits: Tensor) -> Tensor:
+    """The class probabilities that ``logits`` stand for, shape ``(batch, classes)``: the softmax,
+    or for a single column (the logit of class 1) the sigmoid and its complement."""
+    if logits.shape[1] == 1:
+        return torch.cat([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
 def summed_loss(per_sample_or_scalar: Tensor, batch: int) -> Tensor:
     """A loss whose input gradient does not depend on the reduction ``loss_fn`` used.
 
@@ -481,6 +489,7 @@ class Objective:
             output_range = check_first_gradient(grad, logits)
             if self.loss_fn is cross_entropy:  # a loss_fn of the user's may be written for probabilities
                 warn_if_probabilities(logits, output_range)
+                warn_if_sigmoid_outputs(logits, output_range)
         # NaN entries are left in: the step treats them as zero (see constraints.Ball.step).
         return -grad if self.targeted else grad
 
@@ -654,7 +663,7 @@ def warn_if_probabilities(outputs: Tensor, output_range: tuple[float, float] | N
     which the default loss (or the metrics' softmax) would take for logits. ``advice``, in the
     caller's words, says what goes wrong and how to fix it."""
     if output_range is None or output_range[0] < 0 or output_range[1] > 1 or outputs.shape[1] < 2:
-        return
+        return  # a single column: see warn_if_sigmoid_outputs
     # A softmax accumulates its row in at least float32 (an error growing with the number of
     # classes: 6e-7 for 1,000), then rounds each output to its dtype (about one rounding of the
     # row's sum: 3e-3 in bfloat16). A looser bound would take more logit models for probabilities.
@@ -667,3 +676,21 @@ def warn_if_probabilities(outputs: Tensor, output_range: tuple[float, float] | N
         UserWarning,
         stacklevel=_validation.user_stacklevel(),
     )
+
+
+SIGMOID_OUTPUTS = (
+    "model's single output column lies in [0, 1] for every sample, like a sigmoid's probability, but fgsmkit "
+    "reads one column as the logit of class 1 (predicted where it is above 0); drop the sigmoid at the end of "
+    "the model, or pass lambda x: torch.logit(model(x))"
+)
+
+
+def warn_if_sigmoid_outputs(outputs: Tensor, output_range: tuple[float, float] | None) -> None:
+    """Warn where a model's single output column (``output_range``: its smallest and largest
+    value) lies in [0, 1]: a sigmoid's probabilities, which would all count as class 1."""
+    if output_range is None or outputs.shape[1] != 1:
+        return
+    low, high = output_range
+    # A constant column (zero weights, a single sample) says nothing of a sigmoid.
+    if 0 <= low < high <= 1:
+        warnings.warn(SIGMOID_OUTPUTS, UserWarning, stacklevel=_validation.user_stacklevel())

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from ..gradient import autocast_enabled
+from ..gradient import autocast_enabled, probabilities_of_logits
 
 
 def check_class_count(num_classes: object) -> int:
@@ -31,7 +31,8 @@ class Classifier(nn.Module):
 
     Inputs of any shape ``(batch, ...)`` with ``in_features`` elements per sample are
     flattened to ``(batch, in_features)``. Subclasses set ``in_features``, call :meth:`flat` in
-    their forward and override :meth:`probabilities` when their logits are not softmax logits.
+    their forward and override :meth:`probabilities` when their logits are neither softmax logits
+    nor a single binary logit.
 
     Examples
     --------
@@ -75,8 +76,10 @@ class Classifier(nn.Module):
         return x.reshape(x.shape[0], self.in_features)
 
     def probabilities(self, logits: Tensor) -> Tensor:
-        """The probabilities that this model's ``logits`` stand for, shape ``(batch, classes)``."""
-        return torch.softmax(logits, dim=1)
+        """The probabilities that this model's ``logits`` stand for, shape ``(batch, classes)``: by
+        default their softmax, or for a single column (the logit of class 1) its sigmoid and
+        the complement."""
+        return probabilities_of_logits(logits)
 
     def predict_proba(self, x: Tensor) -> Tensor:
         """Class probabilities of shape ``(batch, classes)``, computed without autograd, from the

@@ -66,6 +66,3 @@ class LogisticRegression(Classifier):
     def forward(self, x: Tensor) -> Tensor:
         """The logit of class 1, shape ``(batch, 1)``."""
         return self.linear(self.flat(x))
-
-    def probabilities(self, logits: Tensor) -> Tensor:
-        return torch.cat([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)

@@ -63,6 +63,26 @@ def test_a_checkpoint_saved_to_a_symlink_is_written_through_it(tmp_path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch10.pt", "epoch11.pt", "last.pt", "next.pt"]
 
 
+def test_a_path_that_is_not_a_regular_file_is_refused_and_left_as_it_was(tmp_path) -> None:
+    # A FIFO (or a device node such as /dev/null, for root) was renamed over: the special file
+    # became a regular one.
+    fifo, folder = tmp_path / "pipe", tmp_path / "folder"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    (tmp_path / "link").symlink_to("pipe")
+    for path in (fifo, tmp_path / "link"):
+        with pytest.raises(ValueError, match=r"path .*pipe' is a FIFO, not a regular file: fgsmkit writes a new "
+                                             r"file and renames it over the old one\. Pass the path of a regular file"):
+            fk.save_checkpoint({"epoch": 1}, path)
+        with pytest.raises(ValueError, match=r"is a FIFO, not a regular file"):
+            fk.datasets.write_idx(path, np.zeros((2, 3), dtype=np.uint8))
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    with pytest.raises(IsADirectoryError, match=r"folder"):
+        fk.save_checkpoint({"epoch": 1}, folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "link", "pipe"]
+    assert not any(folder.iterdir())
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"best": np.float64(0.97)}, "it holds .*scalar"),  # pickles, but weights_only cannot read it
     ({"args": argparse.Namespace(lr=0.1)}, "it holds .*Namespace"),

@@ -192,6 +192,18 @@ def test_read_idx_refuses_a_text_mode_file_by_name(tmp_path) -> None:
             read_idx(handle)
 
 
+def test_read_idx_refuses_a_file_opened_with_the_default_text_encoding_by_name(tmp_path) -> None:
+    # UTF-8 cannot decode an IDX file's bytes: UnicodeDecodeError from inside read(), naming
+    # neither the file nor the fix.
+    raw, packed = tmp_path / "b-idx1-ubyte", tmp_path / "b-idx1-ubyte.gz"
+    write_idx(raw, np.arange(200, 203, dtype=np.uint8))
+    packed.write_bytes(gzip.compress(raw.read_bytes()))
+    for path in (raw, packed):
+        with open(path, encoding="utf-8") as handle:
+            with pytest.raises(TypeError, match=rf"{path.name}'.* text mode.*'rb'"):
+                read_idx(handle)
+
+
 def test_read_idx_names_the_file_when_numpy_cannot_hold_its_dimensions(tmp_path) -> None:
     # Before: NumPy's "maximum supported dimension" ValueError, naming no file.
     path = tmp_path / "deep-idx65-ubyte"

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+          stat.S_IFSOCK: "socket"}
+
+
 @contextlib.contextmanager
 def replaced_atomically(path: Path) -> Iterator[tuple[BinaryIO, str]]:
     """Yield a new file beside ``path``, open for writing, and its name.
@@ -25,13 +29,23 @@ def replaced_atomically(path: Path) -> Iterator[tuple[BinaryIO, str]]:
     kept), a file that exists keeps its permission bits, and a new one gets mode 0666 less the
     umask (``tempfile.mkstemp``'s 0600 would hide it from the folder's other users). Unlike
     ``open``, the replacement is a new file: it belongs to the writer, and other hard links to
-    the old one keep the old content.
+    the old one keep the old content, and a path naming anything but a regular file (a FIFO, a
+    device such as ``/dev/null``, a folder) is refused.
     """
     path = Path(os.path.realpath(path))  # the file a symlink names, which open() would write
     try:
-        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+        found = os.stat(path).st_mode
     except FileNotFoundError:
-        mode = None
+        found = None
+    if found is not None and stat.S_ISDIR(found):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if found is not None and not stat.S_ISREG(found):
+        # Renamed over, a FIFO or a device node (/dev/null, for root) would become a regular file.
+        raise ValueError(
+            f"path {str(path)!r} is a {_KINDS.get(stat.S_IFMT(found), 'special file')}, not a regular file: "
+            "fgsmkit writes a new file and renames it over the old one. Pass the path of a regular file"
+        )
+    mode = None if found is None else stat.S_IMODE(found)
     while True:
         name = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
         try:

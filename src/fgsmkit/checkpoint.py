@@ -33,7 +33,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
         ``TypeError`` before ``path`` is touched.
     path : path-like
         Destination file; its folder is created if missing. As with ``open``, a symlink is
-        written through and a file that exists keeps its permission bits.
+        written through and a file that exists keeps its permission bits. A path naming anything
+        but a regular file (a FIFO, a device such as ``/dev/null``) raises a ``ValueError``.
 
     Examples
     --------

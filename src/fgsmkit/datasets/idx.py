@@ -119,6 +119,8 @@ def _read_bytes(source: object, name: str) -> bytes:
     except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile) as error:
         # Raised by the file objects that decompress as they read (gzip.open, ZipFile.open).
         raise ValueError(f"{name} is damaged or truncated ({error}); delete it and fetch it again") from None
+    except UnicodeDecodeError:  # open(path) with an encoding that cannot decode the bytes
+        raise TypeError(f"{name} is open in text mode (its bytes are not text); open it with 'rb'") from None
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"{name} is open in text mode (read() gave {type(data).__name__}); open it with 'rb'")
     return bytes(data)

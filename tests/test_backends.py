@@ -7,6 +7,7 @@ import dataclasses
 import enum
 import gc
 import math
+import warnings
 
 import pytest
 import torch
@@ -761,10 +762,27 @@ def test_emulated_cuda_graph_keys_a_bound_method_loss_fn_by_its_object(emulated_
 
 
 def test_emulated_cuda_graph_survives_precision_switches_that_cannot_be_read(emulated_cuda_graphs, monkeypatch):
-    # Newer torch raises on reading the old TF32 setting once a new-style one was set.
-    def mixed_settings():
+    # Newer torch raises on reading the old TF32 setting once a new-style one was set (read only
+    # where the new settings are missing), and a build may lack a backend.
+    def unreadable():
         raise RuntimeError("you have used a mix of the legacy and new APIs to set the TF32 flags")
 
-    monkeypatch.setattr(torch, "get_float32_matmul_precision", mixed_settings)
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", unreadable)
+    monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library", unreadable)
     model, (x, y) = small_model(), batch()
     assert torch.equal(fk.pgd(model, x, y, backend="cuda_graph", **PGD), fk.pgd(model, x, y, **PGD))
+
+
+def test_emulated_cuda_graph_leaves_the_warning_filters_alone(emulated_cuda_graphs):
+    # Each call read the precision switches inside warnings.catch_warnings(): that resets every
+    # "shown once" record (a warning repeated on every batch), and, with calls from several
+    # threads, could leave its "ignore" filter in place for good.
+    model, (x, y) = small_model(), batch()
+    shown = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # once per place, as Python shows most warnings
+        warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+        for _ in range(4):  # eps wider than the box warns from this line each time
+            fk.pgd(model, x, y, eps=2.0, step_size=0.1, steps=3, backend="cuda_graph")
+    assert len(shown) == 1 and "eps" in shown[0]
+    assert emulated_cuda_graphs.captures == 1

@@ -44,7 +44,6 @@ import math
 import numbers
 import sys
 import threading
-import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -390,11 +389,16 @@ class _WeakIdentity:
 # precision reductions, deterministic algorithms, cuDNN's autotuner, and which kernels run at
 # all (scaled dot-product attention's backends and their order, as torch.nn.attention.sdpa_kernel
 # sets them; cuDNN on or off; fp16 accumulation; the BLAS library). Each is read on its own:
-# some are missing on older torch (or private), and newer torch raises on reading an old setting
-# once a new one was set.
-_PRECISION_SWITCHES: tuple[Callable[[], object], ...] = (
+# some are missing on older torch (or private). The old TF32 settings are read only where the new
+# ones are missing (torch < 2.9), which say the same: newer torch warns on reading an old one (a
+# per-call warning filter would not be thread-safe, and resets every "shown once" record), and
+# raises once a new-style one was set.
+_OLD_TF32_SETTINGS: tuple[Callable[[], object], ...] = (
     lambda: torch.get_float32_matmul_precision(),
     lambda: torch.backends.cudnn.allow_tf32,
+)
+_PRECISION_SWITCHES: tuple[Callable[[], object], ...] = (
+    *(() if hasattr(torch.backends.cuda.matmul, "fp32_precision") else _OLD_TF32_SETTINGS),
     lambda: torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
     lambda: torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
     lambda: torch.backends.cudnn.deterministic,
@@ -420,9 +424,7 @@ _PRECISION_SWITCHES: tuple[Callable[[], object], ...] = (
 
 def _precision_flags() -> tuple:
     """The current value of every precision switch (None where it cannot be read)."""
-    with warnings.catch_warnings():  # newer torch may warn on reading the old TF32 settings
-        warnings.simplefilter("ignore")
-        return tuple(_read(switch) for switch in _PRECISION_SWITCHES)
+    return tuple(_read(switch) for switch in _PRECISION_SWITCHES)
 
 
 def _read(switch: Callable[[], object]) -> object:

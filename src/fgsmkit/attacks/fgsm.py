@@ -72,7 +72,8 @@ def fgsm(
         are followed, a change making a new graph, but those its forward or ``loss_fn`` read
         from elsewhere, such as globals or closures, are frozen into the graph)
         captures the steps after the first once and replays them, which removes the launch
-        cost of small models; the graph is cached per model and input shape. ``"auto"`` is
+        cost of small models; the graph is cached per model, input shape and ``loss_fn`` (define
+        it once, outside the loop: a new function on every call captures a new graph). ``"auto"`` is
         ``"eager"``.
 
     Returns

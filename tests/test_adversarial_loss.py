@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -614,3 +615,77 @@ def test_closed_form_refuses_bool_labels_and_meta_tensors() -> None:
         fk.adversarial_logistic_loss(w.to("meta"), 0.0, x, torch.tensor([1.0, -1.0]), eps=0.1)
     with pytest.raises(ValueError, match="y is on the meta device"):
         fk.adversarial_logistic_loss(w, 0.0, x, torch.tensor([1.0, -1.0], device="meta"), eps=0.1)
+
+
+def _batchnorm_mlp(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 4)).to(dtype)
+
+
+@pytest.mark.parametrize("eps, clip, scale", [(1e5, (0.0, 1.0), 1.0), (65000.0, None, 1000.0)])
+def test_an_eps_the_dtype_cannot_hold_is_refused_before_the_model_runs(eps, clip, scale) -> None:
+    # The refusal came after the clean forward and backward, which had moved the BatchNorm
+    # statistics (and used up the first call's gradient check); fgsm refuses it untouched.
+    model = _batchnorm_mlp(torch.float16)
+    x, y = torch.rand(6, 8, dtype=torch.float16) * scale, torch.randint(0, 4, (6,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    criterion = fk.AdversarialLoss(eps=eps, clip=clip)
+    with pytest.raises(ValueError, match="eps"):
+        criterion(model, x, y)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert criterion.clean_logits is None and not criterion.checked
+
+
+def test_a_model_ending_in_a_softmax_warns_as_in_the_attacks() -> None:
+    # The default loss took the probabilities for logits, silently, where fgsm warned.
+    torch.manual_seed(0)
+    net = nn.Linear(8, 4)
+    with torch.no_grad():
+        net.weight.mul_(20)
+    model, (x, y) = nn.Sequential(net, nn.Softmax(dim=1)), (torch.rand(16, 8), torch.randint(0, 4, (16,)))
+    criterion = fk.AdversarialLoss()
+    with pytest.warns(UserWarning, match=r"model's outputs are probabilities .* the loss expects logits") as caught:
+        criterion(model, x, y).backward()
+    assert len(caught) == 1 and caught[0].filename == __file__
+    with pytest.warns(UserWarning, match=r"single output column lies in \[0, 1\]"):
+        fk.AdversarialLoss()(nn.Sequential(nn.Linear(8, 1), nn.Sigmoid()), x, (y > 1).long())
+    # On the first call only, and not for a loss_fn of the caller's (written for probabilities).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        criterion(model, x, y)
+        fk.AdversarialLoss(loss_fn=lambda p, t: F.nll_loss(p.log(), t))(model, x, y)
+
+
+def test_a_model_that_writes_into_its_input_trains_on_every_path() -> None:
+    # The extra forward of the low-precision path (and of a hooked parameter) gave its input,
+    # a leaf, to the model: nn.ReLU(inplace=True) first was refused there, with advice (a
+    # lambda) that AdversarialLoss refuses in turn. The clean pass has always accepted it.
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 8), torch.randint(0, 4, (6,))
+    in_place = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(8, 4))
+    plain = nn.Sequential(nn.ReLU(), nn.Linear(8, 4))
+    plain.load_state_dict(in_place.state_dict())
+    for model in (in_place, plain):
+        model[1].weight.register_hook(lambda g: g)  # the clean term keeps its graph: an extra pass
+    assert torch.equal(fk.AdversarialLoss()(in_place, x, y), fk.AdversarialLoss()(plain, x, y))
+    low = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(8, 4)).to(torch.bfloat16)
+    fk.AdversarialLoss()(low, x.to(torch.bfloat16), y).backward()
+    assert low[1].weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_loss_fn_that_fails_on_widened_logits_is_named(dtype: torch.dtype) -> None:
+    # A class-weighted loss with weights in the model's dtype failed inside fgsmkit with
+    # PyTorch's "expected scalar type Float but found Half", naming neither loss_fn nor the fix.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).to(dtype)
+    x, y = torch.rand(6, 8, dtype=dtype), torch.randint(0, 4, (6,))
+    weight = torch.tensor([1.0, 2.0, 1.0, 0.5])
+    message = (rf"loss_fn failed on the logits widened from {str(dtype)[6:]} to float32 \(the input gradient is "
+               r"computed in float32 so that it cannot underflow\): .*; make loss_fn follow the logits' dtype, e.g. "
+               r"lambda z, y: F.cross_entropy\(z, y, weight=w.to\(z.dtype\)\)")
+    for call in (lambda loss: fk.fgsm(model, x, y, eps=0.1, loss_fn=loss),
+                 lambda loss: fk.AdversarialLoss(loss_fn=loss)(model, x, y)):
+        with pytest.raises(TypeError, match=message):
+            call(nn.CrossEntropyLoss(weight=weight.to(dtype), reduction="none"))
+        call(lambda z, t: F.cross_entropy(z, t, weight=weight.to(z.dtype), reduction="none"))  # the advice works

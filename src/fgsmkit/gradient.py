@@ -500,7 +500,17 @@ class Objective:
         wide = logits.detach().to(torch.promote_types(logits.dtype, torch.float32)).requires_grad_(True)
         # A copy for loss_fn: a margin loss may edit the logits in place, which autograd refuses
         # on a leaf (it accepts it on a model's output, what loss_fn gets in a training loop).
-        raw = self.loss_fn(wide.clone(), self.y)  # type: ignore[arg-type]
+        try:
+            raw = self.loss_fn(wide.clone(), self.y)  # type: ignore[arg-type]
+        except RuntimeError as error:
+            if wide.dtype == logits.dtype or "type" not in str(error):
+                raise
+            raise TypeError(
+                f"loss_fn failed on the logits widened from {str(logits.dtype).removeprefix('torch.')} to "
+                f"{str(wide.dtype).removeprefix('torch.')} (the input gradient is computed in float32 so that it "
+                f"cannot underflow): {str(error).splitlines()[0]}; make loss_fn follow the logits' dtype, e.g. "
+                "lambda z, y: F.cross_entropy(z, y, weight=w.to(z.dtype))"
+            ) from error
         loss = summed_loss(raw, logits.shape[0])
         if self.compares_samples and not self.checked:
             per_sample_for_restarts(raw, logits.shape[0])
@@ -575,7 +585,8 @@ class Objective:
         With :attr:`draws` set, the pass repeats the first pass's random draws (its dropout masks)."""
         leaf = x.detach().requires_grad_(True)
         with self.draws.again() if self.draws is not None else contextlib.nullcontext():
-            return leaf, logits_of(self.model, leaf)
+            # A copy, as AdversarialLoss's clean pass gives: a model may write into its input.
+            return leaf, logits_of(self.model, leaf.clone())
 
     @staticmethod
     def _laid_out_like(grad: Tensor, x: Tensor) -> Tensor:

@@ -16,7 +16,8 @@ from . import _validation
 from ._validation import Clip
 from .constraints import make_ball, sample_rows
 from .gradient import (LossFn, Objective, RandomDraws, autograd_usable, check_first_gradient, compiled_from, cross_entropy,
-                       gradients_through_model, local_model, logits_of, model_state_kept, rescaled_dims)
+                       gradients_through_model, local_model, logits_of, model_state_kept, rescaled_dims,
+                       warn_if_probabilities, warn_if_sigmoid_outputs)
 
 
 def _check_alpha(alpha: object) -> float:
@@ -192,7 +193,8 @@ class AdversarialLoss(nn.Module):
     ``torch.compile``-d models, and inside ``no_grad``/``inference_mode`` (the value, without a
     graph). BatchNorm statistics are updated by the clean and the adversarial pass, as by two
     training steps' forwards. A model whose input gradient is zero or NaN is reported with a
-    ``RuntimeWarning`` on the first call.
+    ``RuntimeWarning`` on the first call, and, with the default loss, one whose outputs are
+    probabilities (a softmax or a sigmoid at its end) with a ``UserWarning``.
 
     Parameters
     ----------
@@ -286,6 +288,9 @@ class AdversarialLoss(nn.Module):
         eps = _validation.finite_at_least_zero(self.eps, "eps")
         loss_fn = _validation.check_loss_fn(self.loss_fn) or DEFAULT_LOSS
         label_range = _validation.class_label_range(y) if loss_fn is DEFAULT_LOSS else None
+        # Before the model runs: a refused call must leave its statistics as they were.
+        eps_t = _validation.check_eps(eps, x, norm)
+        _validation.check_overflow(x, box, norm, eps_t, _validation.named("eps", eps))
 
         # Weight gradients only when the loss will be back-propagated; the input gradient even
         # under no_grad or inference_mode (an adversarial validation loss needs it too).
@@ -325,10 +330,11 @@ class AdversarialLoss(nn.Module):
                                                             None if found is None else params, draws)
         if not self.checked:
             self.checked = True
-            check_first_gradient(direction)
-        eps_t = _validation.check_eps(eps, x, norm)
+            output_range = check_first_gradient(direction, self.clean_logits)
+            if loss_fn is DEFAULT_LOSS:  # a loss_fn of the caller's may be written for probabilities
+                warn_if_probabilities(self.clean_logits, output_range)
+                warn_if_sigmoid_outputs(self.clean_logits, output_range)
         _validation.warn_if_budget_reaches_the_whole_box(eps, self.clip, box, norm, x)
-        _validation.check_overflow(x, box, norm, eps_t, _validation.named("eps", eps))
         ball = make_ball(norm, x, eps_t, box)
         x_adv = ball.fast_gradient_step(direction)
 

@@ -689,3 +689,43 @@ def test_a_loss_fn_that_fails_on_widened_logits_is_named(dtype: torch.dtype) -> 
         with pytest.raises(TypeError, match=message):
             call(nn.CrossEntropyLoss(weight=weight.to(dtype), reduction="none"))
         call(lambda z, t: F.cross_entropy(z, t, weight=weight.to(z.dtype), reduction="none"))  # the advice works
+
+
+class _RecordsAuxiliaryLosses(nn.Module):
+    """A layer that records an auxiliary loss on every forward (an MoE's load balancing, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.head = nn.Sequential(nn.Linear(8, 16), nn.Tanh()), nn.Linear(16, 4)
+        self.auxiliary: list[torch.Tensor] = []
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        features = self.body(t)
+        self.auxiliary.append(features.pow(2).mean())
+        return self.head(features)
+
+
+def test_other_terms_built_on_the_clean_forward_can_be_back_propagated() -> None:
+    # The call back-propagated the clean forward without keeping its graph: an auxiliary loss
+    # recorded by a layer, or clean features a hook captured, then failed in loss.backward()
+    # with "Trying to backward through the graph a second time", naming nothing of fgsmkit.
+    torch.manual_seed(1)
+    x, y = torch.rand(6, 8), torch.randint(0, 4, (6,))
+
+    def hand_written(model: nn.Module) -> torch.Tensor:
+        leaf = x.clone().requires_grad_(True)
+        clean = cross_entropy(model(leaf), y, reduction="mean")
+        (g,) = torch.autograd.grad(clean, leaf, retain_graph=True)
+        return 0.5 * clean + 0.5 * cross_entropy(model((x + 0.1 * g.sign()).clamp(0, 1)), y, reduction="mean")
+
+    for extra in ("auxiliary", "pairing"):
+        results = []
+        for objective in (hand_written, lambda m: fk.AdversarialLoss(0.5, 0.1)(m, x, y)):
+            model, features = _RecordsAuxiliaryLosses(), []
+            model.body.register_forward_hook(lambda module, inputs, output: features.append(output))
+            loss = objective(model)
+            term = sum(model.auxiliary) if extra == "auxiliary" else (features[0] - features[-1]).pow(2).mean()
+            (loss + 0.01 * term).backward()
+            results.append([p.grad for p in model.parameters()])
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(*results))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from typing import Any, SupportsFloat
+from typing import Any, NamedTuple, SupportsFloat
 
 import torch
 import torch.nn.functional as F
@@ -104,10 +104,18 @@ def _handed_over(param: Tensor, accumulator: Any, grad: Tensor, owned: bool) -> 
     return None
 
 
-def _graph_leaves(loss: Tensor, skip: Tensor, since: int,
-                  until: int | None = None) -> tuple[list[Tensor], list[Any]] | None:
+class _Leaves(NamedTuple):
+    """What :func:`_graph_leaves` finds in a graph."""
+
+    tensors: list[Tensor]
+    accumulators: list[Any]
+    once: bool  # a node that can be back-propagated only once (a compiled graph's) is in it
+
+
+def _graph_leaves(loss: Tensor, skip: Tensor, since: int, until: int | None = None) -> _Leaves | None:
     """The tensors (other than ``skip``) that ``loss.backward()`` would accumulate gradients into,
-    and their gradient accumulators; None where the graph reaches back before this call.
+    their gradient accumulators, and whether a node on the way can be back-propagated only once;
+    None where the graph reaches back before this call.
 
     These are the model's trainable parameters, and also any other tensor the loss reaches: the
     learnable parts of a loss_fn (a temperature, a classification head), a parameter shared from
@@ -120,6 +128,7 @@ def _graph_leaves(loss: Tensor, skip: Tensor, since: int,
     """
     leaves: list[Tensor] = []
     accumulators: list[Any] = []
+    once = False
     seen: set[Any] = set()
     pending = [] if loss.grad_fn is None else [loss.grad_fn]  # None: the model cut the graph
     while pending:
@@ -131,13 +140,18 @@ def _graph_leaves(loss: Tensor, skip: Tensor, since: int,
                 number = node._sequence_nr()
                 if number < since or until is not None and number > until:
                     return None
+                # torch.compile's backward refuses retain_graph=True (it reuses its saved buffers).
+                once = once or type(node).__name__ == "CompiledFunctionBackward"
                 pending.append(node)
                 continue
             leaf = getattr(node, "variable", None)  # only gradient accumulators have one
             if leaf is not None and leaf is not skip:
                 leaves.append(leaf)
                 accumulators.append(node)
-    return leaves, accumulators
+    return _Leaves(leaves, accumulators, once)
+
+
+_NO_LEAVES = _Leaves([], [], once=True)  # no walk: nothing to hand over, no graph kept
 
 
 def _refuse_parameters_ddp_marks_unused(model: nn.Module, clean_model: nn.Module, clean: Tensor,
@@ -152,8 +166,8 @@ def _refuse_parameters_ddp_marks_unused(model: nn.Module, clean_model: nn.Module
     wrapper = compiled_from(model)
     if not (isinstance(wrapper, DistributedDataParallel) and wrapper.find_unused_parameters):
         return
-    clean_leaves, _ = _graph_leaves(clean, x_leaf, since=0) or ([], [])
-    adversarial_leaves, _ = _graph_leaves(adversarial_term, x_leaf, since=0) or ([], [])
+    clean_leaves = (_graph_leaves(clean, x_leaf, since=0) or _NO_LEAVES).tensors
+    adversarial_leaves = (_graph_leaves(adversarial_term, x_leaf, since=0) or _NO_LEAVES).tensors
     reached = {id(t) for t in adversarial_leaves}
     names = {id(p): name for name, p in clean_model.named_parameters()}
     missing = [names[id(t)] for t in clean_leaves if id(t) in names and id(t) not in reached]
@@ -183,6 +197,11 @@ class AdversarialLoss(nn.Module):
     parameters (and to any other tensor the clean term reaches, such as a learnable part of
     ``loss_fn``) when the returned loss is back-propagated. ``.grad`` is not touched before that.
     The loss can be back-propagated once: a second backward or ``create_graph=True`` raises.
+    The clean forward's graph is kept, as in a hand-written objective, so a term of the caller's
+    built on that forward (an auxiliary loss a layer records, features a hook captured) can be
+    added to the returned loss; not where it runs through a ``torch.compile``-d part, whose
+    backward runs once, nor with float16/bfloat16, a hook on a parameter or targets with a graph,
+    where the clean term keeps its graph for the returned loss itself.
     Where float16/bfloat16 is involved (half-precision models or inputs, autocast at the call or
     inside the model's forward) the input gradient takes a forward and backward pass of its own,
     rescaled per sample so that it cannot underflow (one more pass checks that the samples do
@@ -319,15 +338,15 @@ class AdversarialLoss(nn.Module):
             # with a graph (a teacher trained alongside, built in any thread), or a weight that a
             # cached parametrization (torch.nn.utils.parametrize.cached()) computes in the clean pass.
             shares_graph = y.requires_grad or bool(getattr(nn.utils.parametrize, "_cache_enabled", 0))
-            found = ([], []) if alpha == 0 or not training else None if shares_graph else _graph_leaves(
+            found = _NO_LEAVES if alpha == 0 or not training else None if shares_graph else _graph_leaves(
                 clean, x_leaf, since=x_in.grad_fn._sequence_nr(), until=_latest_node_number(clean))
             # A hook on a parameter must see its gradient once, clean and adversarial summed, as in the
             # straightforward backward; a backward that yields the clean weight gradients would run it.
-            if found is not None and any(p._backward_hooks for p in found[0]):
+            if found is not None and any(p._backward_hooks for p in found.tensors):
                 found = None
-            params, accumulators = found or ([], [])
+            params, accumulators, once = found or _NO_LEAVES
             direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, alpha, loss_fn,
-                                                            None if found is None else params, draws)
+                                                            None if found is None else params, not once, draws)
         if not self.checked:
             self.checked = True
             output_range = check_first_gradient(direction, self.clean_logits)
@@ -355,11 +374,12 @@ class AdversarialLoss(nn.Module):
 
     @staticmethod
     def _clean_gradients(clean_model: nn.Module, x_in: Tensor, logits: Tensor, y: Tensor, clean: Tensor,
-                         alpha: float, loss_fn: LossFn, params: list[Tensor] | None,
+                         alpha: float, loss_fn: LossFn, params: list[Tensor] | None, keep_graph: bool,
                          draws: RandomDraws) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
         """The clean loss's input gradient (only its direction is used) and the weight gradients of
         ``params``, or None (also for ``params=None``) where the clean term must keep its graph.
-        ``draws`` are the clean pass's random draws, which a pass of the gradient's own repeats.
+        ``keep_graph``: the backward keeps the clean graph, for the caller's other terms built on
+        it. ``draws`` are the clean pass's random draws, which a pass of the gradient's own repeats.
         """
         if not logits.requires_grad:
             # The model cut the graph (no_grad or detach inside it): no input gradient, and the
@@ -368,7 +388,9 @@ class AdversarialLoss(nn.Module):
         rescaled_over = rescaled_dims(clean_model, x_in, logits)
         if params is not None and rescaled_over is None:
             scaled = alpha * clean if alpha > 0 else clean
-            grads = gradients_through_model(scaled, [x_in, *params], allow_unused=True)
+            # Kept where it can be: another term of the caller's may be built on the clean forward
+            # (features a hook captured, an auxiliary loss a layer records), as in a hand-written loop.
+            grads = gradients_through_model(scaled, [x_in, *params], allow_unused=True, retain_graph=keep_graph)
             return (torch.zeros_like(x_in) if grads[0] is None else grads[0]), grads[1:]
         # float16/bfloat16 anywhere (logits, inputs, autocast, weights): the input gradient is
         # rescaled per sample (Objective) so that a confident sample's does not underflow to zero,

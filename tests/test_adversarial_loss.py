@@ -647,7 +647,7 @@ def test_a_model_ending_in_a_softmax_warns_as_in_the_attacks() -> None:
     with pytest.warns(UserWarning, match=r"model's outputs are probabilities .* the loss expects logits") as caught:
         criterion(model, x, y).backward()
     assert len(caught) == 1 and caught[0].filename == __file__
-    with pytest.warns(UserWarning, match=r"single output column lies in \[0, 1\]"):
+    with pytest.warns(UserWarning, match=r"single output column looks like a sigmoid"):
         fk.AdversarialLoss()(nn.Sequential(nn.Linear(8, 1), nn.Sigmoid()), x, (y > 1).long())
     # On the first call only, and not for a loss_fn of the caller's (written for probabilities).
     with warnings.catch_warnings():

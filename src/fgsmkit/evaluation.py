@@ -23,8 +23,9 @@ The predicted class is the one with the largest logit (the most probable one, re
 probabilities cannot underflow into ties) and the *confidence* is its probability. A model
 whose outputs are already probabilities (one that ends in a softmax) warns where their softmax
 would be taken, on the first batch: drop the softmax, or pass ``lambda x: model(x).log()``. A
-single output column that lies in [0, 1] (a sigmoid at the end) warns in every metric, since
-each of its samples would be predicted class 1: pass ``lambda x: torch.logit(model(x))``.
+single output column that lies in [0, 1] on a first batch of at least 16 samples (a sigmoid at
+the end) warns in every metric, since each of its samples would be predicted class 1: pass
+``lambda x: torch.logit(model(x))``.
 NaN or infinite logits raise a ``ValueError``. Counts and sizes (``n``, ``batch_size``,
 ``sample_shape``) may be NumPy integers.
 

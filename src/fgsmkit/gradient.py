@@ -690,18 +690,34 @@ def warn_if_probabilities(outputs: Tensor, output_range: tuple[float, float] | N
 
 
 SIGMOID_OUTPUTS = (
-    "model's single output column lies in [0, 1] for every sample, like a sigmoid's probability, but fgsmkit "
-    "reads one column as the logit of class 1 (predicted where it is above 0); drop the sigmoid at the end of "
-    "the model, or pass lambda x: torch.logit(model(x))"
+    "model's single output column looks like a sigmoid's probabilities (the model ends in a sigmoid, or its "
+    "outputs all lie in [0, 1]), but fgsmkit reads one column as the logit of class 1 (predicted where it is "
+    "above 0); drop the sigmoid at the end of the model, or pass lambda x: torch.logit(model(x))"
 )
 
 
 def warn_if_sigmoid_outputs(outputs: Tensor, output_range: tuple[float, float] | None) -> None:
-    """Warn where a model's single output column (``output_range``: its smallest and largest
-    value) lies in [0, 1]: a sigmoid's probabilities, which would all count as class 1."""
-    if output_range is None or outputs.shape[1] != 1:
+    """Warn where a model's single output column holds a sigmoid's probabilities, which would all
+    count as class 1.
+
+    With a graph its last operation decides (a sigmoid, behind views and casts); without one
+    (under ``no_grad``) the values do: all in [0, 1] (``output_range``, the smallest and the
+    largest), not all equal (zero weights), over at least 16 samples (a few logits of an
+    untrained model can all fall in [0, 1]).
+    """
+    if outputs.shape[1] != 1:
         return
-    low, high = output_range
-    # A constant column (zero weights, a single sample) says nothing of a sigmoid.
-    if 0 <= low < high <= 1:
+    if outputs.grad_fn is not None:
+        node = outputs.grad_fn
+        while node is not None and type(node).__name__.startswith(_PASSED_THROUGH) and node.next_functions:
+            node = node.next_functions[0][0]
+        ends_in_sigmoid = node is not None and type(node).__name__.startswith("SigmoidBackward")
+    else:
+        ends_in_sigmoid = (output_range is not None and outputs.shape[0] >= 16
+                           and 0 <= output_range[0] < output_range[1] <= 1)
+    if ends_in_sigmoid:
         warnings.warn(SIGMOID_OUTPUTS, UserWarning, stacklevel=_validation.user_stacklevel())
+
+
+# Operations that keep a sigmoid's values: views, copies and casts.
+_PASSED_THROUGH = ("View", "Unsqueeze", "Squeeze", "Reshape", "Clone", "ToCopy", "Alias", "Expand", "Slice", "Select")

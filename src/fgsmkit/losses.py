@@ -351,8 +351,8 @@ class AdversarialLoss(nn.Module):
             self.checked = True
             output_range = check_first_gradient(direction, self.clean_logits)
             if loss_fn is DEFAULT_LOSS:  # a loss_fn of the caller's may be written for probabilities
-                warn_if_probabilities(self.clean_logits, output_range)
-                warn_if_sigmoid_outputs(self.clean_logits, output_range)
+                warn_if_probabilities(logits, output_range)
+                warn_if_sigmoid_outputs(logits, output_range)
         _validation.warn_if_budget_reaches_the_whole_box(eps, self.clip, box, norm, x)
         ball = make_ball(norm, x, eps_t, box)
         x_adv = ball.fast_gradient_step(direction)

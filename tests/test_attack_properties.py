@@ -63,20 +63,26 @@ def at_scale(model: nn.Module, scale: float) -> nn.Module:
     return model if scale == 1.0 else nn.Sequential(Rescale(1 / scale), model)
 
 
+BOXES = ("unit", "none", "tensor", "open", "0-d")
+
+
 @st.composite
-def attack_cases(draw: st.DrawFn) -> dict:
-    name = draw(st.sampled_from(sorted(ATTACKS)))
+def attack_cases(draw: st.DrawFn, names: tuple[str, ...] = tuple(sorted(ATTACKS)),
+                 boxes: tuple[str, ...] = BOXES) -> dict:
+    """An attack and its arguments; ``names`` and ``boxes`` narrow the draw where a test's
+    invariant needs those cases every time (a box is drawn for unit-sized x only)."""
+    name = draw(st.sampled_from(names))
     dtype = draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]))
     device = draw(st.sampled_from(["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]))
     batch = draw(st.integers(1, 5))
     sample_shape = draw(st.sampled_from([(12,), (3, 2, 2), (1, 3, 4)]))
-    scale = draw(st.sampled_from(SCALES[dtype]))
+    scale = draw(st.sampled_from(SCALES[dtype] if "none" in boxes else (1.0,)))
     if draw(st.booleans()):
         eps = draw(st.floats(0.0, 0.6, allow_nan=False)) * scale
     else:  # eps of the order of an ulp of x, where x +/- eps rounds
         eps = draw(st.sampled_from([0.25, 0.5, 1.0, 1.5, 3.0])) * torch.finfo(dtype).eps * scale
     per_sample = draw(st.booleans())
-    box = draw(st.sampled_from(["unit", "none", "tensor", "0-d"])) if scale == 1.0 else "none"
+    box = draw(st.sampled_from(boxes)) if scale == 1.0 else "none"
     seed = draw(st.integers(0, 2**16))
     generator = torch.Generator().manual_seed(seed)
     x = (torch.rand((batch, *sample_shape), generator=generator, dtype=torch.float64) * scale).to(device=device,
@@ -86,7 +92,9 @@ def attack_cases(draw: st.DrawFn) -> dict:
     if box == "tensor":  # a box that differs per feature, still containing x
         low = torch.minimum(low - 0.1, x.min(0).values - 0.05).clamp_min(-0.3)
         high = (x.max(0).values + 0.05).clamp_max(1.2)
-    clip = {"unit": (0.0, 1.0), "none": None, "tensor": (low, high),
+    if box == "open":  # tensor bounds with an open side: no lower bound for the first features
+        low = torch.where(torch.arange(low.numel(), device=device).reshape(low.shape) < 4, -math.inf, low)
+    clip = {"unit": (0.0, 1.0), "none": None, "tensor": (low, high), "open": (low, high),
             "0-d": (torch.tensor(-0.25, dtype=dtype, device=device), torch.tensor(1.0, dtype=dtype, device=device))}[box]
     eps_arg = (torch.full((batch,), eps, dtype=torch.float64) * torch.rand(batch, generator=generator, dtype=torch.float64)
                ).to(device=device, dtype=dtype) if per_sample else eps
@@ -208,11 +216,31 @@ def test_l2_attacks_stay_in_the_ball_where_the_squares_underflow(dtype: torch.dt
         assert_in_l2_ball(case, x_adv)
 
 
+def laid_out(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """``x`` with the same values in another memory layout: channels-last (4-d only), or a
+    non-contiguous one (the features' order reversed in memory)."""
+    if layout == "channels_last" and x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "reversed":
+        return x.transpose(0, -1).contiguous().transpose(0, -1)
+    return x
+
+
+def strides_that_matter(t: torch.Tensor) -> list[int]:
+    """The strides of the dimensions longer than one (the others' strides are arbitrary)."""
+    return [stride for stride, size in zip(t.stride(), t.shape) if size > 1]
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
 @SETTINGS
-@given(attack_cases(), st.booleans(), st.booleans())
-def test_result_is_a_new_detached_tensor_like_x_and_nothing_is_modified(case: dict, eval_mode: bool,
-                                                                         x_is_leaf: bool) -> None:
+@given(data=st.data(), eval_mode=st.booleans(), x_is_leaf=st.booleans(),
+       layout=st.sampled_from(["contiguous", "channels_last", "reversed"]))
+def test_result_is_a_new_detached_tensor_like_x_and_nothing_is_modified(name: str, data: st.DataObject,
+                                                                         eval_mode: bool, x_is_leaf: bool,
+                                                                         layout: str) -> None:
+    case = data.draw(attack_cases(names=(name,)))
     case["model"] = model = stateful_net(case)
+    case["x"] = laid_out(case["x"], layout)
     y = case["y"]
     if x_is_leaf:  # x a leaf that requires grad, with a stale gradient of its own
         case["x"] = case["x"].clone().requires_grad_(True)
@@ -227,9 +255,13 @@ def test_result_is_a_new_detached_tensor_like_x_and_nothing_is_modified(case: di
     x_grad_before, x_version, y_version = (None if x.grad is None else x.grad.clone()), x._version, (
         None if y is None else y._version)
     eps_before = case["eps"].clone() if isinstance(case["eps"], torch.Tensor) else case["eps"]
+    bounds = [b for b in case["clip"] or () if isinstance(b, torch.Tensor)]
+    bounds_before = [(b.clone(), b._version) for b in bounds]
     before = state_of(model)
     x_adv = run(case, eval_mode=eval_mode)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
+    assert strides_that_matter(x_adv) == strides_that_matter(x)  # laid out like x
+    assert all(torch.equal(b, value) and b._version == version for b, (value, version) in zip(bounds, bounds_before))
     assert not x_adv.requires_grad and x_adv.grad_fn is None
     assert x_adv.data_ptr() != x.data_ptr()
     assert torch.equal(x.detach(), x_before) and (y is None or torch.equal(y, y_before))
@@ -523,6 +555,29 @@ def test_adversarial_loss_updates_batchnorm_twice_and_leaves_everything_else_unt
     assert torch.equal(x.grad, torch.ones_like(x))
     loss.backward()
     assert torch.equal(x.grad, torch.ones_like(x))  # the loss has no graph to the caller's x
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+@SETTINGS
+@given(data=st.data())
+def test_every_point_the_model_sees_lies_in_the_ball_and_the_box(name: str, data: st.DataObject) -> None:
+    # Only the result was checked: a random start left outside a tensor box, and projected back
+    # by the first step, ran the model on points below the box's lower side.
+    case = data.draw(attack_cases(names=(name,), boxes=("unit", "tensor", "open", "0-d")))
+    seen = []
+    case["model"].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    run(case)
+    x, dtype, eps = case["x"], case["dtype"], eps_per_sample(case)
+    assert seen or case["eps"] == 0  # eps=0 returns x without running the model
+    for point in seen:
+        if case["norm"] == math.inf:
+            e = eps.reshape((-1,) + (1,) * (x.ndim - 1))
+            assert ((point >= (x.double() - e).to(dtype)) & (point <= (x.double() + e).to(dtype))).all()
+        else:
+            assert_in_l2_ball(case, point)
+        if case["clip"] is not None:
+            low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in case["clip"])
+            assert (point >= low).all() and (point <= high).all()
 
 
 @pytest.mark.parametrize("norm", [math.inf, 2.0])

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fgsmkit as fk
+from _support import assert_same_state, state_of
 
 
 def bn_net() -> nn.Module:
@@ -232,13 +233,13 @@ class FailsOnThirdCall(nn.Module):
 def test_an_exception_inside_the_model_leaves_its_state_as_found(eval_mode):
     """A job that catches the error (a retry with a smaller batch, say) goes on with an intact model."""
     model = FailsOnThirdCall().train()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = state_of(model)  # parameters, grads, requires_grad flags, modes, buffers, hooks
     x, y = batch()
     with pytest.raises(RuntimeError, match="simulated"):
         fk.pgd(model, x, y, eps=0.1, step_size=0.03, steps=5, eval_mode=eval_mode)
     assert model.calls == 3
     assert all(m.training for m in model.modules())
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert_same_state(before, state_of(model))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

@@ -396,3 +396,47 @@ def test_float_labels_get_the_advice_that_fits_the_function() -> None:
     for call in (lambda: error_rate(MODEL, X, Y.float()), lambda: rbf_detector_loss(torch.zeros(4, 4), Y.float())):
         with pytest.raises(TypeError, match=r"y must hold integer class indices; got dtype torch.float32. Use y.long\(\)$"):
             call()
+
+
+def test_logistic_labels_of_minus_one_in_uint8_are_refused() -> None:
+    # 2 * y01 - 1 on uint8 labels (read_idx's) makes -1 into 255, which compared equal to -1:
+    # the loss ran with y = 255 (17.1 instead of 0.85).
+    w, x = torch.tensor([1.0, -2.0]), torch.rand(4, 2)
+    y01 = torch.tensor([1, 0, 1, 0], dtype=torch.uint8)
+    with pytest.raises(ValueError, match="y must hold one label per sample, each -1 or \\+1"):
+        fk.adversarial_logistic_loss(w, 0.1, x, 2 * y01 - 1, eps=0.1)
+    signs = 2 * y01.long() - 1
+    assert torch.equal(fk.adversarial_logistic_loss(w, 0.1, x, signs, eps=0.1),
+                       fk.adversarial_logistic_loss(w, 0.1, x, signs.float(), eps=0.1))
+
+
+def test_a_single_sample_without_its_batch_dimension_is_told_to_add_it() -> None:
+    # The message asked for 12 labels, one per feature.
+    model = small_mlp()
+    for call in (lambda: fk.fgsm(model, torch.rand(12), torch.tensor([2]), eps=0.1),
+                 lambda: fk.AdversarialLoss()(model, torch.rand(12), torch.tensor([2])),
+                 lambda: fk.evaluation.error_rate(model, torch.rand(12), torch.tensor([2]))):
+        with pytest.raises(ValueError, match=r"x of shape \(12,\) is read as 12 samples of one feature, for one "
+                                             r"sample add the batch dimension: x.unsqueeze\(0\)"):
+            call()
+
+
+def test_the_metrics_name_both_dtypes_when_the_model_fails_on_x() -> None:
+    # PyTorch's "mat1 and mat2 must have the same dtype" came through; the attacks named both.
+    model, x, y = nn.Linear(12, 4).double(), torch.rand(6, 12), torch.randint(0, 4, (6,))
+    for call in (lambda: fk.evaluation.error_rate(model, x, y), lambda: fk.evaluation.mean_confidence(model, x)):
+        with pytest.raises(TypeError, match=r"x is float32 but model has float64 parameters.*x.to\(torch.float64\)"):
+            call()
+
+
+def test_agreement_names_the_model_whose_classes_the_labels_exceed() -> None:
+    x, y = torch.rand(6, 12), torch.tensor([0, 1, 2, 3, 0, 1])
+    a, b = fk.models.SoftmaxRegression(12, 4), fk.models.SoftmaxRegression(12, 3)
+    with pytest.raises(ValueError, match=r"y holds labels in \[0, 3\] but model_b has 3 classes"):
+        fk.evaluation.agreement_on_mistakes(a, b, x, y)
+
+
+@pytest.mark.parametrize("eps", [10**400, torch.tensor(0.1, device="meta")])
+def test_numbers_that_cannot_be_read_as_floats_are_refused_by_name(eps: object) -> None:
+    with pytest.raises(ValueError, match="eps must be a finite float >= 0"):
+        fk.AdversarialLoss(eps=eps)

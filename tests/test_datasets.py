@@ -878,3 +878,10 @@ def test_fgsmkit_datasets_is_imported_on_first_use() -> None:
             "x, y = fgsmkit.datasets.mnist_sample('test')\n")
     done = subprocess.run([sys.executable, "-c", code], env=_child_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("target, hint", [(None, ""), (3, r"; for a file descriptor use os.fdopen\(fd, 'wb'\)")])
+def test_write_idx_refuses_a_target_that_is_neither_a_path_nor_a_file(target, hint) -> None:
+    # AttributeError: 'int' object has no attribute 'write', after the array was encoded.
+    with pytest.raises(TypeError, match=rf"target must be a path or a binary file object; got \w+{hint}"):
+        write_idx(target, np.zeros(3, dtype=np.uint8))

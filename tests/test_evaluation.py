@@ -514,8 +514,21 @@ def test_rubbish_noise_in_another_dtype_is_left_to_the_model_as_the_attacks_leav
     with torch.autocast("cpu", dtype=torch.bfloat16):
         rate, _ = rubbish_rate(nn.Linear(5, 4), 10, 5, dtype=torch.bfloat16)
     assert 0.0 <= rate <= 1.0
-    with pytest.raises(RuntimeError, match="dtype"):
+    with pytest.raises(TypeError, match=r"model failed on the noise drawn with sample_shape=\(5,\), "
+                                        r"dtype=torch.float64, device='cpu' \(x is float64 but model has float32"):
         rubbish_rate(nn.Linear(5, 4), 10, 5, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    # n and sample_shape swapped: PyTorch's "mat1 and mat2 shapes cannot be multiplied".
+    (lambda: rubbish_rate(nn.Linear(784, 10), 784, 1000), ValueError,
+     r"model failed on the noise drawn with sample_shape=\(1000,\).*\(mat1 and mat2 shapes"),
+    (lambda: rubbish_rate(nn.Linear(12, 4), 10, 12, device="gpu"), ValueError,
+     r"device='gpu' cannot hold the noise .*device=None"),
+])
+def test_rubbish_rate_names_the_arguments_it_draws_the_noise_with(call, error, message) -> None:
+    with pytest.raises(error, match=message):
+        call()
 
 
 def test_rubbish_noise_follows_the_buffers_of_a_model_without_parameters() -> None:

@@ -232,9 +232,9 @@ def test_label_range_read_early_is_checked_against_the_model_classes(eval_mode):
     model, x = torch.nn.Linear(5, 3), torch.rand(6, 5)
     for bad in (3, -1):
         y = torch.tensor([0, 1, 2, 0, 1, bad])
-        with pytest.raises(ValueError, match=rf"labels in \[{min(bad, 0)}, {max(bad, 2)}\] but the model has 3"):
+        with pytest.raises(ValueError, match=rf"labels in \[{min(bad, 0)}, {max(bad, 2)}\] but model has 3"):
             fk.fgsm(model, x, y, eps=0.1, eval_mode=eval_mode)
-        with pytest.raises(ValueError, match="but the model has 3 classes"):
+        with pytest.raises(ValueError, match="but model has 3 classes"):
             fk.AdversarialLoss(eps=0.1)(model, x, y)
     fk.fgsm(model, x, torch.tensor([0, 1, 2, 0, 1, 2]), eps=0.1, eval_mode=eval_mode)
 

@@ -48,10 +48,15 @@ def finite_number(value: object) -> float | None:
     """``value`` as a float if it is a finite real number (a Python or NumPy number, or a 0-d
     tensor), else None: the callers refuse None, and a value out of their range, in their words."""
     if isinstance(value, Tensor) and value.ndim == 0 and not value.dtype.is_complex and value.dtype != torch.bool:
+        if value.is_meta:  # no value to read
+            return None
         value = value.item()
     if not is_number(value):
         return None
-    number = float(value)  # type: ignore[arg-type]
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an int beyond float's range (10**400)
+        return None
     return number if math.isfinite(number) else None
 
 
@@ -138,18 +143,20 @@ def check_labels(y: object, x: Tensor) -> Tensor | None:
     if not isinstance(y, Tensor):
         raise TypeError(f"y must be a torch.Tensor of labels or None; got {type(y).__name__}")
     if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        single = (f"; x of shape {tuple(x.shape)} is read as {x.shape[0]} samples of one feature, for one "
+                  "sample add the batch dimension: x.unsqueeze(0)") if x.ndim == 1 else ""
         raise ValueError(
-            f"y must have one label per sample, shape ({x.shape[0]},); got shape {tuple(y.shape)}"
+            f"y must have one label per sample, shape ({x.shape[0]},); got shape {tuple(y.shape)}{single}"
         )
     if y.device != x.device:
         raise ValueError(f"y is on {y.device} but x is on {x.device}; move y with y.to(x.device)")
     return y
 
 
-def check_class_labels(y: Tensor, num_outputs: int) -> None:
-    """Check labels for a metric, once the model's output width is known."""
+def check_class_labels(y: Tensor, num_outputs: int, name: str = "model") -> None:
+    """Check labels for a metric, once the output width of the model (the argument ``name``) is known."""
     check_index_dtype(y)  # before class_label_range, whose advice names a loss_fn a metric does not take
-    check_label_range(class_label_range(y), num_outputs)
+    check_label_range(class_label_range(y), num_outputs, name)
 
 
 LOSS_FN_ADVICE = " (or pass a loss_fn that takes these targets)"
@@ -177,15 +184,16 @@ def class_label_range(y: Tensor) -> tuple[int, int] | None:
     return low, high
 
 
-def check_label_range(label_range: tuple[int, int] | None, num_outputs: int) -> None:
-    """Check the range :func:`class_label_range` read against the model's number of classes."""
+def check_label_range(label_range: tuple[int, int] | None, num_outputs: int, name: str = "model") -> None:
+    """Check the range :func:`class_label_range` read against the number of classes of the model
+    (the argument ``name``)."""
     if label_range is None:
         return
     classes = max(num_outputs, 2)
     low, high = label_range
     if low < 0 or high >= classes:
         raise ValueError(
-            f"y holds labels in [{low}, {high}] but the model has {classes} classes; "
+            f"y holds labels in [{low}, {high}] but {name} has {classes} classes; "
             f"labels must lie in [0, {classes - 1}]"
         )
 

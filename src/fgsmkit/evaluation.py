@@ -60,6 +60,7 @@ from .gradient import (
     check_eval_mode,
     check_logits_finite,
     innermost_module,
+    logits_of,
     model_state_kept,
     predicted_labels,
     probabilities_of_logits,
@@ -373,8 +374,10 @@ def rubbish_rate(model: Model, n: Count, sample_shape: Count | Sequence[Count], 
     confidences = []
     with model_state_kept(model, eval_mode), torch.no_grad():
         for noise in _noise_batches(n, shape, batch_size, generator, probe):
-            logits = _logits(model, noise)
-            if not confidences:
+            if confidences:
+                logits = _logits(model, noise)
+            else:
+                logits = _first_logits_of_noise(model, noise, shape)
                 _warn_if_sigmoid_outputs(logits)
             confidences.append(_probabilities(model, logits, first=not confidences).amax(dim=1))
     confidence = torch.cat(confidences)
@@ -537,7 +540,7 @@ def _logits(model: Model, x: Tensor, name: str = "model") -> Tensor:
     model's argument, for the messages)."""
     # The model gets a copy: under no_grad nothing stops one that writes into its input
     # (nn.ReLU(inplace=True) first) from changing the caller's x, whose batches are views of it.
-    logits = _validation.check_logits(model(x.clone()), x, name)
+    logits = _validation.check_logits(logits_of(model, x.clone()), x, name)
     check_logits_finite(logits, f"{name} returned NaN or inf logits for these inputs, which have no predicted "
                                 "class or probability to score; check the model and its inputs")
     return logits
@@ -588,7 +591,7 @@ def _predictions(model: Model, x: Tensor, y: Tensor | None, batch_size: int, eva
             if not predictions:
                 _warn_if_sigmoid_outputs(logits)
                 if y is not None:
-                    _validation.check_class_labels(y, logits.shape[1])
+                    _validation.check_class_labels(y, logits.shape[1], name)
             if with_confidence:
                 predicted, confidence = _predicted_class(model, logits, first=not predictions)
                 confidences.append(confidence)
@@ -619,6 +622,22 @@ def _sample_shape(sample_shape: object) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
+def _first_logits_of_noise(model: Model, noise: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """The logits of the first batch of noise; a model that fails on it (the noise is made here,
+    from ``sample_shape``, ``dtype`` and ``device``) gets those arguments named."""
+    try:
+        return _logits(model, noise)
+    except (RuntimeError, TypeError) as error:
+        if "memory" in str(error):  # out of memory (CUDA's or the CPU allocator's): not the arguments
+            raise
+        message = (
+            f"model failed on the noise drawn with sample_shape={shape}, dtype={noise.dtype}, device="
+            f"{str(noise.device)!r} ({str(error).splitlines()[0]}); pass the sample shape, dtype and device of "
+            "the model's inputs (sample_shape without the batch dimension, e.g. (1, 28, 28))"
+        )
+        raise (TypeError if isinstance(error, TypeError) else ValueError)(message) from error
+
+
 def _noise_like(model: Model, device: torch.device | str | None, dtype: torch.dtype | None) -> Tensor:
     """An empty tensor on the device and of the dtype of the noise: those asked for, by default
     those of the model's weights (:func:`~fgsmkit._validation.model_tensor`), checked against them."""
@@ -628,7 +647,13 @@ def _noise_like(model: Model, device: torch.device | str | None, dtype: torch.dt
         dtype = weights.dtype if weights.is_floating_point() else torch.float32
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype for Gaussian noise; got {dtype!r}")
-    probe = torch.empty(0, device=weights.device if device is None else device, dtype=dtype)
+    try:
+        probe = torch.empty(0, device=weights.device if device is None else device, dtype=dtype)
+    except (RuntimeError, AssertionError, TypeError) as error:  # a bad name; CUDA not built or absent
+        raise ValueError(
+            f"device={device!r} cannot hold the noise ({str(error).splitlines()[0]}); pass device=None to draw "
+            "it on the model's device, or a device of this machine, e.g. device='cpu'"
+        ) from error
     if found is not None and probe.device != weights.device:
         raise ValueError(
             f"device={str(probe.device)!r} but model has {kind} on {weights.device}; pass device=None "

@@ -478,7 +478,9 @@ def adversarial_logistic_loss(w: Tensor, b: float | Tensor, x: Tensor, y: Tensor
         raise ValueError(f"w must be a 1-D weight vector; got shape {tuple(w.shape)}")
     if x.ndim < 1 or math.prod(x.shape[1:]) != w.shape[0]:
         raise ValueError(f"x must have {w.shape[0]} elements per sample; got shape {tuple(x.shape)}")
-    if y.shape != (x.shape[0],) or not bool(((y == 1) | (y == -1)).all()):
+    # Compared as int64: in uint8, -1 is 255 (2 * y01 - 1 on labels read by read_idx), equal to -1.
+    signs = y if y.is_floating_point() else y.long()
+    if y.shape != (x.shape[0],) or not bool(((signs == 1) | (signs == -1)).all()):
         raise ValueError(f"y must hold one label per sample, each -1 or +1; got {y}")
     eps_value = _validation.finite_at_least_zero(eps, "eps")
     margin = sample_rows(x) @ w + (b.reshape(()) if isinstance(b, Tensor) else b)

@@ -190,6 +190,9 @@ def write_idx(target: _Path | SupportsWriteBytes, array: np.ndarray, compress: b
     >>> read_idx(path)
     array([3, 1, 4], dtype=uint8)
     """
+    if not isinstance(target, _PATHS) and not callable(getattr(target, "write", None)):
+        hint = "; for a file descriptor use os.fdopen(fd, 'wb')" if type(target) is int else ""
+        raise TypeError(f"target must be a path or a binary file object; got {type(target).__name__}{hint}")
     array = np.asarray(array)
     native = array.dtype.newbyteorder("=")
     if native not in _CODES:

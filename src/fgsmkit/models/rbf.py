@@ -32,6 +32,9 @@ def rbf_detector_loss(log_probs: Tensor, y: Tensor) -> Tensor:
     ----------
     log_probs : Tensor
         Each detector's log-probability, shape ``(batch, classes)`` (:class:`RBFNetwork`'s output).
+        Values above 0 (logits of another model, which are not log-probabilities) are read as 0,
+        a detector at probability 1, with no gradient: they are not checked, since reading them
+        would synchronise with the device at every step of an attack.
     y : Tensor
         Class indices, shape ``(batch,)``.
 

@@ -301,7 +301,7 @@ def test_a_sweep_from_eps_zero_with_the_rule_of_thumb_step_returns_x(attack) -> 
 ])
 def test_a_norm_given_as_a_string_is_refused_with_the_number_to_pass(norm, advice) -> None:
     # "inf" and "Linf" were taken silently and "L2" refused, with no word of strings.
-    with pytest.raises(ValueError, match=r"norm must be the number 2 or float\('inf'\), not a string; got "
+    with pytest.raises(TypeError, match=r"norm must be the number 2 or float\('inf'\), not a string; got "
                                          rf"'{norm}'. {advice}"):
         fk.fgsm(MODEL, X, Y, eps=0.1, norm=norm)
 
@@ -440,3 +440,21 @@ def test_agreement_names_the_model_whose_classes_the_labels_exceed() -> None:
 def test_numbers_that_cannot_be_read_as_floats_are_refused_by_name(eps: object) -> None:
     with pytest.raises(ValueError, match="eps must be a finite float >= 0"):
         fk.AdversarialLoss(eps=eps)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda v: fk.pgd(small_mlp(), torch.rand(4, 12), eps=0.1, step_size=0.05, steps=v), "steps"),
+    (lambda v: fk.pgd(small_mlp(), torch.rand(4, 12), eps=0.1, step_size=0.05, steps=2, restarts=v), "restarts"),
+    (lambda v: fk.fgsm(small_mlp(), torch.rand(4, 12), eps=0.1, norm=v), "norm"),
+    (lambda v: fk.AdversarialLoss(alpha=v), "alpha"),
+    (lambda v: fk.AdversarialLoss(eps=v), "eps"),
+    (lambda v: fk.evaluation.error_rate(small_mlp(), torch.rand(4, 12), torch.zeros(4, dtype=torch.long),
+                                        batch_size=v), "batch_size"),
+])
+def test_a_setting_of_the_wrong_type_is_a_type_error_and_a_wrong_number_a_value_error(call, name) -> None:
+    # Strings and None raised ValueError from these, where fgsm(eps="0.1") raised TypeError.
+    for wrong_type in ("10", None, [2]):
+        with pytest.raises(TypeError, match=rf"{name} must be"):
+            call(wrong_type)
+    with pytest.raises(ValueError, match=rf"{name} must be"):
+        call(-3)

@@ -39,6 +39,15 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def numeric(value: object) -> bool:
+    """A number (:func:`is_number`) or a real tensor: a numeric setting given as anything else
+    has the wrong type (``TypeError``); a numeric one out of range or of the wrong shape, the
+    wrong value (``ValueError``)."""
+    if isinstance(value, Tensor):
+        return not value.dtype.is_complex and value.dtype != torch.bool
+    return is_number(value)
+
+
 def named(name: str, value: object) -> str:
     """``name=value`` for a number, the bare name for a tensor (too long to print)."""
     return f"{name}={value}" if is_number(value) else name
@@ -76,7 +85,8 @@ def finite_at_least_zero(value: object, name: str) -> float:
     """``value`` as a float: a finite number >= 0 (a 0-d tensor or NumPy number too)."""
     number = finite_number(value)
     if number is None or number < 0:
-        raise ValueError(f"{name} must be a finite float >= 0; got {value!r}")
+        error = ValueError if numeric(value) else TypeError
+        raise error(f"{name} must be a finite float >= 0; got {value!r}")
     return number
 
 
@@ -422,7 +432,8 @@ def check_flag(value: object, name: str) -> bool:
 def check_positive_int(value: object, name: str) -> int:
     """A count or size: an int (NumPy's too) of at least 1, returned as a Python int."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+        error = ValueError if is_number(value) else TypeError  # 2.5 or 0: a number, but not a count
+        raise error(f"{name} must be an int >= 1; got {value!r}")
     return int(value)
 
 
@@ -431,9 +442,9 @@ def check_norm(norm: object) -> float:
         key = re.sub(r"[\s_-]", "", norm.lower()).removeprefix("l")  # "L-inf", "l_2", "L2 " alike
         known = {"2": "2", "2.0": "2", "inf": "math.inf", "infinity": "math.inf", "\u221e": "math.inf"}.get(key)
         advice = f"Pass norm={known}" if known else "Only the L2 and L-inf norms are supported"
-        raise ValueError(f"norm must be the number 2 or float('inf'), not a string; got {norm!r}. {advice}")
+        raise TypeError(f"norm must be the number 2 or float('inf'), not a string; got {norm!r}. {advice}")
     if not is_number(norm) or float(norm) not in SUPPORTED_NORMS:  # type: ignore[arg-type]
-        raise ValueError(f"norm must be 2 or float('inf'); got {norm!r}")
+        raise (ValueError if is_number(norm) else TypeError)(f"norm must be 2 or float('inf'); got {norm!r}")
     return float(norm)
 
 

@@ -458,3 +458,17 @@ def test_a_setting_of_the_wrong_type_is_a_type_error_and_a_wrong_number_a_value_
             call(wrong_type)
     with pytest.raises(ValueError, match=rf"{name} must be"):
         call(-3)
+
+
+def test_raw_errors_of_the_fuzz_are_named() -> None:
+    # AttributeError 'grad_fn' for a NumPy weight; linalg's "Got Long" for an int one; aminmax's
+    # "not implemented" for a sparse x; "unsupported operand" for a Fraction bias.
+    from fractions import Fraction
+    for weight, got in ((np.ones((3, 4)), "ndarray"), (torch.ones(3, 4, dtype=torch.long), "dtype torch.int64")):
+        with pytest.raises(TypeError, match=f"weight must be a floating-point torch.Tensor .*; got {got}"):
+            fk.models.max_norm_(weight, 1.0)
+    with pytest.raises(TypeError, match=r"x must be a dense tensor; got layout torch.sparse_coo.*x.to_dense\(\)"):
+        fk.fgsm(small_mlp(), torch.rand(4, 12).to_sparse(), torch.zeros(4, dtype=torch.long), eps=0.1)
+    w, x, y = torch.tensor([1.0, -2.0]), torch.rand(3, 2), torch.tensor([1.0, -1.0, 1.0])
+    assert torch.equal(fk.adversarial_logistic_loss(w, Fraction(1, 4), x, y, eps=0.1),
+                       fk.adversarial_logistic_loss(w, 0.25, x, y, eps=0.1))

@@ -121,6 +121,8 @@ def check_inputs(x: object, clip: object = None, *, before: str = "attacking it"
         raise ValueError("x must have a batch dimension; for a single sample use x.unsqueeze(0)")
     if x.device.type == "meta":
         raise ValueError("x is on the meta device, which holds no values; move it to the model's device")
+    if x.layout != torch.strided:
+        raise TypeError(f"x must be a dense tensor; got layout {x.layout}. Convert it with x.to_dense()")
     box = _clip_box(clip, x)
     if not x.numel():
         return box

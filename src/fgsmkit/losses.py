@@ -484,5 +484,5 @@ def adversarial_logistic_loss(w: Tensor, b: float | Tensor, x: Tensor, y: Tensor
     if y.shape != (x.shape[0],) or not bool(((signs == 1) | (signs == -1)).all()):
         raise ValueError(f"y must hold one label per sample, each -1 or +1; got {y}")
     eps_value = _validation.finite_at_least_zero(eps, "eps")
-    margin = sample_rows(x) @ w + (b.reshape(()) if isinstance(b, Tensor) else b)
+    margin = sample_rows(x) @ w + (b.reshape(()) if isinstance(b, Tensor) else float(b))  # float: a Fraction too
     return F.softplus(eps_value * w.abs().sum() - y.to(margin.dtype) * margin)

@@ -65,6 +65,9 @@ def max_norm_(weight: Tensor, max_norm: float) -> None:
     tensor([1.9365, 1.9365, 1.9365])
     """
     max_norm = check_max_norm(max_norm)
+    if not isinstance(weight, Tensor) or not weight.is_floating_point():
+        got = f"dtype {weight.dtype}" if isinstance(weight, Tensor) else type(weight).__name__
+        raise TypeError(f"weight must be a floating-point torch.Tensor (a layer's weight); got {got}")
     if weight.ndim < 2:
         raise ValueError(
             f"weight must have one row per unit (2 or more dimensions, such as nn.Linear.weight); got shape "

@@ -786,3 +786,23 @@ def test_emulated_cuda_graph_leaves_the_warning_filters_alone(emulated_cuda_grap
             fk.pgd(model, x, y, eps=2.0, step_size=0.1, steps=3, backend="cuda_graph")
     assert len(shown) == 1 and "eps" in shown[0]
     assert emulated_cuda_graphs.captures == 1
+
+
+def test_the_old_tf32_settings_are_not_read_where_the_new_ones_exist(monkeypatch) -> None:
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("torch < 2.9 has only the old settings")
+
+    def legacy():
+        warnings.warn("This API is going to be deprecated, please see the new TF32 settings", UserWarning)
+        return "highest"
+
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", legacy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flags = _backends._precision_flags()
+    torch.set_float32_matmul_precision("high")  # the legacy setter still changes what is read
+    try:
+        assert _backends._precision_flags() != flags
+    finally:
+        torch.set_float32_matmul_precision("highest")
+

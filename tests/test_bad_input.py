@@ -472,3 +472,14 @@ def test_raw_errors_of_the_fuzz_are_named() -> None:
     w, x, y = torch.tensor([1.0, -2.0]), torch.rand(3, 2), torch.tensor([1.0, -1.0, 1.0])
     assert torch.equal(fk.adversarial_logistic_loss(w, Fraction(1, 4), x, y, eps=0.1),
                        fk.adversarial_logistic_loss(w, 0.25, x, y, eps=0.1))
+
+
+def test_a_complex_or_bool_tensor_setting_is_a_type_error() -> None:
+    # A real tensor is the right type (its value or shape may be wrong); these are not.
+    for bad in (torch.tensor(0.1 + 0j), torch.tensor(True)):
+        with pytest.raises(TypeError, match="eps must be a finite float >= 0"):
+            fk.AdversarialLoss(eps=bad)
+        with pytest.raises(TypeError, match="alpha must be a float in"):
+            fk.AdversarialLoss(alpha=bad)
+    with pytest.raises(ValueError, match="eps must be"):  # a real tensor out of range/shape: the value
+        fk.AdversarialLoss(eps=torch.tensor([0.1, 0.2]))

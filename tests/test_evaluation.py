@@ -860,3 +860,34 @@ def test_a_model_ending_in_a_sigmoid_warns_that_one_column_is_read_as_a_logit() 
     # Behind a view or a cast, a sigmoid is still seen.
     with pytest.warns(UserWarning, match=SIGMOID_WARNING):
         fk.fgsm(lambda t: torch.sigmoid(net(t)[:, 0]).double().view(-1, 1), x.sigmoid(), y, eps=0.1)
+
+
+def test_rubbish_rate_warns_about_a_sigmoid_at_the_end() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())
+    with pytest.warns(UserWarning, match=r"single output column looks like a sigmoid"):
+        rubbish_rate(model, n=100, sample_shape=4)
+
+
+def test_out_of_memory_on_the_noise_is_not_blamed_on_the_arguments() -> None:
+    class OOM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory"):
+        rubbish_rate(OOM(), n=10, sample_shape=4)
+
+
+def test_a_saturated_sigmoid_still_warns() -> None:
+    torch.manual_seed(0)
+    net = nn.Linear(4, 1)
+    with torch.no_grad():
+        net.weight.mul_(30.0)
+    model, x = nn.Sequential(net, nn.Sigmoid()), torch.randn(50, 4)
+    assert model(x).max().item() == 1.0  # float32 sigmoid rounds to exactly 1
+    with pytest.warns(UserWarning, match=r"single output column looks like a sigmoid"):
+        fk.evaluation.mean_confidence(model, x)

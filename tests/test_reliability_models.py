@@ -286,3 +286,15 @@ def test_an_uninitialized_lazy_buffer_is_refused_with_the_fix():
     with torch.no_grad():
         model(x)
     assert fk.fgsm(model, x, y, eps=0.1).shape == x.shape
+
+
+def test_a_compiled_batchnorm_model_trains_with_alpha_zero_and_runs_under_no_grad() -> None:
+    # AOTAutograd donates the buffers of a BatchNorm model's backward: retain_graph=True raises.
+    torch.manual_seed(0)
+    model = torch.compile(nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3)),
+                          backend="aot_eager")
+    x, y = torch.rand(8, 10), torch.randint(0, 3, (8,))
+    fk.AdversarialLoss(alpha=0.5, eps=0.1)(model, x, y).backward()
+    fk.AdversarialLoss(alpha=0.0, eps=0.1)(model, x, y).backward()
+    with torch.no_grad():
+        fk.AdversarialLoss(alpha=0.5, eps=0.1)(model, x, y)

@@ -202,7 +202,9 @@ class AdversarialLoss(nn.Module):
     built on that forward (an auxiliary loss a layer records, features a hook captured) can be
     added to the returned loss; not where it runs through a ``torch.compile``-d part, whose
     backward runs once, nor with float16/bfloat16, a hook on a parameter or targets with a graph,
-    where the clean term keeps its graph for the returned loss itself.
+    where the clean term keeps its graph for the returned loss itself. The clean pass's saved
+    activations are therefore held until the call returns, through the adversarial forward, as
+    in a hand-written loop.
     Where float16/bfloat16 is involved (half-precision models or inputs, autocast at the call or
     inside the model's forward) the input gradient takes a forward and backward pass of its own,
     rescaled per sample so that it cannot underflow (one more pass checks that the samples do

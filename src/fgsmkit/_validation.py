@@ -39,13 +39,15 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def numeric(value: object) -> bool:
-    """A number (:func:`is_number`) or a real tensor: a numeric setting given as anything else
-    has the wrong type (``TypeError``); a numeric one out of range or of the wrong shape, the
-    wrong value (``ValueError``)."""
+def refusal(value: object) -> type[Exception]:
+    """The exception for a numeric setting that is refused: ``ValueError`` for a number (or a
+    real tensor) out of range, of the wrong shape or not a count; ``TypeError`` for anything
+    else (a string, None, a list, a complex or bool tensor)."""
     if isinstance(value, Tensor):
-        return not value.dtype.is_complex and value.dtype != torch.bool
-    return is_number(value)
+        numeric = not value.dtype.is_complex and value.dtype != torch.bool
+    else:
+        numeric = is_number(value)
+    return ValueError if numeric else TypeError
 
 
 def named(name: str, value: object) -> str:
@@ -85,8 +87,7 @@ def finite_at_least_zero(value: object, name: str) -> float:
     """``value`` as a float: a finite number >= 0 (a 0-d tensor or NumPy number too)."""
     number = finite_number(value)
     if number is None or number < 0:
-        error = ValueError if numeric(value) else TypeError
-        raise error(f"{name} must be a finite float >= 0; got {value!r}")
+        raise refusal(value)(f"{name} must be a finite float >= 0; got {value!r}")
     return number
 
 
@@ -434,8 +435,7 @@ def check_flag(value: object, name: str) -> bool:
 def check_positive_int(value: object, name: str) -> int:
     """A count or size: an int (NumPy's too) of at least 1, returned as a Python int."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        error = ValueError if is_number(value) else TypeError  # 2.5 or 0: a number, but not a count
-        raise error(f"{name} must be an int >= 1; got {value!r}")
+        raise refusal(value)(f"{name} must be an int >= 1; got {value!r}")
     return int(value)
 
 
@@ -446,7 +446,7 @@ def check_norm(norm: object) -> float:
         advice = f"Pass norm={known}" if known else "Only the L2 and L-inf norms are supported"
         raise TypeError(f"norm must be the number 2 or float('inf'), not a string; got {norm!r}. {advice}")
     if not is_number(norm) or float(norm) not in SUPPORTED_NORMS:  # type: ignore[arg-type]
-        raise (ValueError if is_number(norm) else TypeError)(f"norm must be 2 or float('inf'); got {norm!r}")
+        raise refusal(norm)(f"norm must be 2 or float('inf'); got {norm!r}")
     return float(norm)
 
 

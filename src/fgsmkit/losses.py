@@ -23,8 +23,7 @@ from .gradient import (LossFn, Objective, RandomDraws, autograd_usable, check_fi
 def _check_alpha(alpha: object) -> float:
     value = _validation.finite_number(alpha)
     if value is None or not 0.0 <= value <= 1.0:
-        error = ValueError if _validation.numeric(alpha) else TypeError
-        raise error(f"alpha must be a float in [0, 1]; got {alpha!r}")
+        raise _validation.refusal(alpha)(f"alpha must be a float in [0, 1]; got {alpha!r}")
     return value
 
 

@@ -870,8 +870,6 @@ def _child_env() -> dict[str, str]:
 def test_fgsmkit_datasets_is_imported_on_first_use() -> None:
     # `import fgsmkit` stays light: fgsmkit.datasets is imported by its first attribute access
     # (type checkers see it through an import under TYPE_CHECKING, which must not run).
-    import fgsmkit
-
     code = ("import sys, fgsmkit\n"
             "assert 'fgsmkit.datasets' not in sys.modules, 'imported with fgsmkit'\n"
             "assert fgsmkit.datasets is sys.modules['fgsmkit.datasets']\n"

@@ -349,7 +349,7 @@ def rubbish(lab: Lab) -> list[Row]:
 
 def logits_along_fgsm(lab: Lab) -> list[Row]:
     """11. Figure 4: a maxout network's logits are piecewise linear along the FGSM direction."""
-    s, d = lab.settings, lab.splits
+    d = lab.splits
     model = lab.model("maxout")
     x, y = d.test_x[:1], d.test_y[:1]
     direction = fk.fgsm(model, x, y, eps=1.0, clip=None, eval_mode=True) - x

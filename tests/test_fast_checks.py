@@ -11,7 +11,7 @@ import torch
 import fgsmkit as fk
 from fgsmkit import _validation
 from fgsmkit.constraints import Box, LinfBall
-from fgsmkit.gradient import check_first_gradient
+from fgsmkit._output_checks import check_first_gradient
 
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 

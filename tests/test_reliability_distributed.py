@@ -113,7 +113,7 @@ def test_a_parameter_only_the_clean_pass_uses_is_named_under_find_unused_paramet
 
 
 def test_local_model_unwraps_ddp_only():
-    from fgsmkit.gradient import local_model
+    from fgsmkit._model import local_model
 
     class FakeDDP(torch.nn.parallel.DistributedDataParallel):
         def __init__(self, module):  # no process group needed to test the unwrapping

@@ -56,17 +56,9 @@ from torch import Tensor, nn
 
 from . import _validation
 from ._validation import Count
-from .gradient import (
-    check_eval_mode,
-    check_logits_finite,
-    innermost_module,
-    logits_of,
-    model_state_kept,
-    predicted_labels,
-    probabilities_of_logits,
-    warn_if_probabilities,
-    warn_if_sigmoid_outputs,
-)
+from ._model import check_eval_mode, innermost_module, logits_of, model_state_kept
+from ._output_checks import check_logits_finite, warn_if_probabilities, warn_if_sigmoid_outputs
+from .gradient import predicted_labels, probabilities_of_logits
 from .models import Classifier
 
 Model = Callable[[Tensor], Tensor]

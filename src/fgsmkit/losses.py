@@ -15,9 +15,10 @@ from torch.nn.parallel import DistributedDataParallel
 from . import _validation
 from ._validation import Clip
 from .constraints import make_ball, sample_rows
-from .gradient import (LossFn, Objective, RandomDraws, autograd_usable, check_first_gradient, compiled_from, cross_entropy,
-                       gradients_through_model, local_model, logits_of, model_state_kept, rescaled_dims,
-                       warn_if_probabilities, warn_if_sigmoid_outputs)
+from ._model import RandomDraws, compiled_from, local_model, logits_of, model_state_kept
+from ._output_checks import check_first_gradient, warn_if_probabilities, warn_if_sigmoid_outputs
+from ._precision import rescaled_dims
+from .gradient import LossFn, Objective, autograd_usable, cross_entropy, gradients_through_model
 
 
 def _check_alpha(alpha: object) -> float:

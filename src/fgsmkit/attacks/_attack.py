@@ -12,7 +12,8 @@ from torch import Tensor
 from .. import _validation
 from .._validation import Clip, Count
 from ..constraints import Ball, Box, make_ball
-from ..gradient import LossFn, Objective, local_model, model_state_kept
+from .._model import local_model, model_state_kept
+from ..gradient import LossFn, Objective
 from . import _backends
 from ._walk import Walk, keep_stronger
 

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from ..gradient import autocast_enabled, probabilities_of_logits
+from .._precision import autocast_enabled
+from ..gradient import probabilities_of_logits
 
 
 def check_class_count(num_classes: object) -> int:

@@ -8,6 +8,7 @@ import enum
 import gc
 import math
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -135,6 +136,24 @@ def test_compile_keeps_serving_a_sweep_of_boxes_budgets_and_dtypes():
 
 
 @pytest.mark.compile
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_compile_serves_a_callers_no_grad_with_the_graphs_it_has(attack):
+    # The fused steps were compiled under the caller's grad mode, on which torch.compile guards:
+    # an evaluation loop under no_grad cost a compilation of its own, one of the 8 torch allows
+    # before it runs further kinds eagerly (with inference_mode and a few dtypes, the limit).
+    from torch._dynamo.utils import counters
+
+    model, (x, y) = small_model(), batch()
+    args = {} if attack == "fgsm" else {"step_size": 0.02, "steps": 2, "random_start": False}
+    with_grad = getattr(fk, attack)(model, x, y, eps=0.1, backend="compile", **args)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        without_grad = getattr(fk, attack)(model, x, y, eps=0.1, backend="compile", **args)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert torch.equal(without_grad, with_grad)
+
+
+@pytest.mark.compile
 def test_compiled_step_is_the_same_function_as_the_eager_step():
     # One implementation of the step: the compiled one wraps take_step, applied to any L-inf ball.
     x = torch.rand(6, 5)
@@ -231,6 +250,62 @@ def test_running_out_of_memory_while_capturing_is_not_blamed_on_the_model(
     with pytest.raises(torch.cuda.OutOfMemoryError):
         _backends._captured(torch.cuda.CUDAGraph(), _fail_with(torch.cuda.OutOfMemoryError("CUDA out of memory")),
                             torch.cuda.Stream())
+
+
+@contextlib.contextmanager
+def _no_cyclic_collection():
+    """Only reference counting frees objects inside: what is left alive is held, or in a cycle."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_a_failed_capture_lets_go_of_the_model_at_once(emulated_cuda_graphs):
+    # The error was kept in a local of a frame in its own traceback: the model, its inputs and the
+    # half-built graph (its memory pool on a GPU) lived on until a full collection.
+    def attack(model):
+        try:
+            fk.pgd(model, x, y, eps=0.1, step_size=0.02, steps=3, backend="cuda_graph")
+        except ValueError as error:
+            return str(error)
+        return ""
+
+    x, y = batch()
+    attack(_SynchronisingModel(small_model()))  # the first in a process imports parts of torch
+    model = _SynchronisingModel(small_model())
+    alive = weakref.ref(model)
+    with _no_cyclic_collection():
+        message = attack(model)
+        del model
+        assert alive() is None
+    assert "could not capture" in message
+
+
+def test_running_out_of_memory_while_capturing_lets_go_of_the_capture_at_once(emulated_cuda_graphs, monkeypatch):
+    # The out-of-memory error comes as the context of capture_end's (see _capture_end_fails).
+    monkeypatch.setattr(torch.cuda, "graph", _capture_end_fails)
+
+    class Walk:  # holds what a walk holds: the model, the static inputs
+        def __init__(self):
+            self.held = torch.zeros(3)
+
+        def __call__(self):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    walk = Walk()
+    alive = weakref.ref(walk.held)
+    with _no_cyclic_collection():
+        try:
+            _backends._captured(torch.cuda.CUDAGraph(), walk, torch.cuda.Stream())
+            raised = False
+        except torch.cuda.OutOfMemoryError:
+            raised = True
+        del walk
+        assert alive() is None
+    assert raised
 
 
 # The graph backend on CPU, through CUDA Graphs emulated by recording and replaying ATen

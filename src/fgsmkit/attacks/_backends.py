@@ -118,9 +118,12 @@ def compiled(function: Callable) -> Callable:
 
     Not fullgraph=True: that turns torch's recompile limit (reached after enough new dtypes and
     eps shapes) into an error; without it further kinds run eagerly, with the same bits.
+    Always run under no_grad: the fused steps take detached tensors, so grad mode changes nothing
+    in them, but torch.compile guards on it, and a caller's ``no_grad()`` would otherwise cost a
+    compilation of its own, one of the few allowed before that limit.
     """
     if function not in _compiled:
-        _compiled[function] = torch.compile(function)
+        _compiled[function] = torch.no_grad()(torch.compile(function))
     return _compiled[function]
 
 
@@ -550,13 +553,21 @@ def _captured(graph: torch.cuda.CUDAGraph, walk: Callable[[], Tensor], stream: t
         # of capture_end's own error.
         ended = "during capture" in str(error) and isinstance(error.__context__, Exception)
         cause = error.__context__ if ended else error
-        if isinstance(cause, torch.cuda.OutOfMemoryError):
-            raise cause from None
-        raise ValueError(
-            "backend='cuda_graph' could not capture the attack's steps as a CUDA Graph: the model's forward "
-            "or backward synchronises with the host (.item(), float(tensor), printing a tensor, shapes "
-            f"that depend on values) or is otherwise not capturable ({cause}). Use backend='eager'"
-        ) from error
+        # No error may stay in a local of this frame, which is in the raised error's traceback,
+        # nor two errors hold each other (capture_end's exit frame holds the one inside): such a
+        # cycle keeps the model, the inputs and the graph's memory until a full collection.
+        if not isinstance(cause, torch.cuda.OutOfMemoryError):
+            reason, cause = str(cause), None
+            raise ValueError(
+                "backend='cuda_graph' could not capture the attack's steps as a CUDA Graph: the model's forward "
+                "or backward synchronises with the host (.item(), float(tensor), printing a tensor, shapes "
+                f"that depend on values) or is otherwise not capturable ({reason}). Use backend='eager'"
+            ) from error
+        out_of_memory, cause = cause, None
+    try:  # raised outside the handler, so that it does not take capture_end's error as its context
+        raise out_of_memory from None
+    finally:
+        out_of_memory = None
 
 
 def _without_autocast_cache() -> contextlib.AbstractContextManager:

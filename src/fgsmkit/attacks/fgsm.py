@@ -66,7 +66,9 @@ def fgsm(
         not deterministic, e.g. cuDNN convolutions on CUDA without
         ``torch.backends.cudnn.deterministic``). ``"compile"``
         fuses the L-inf step (sign, scale, add, projection, clip) into one kernel with
-        ``torch.compile`` (the first call compiles, which takes seconds). ``"cuda_graph"``
+        ``torch.compile`` (the first call compiles, which takes seconds; past torch's recompile
+        limit, reached after about 8 mixes of dtype, budget shape and box in one process,
+        further mixes run eagerly, with the same bits). ``"cuda_graph"``
         (CUDA, an ``nn.Module`` with static shapes and no host synchronisation in its forward;
         numbers and tensors that the modules of the model or of ``loss_fn`` hold as attributes
         are followed, a change making a new graph, but those its forward or ``loss_fn`` read

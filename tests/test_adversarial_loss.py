@@ -636,6 +636,33 @@ def test_an_eps_the_dtype_cannot_hold_is_refused_before_the_model_runs(eps, clip
     assert criterion.clean_logits is None and not criterion.checked
 
 
+class _NaNLogits(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * math.nan
+
+
+def test_a_refused_first_call_leaves_the_first_call_checks_to_the_next() -> None:
+    # The checks were marked done before they ran: after a call refused for NaN logits, the same
+    # criterion returned NaN losses silently, and never warned about a later model's dead gradient.
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 8), torch.randint(0, 4, (6,))
+    criterion = fk.AdversarialLoss()
+    for _ in range(2):
+        with pytest.raises(ValueError, match="NaN or inf logits"):
+            criterion(_NaNLogits(), x, y)
+        assert not criterion.checked
+    dead = nn.Sequential(nn.Linear(8, 4))
+    with torch.no_grad():
+        dead[0].weight.zero_()
+    with pytest.warns(RuntimeWarning, match="input gradient is zero for 6 of 6 samples"):
+        criterion(dead, x, y).backward()
+    assert criterion.checked
+
+
 def test_a_model_ending_in_a_softmax_warns_as_in_the_attacks() -> None:
     # The default loss took the probabilities for logits, silently, where fgsm warned.
     torch.manual_seed(0)

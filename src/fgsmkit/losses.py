@@ -310,7 +310,8 @@ class AdversarialLoss(nn.Module):
         eps = _validation.finite_at_least_zero(self.eps, "eps")
         loss_fn = _validation.check_loss_fn(self.loss_fn) or DEFAULT_LOSS
         label_range = _validation.class_label_range(y) if loss_fn is DEFAULT_LOSS else None
-        # Before the model runs: a refused call must leave its statistics as they were.
+        # Before the model runs, so that these refusals leave its statistics as they were (what
+        # needs its outputs is refused after the clean forward, as in a hand-written step).
         eps_t = _validation.check_eps(eps, x, norm)
         _validation.check_overflow(x, box, norm, eps_t, _validation.named("eps", eps))
 
@@ -351,11 +352,11 @@ class AdversarialLoss(nn.Module):
             direction, weight_grads = self._clean_gradients(clean_model, x_in, logits, y, clean, alpha, loss_fn,
                                                             None if found is None else params, not once, draws)
         if not self.checked:
-            self.checked = True
             output_range = check_first_gradient(direction, self.clean_logits)
             if loss_fn is DEFAULT_LOSS:  # a loss_fn of the caller's may be written for probabilities
                 warn_if_probabilities(logits, output_range)
                 warn_if_sigmoid_outputs(logits, output_range)
+            self.checked = True  # only once the checks have passed: a refused call is not the first
         _validation.warn_if_budget_reaches_the_whole_box(eps, self.clip, box, norm, x)
         ball = make_ball(norm, x, eps_t, box)
         x_adv = ball.fast_gradient_step(direction)

@@ -126,3 +126,13 @@ def warn_if_sigmoid_outputs(outputs: Tensor, output_range: tuple[float, float] |
 
 # Operations that keep a sigmoid's values: views, copies and casts.
 _PASSED_THROUGH = ("View", "Unsqueeze", "Squeeze", "Reshape", "Clone", "ToCopy", "Alias", "Expand", "Slice", "Select")
+
+
+def warn_if_not_logits(outputs: Tensor, output_range: tuple[float, float] | None) -> None:
+    """Warn where the default loss is about to read a model's outputs as logits that are not: a
+    softmax's probabilities (:func:`warn_if_probabilities`) or a sigmoid's
+    (:func:`warn_if_sigmoid_outputs`). The first gradient of an attack and the first call of
+    :class:`~fgsmkit.AdversarialLoss` ask it; a ``loss_fn`` of the caller's may be written for
+    probabilities, so it is not asked there."""
+    warn_if_probabilities(outputs, output_range)
+    warn_if_sigmoid_outputs(outputs, output_range)

@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _validation
 from ._model import RandomDraws, logits_of
-from ._output_checks import check_first_gradient, check_logits_finite, warn_if_probabilities, warn_if_sigmoid_outputs
+from ._output_checks import check_first_gradient, check_logits_finite, warn_if_not_logits
 from ._precision import PER_SAMPLE, WHOLE_BATCH, power_of_two_scaled, rescaled_dims
 from .constraints import sample_rows
 
@@ -247,9 +247,8 @@ class Objective:
         if not self.checked:
             self.checked, self.draws = True, None
             output_range = check_first_gradient(grad, logits)
-            if self.loss_fn is cross_entropy:  # a loss_fn of the user's may be written for probabilities
-                warn_if_probabilities(logits, output_range)
-                warn_if_sigmoid_outputs(logits, output_range)
+            if self.loss_fn is cross_entropy:
+                warn_if_not_logits(logits, output_range)
         # NaN entries are left in: the step treats them as zero (see constraints.Ball.step).
         return -grad if self.targeted else grad
 

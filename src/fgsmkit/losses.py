@@ -16,7 +16,7 @@ from . import _validation
 from ._validation import Clip
 from .constraints import make_ball, sample_rows
 from ._model import RandomDraws, compiled_from, local_model, logits_of, model_state_kept
-from ._output_checks import check_first_gradient, warn_if_probabilities, warn_if_sigmoid_outputs
+from ._output_checks import check_first_gradient, warn_if_not_logits
 from ._precision import rescaled_dims
 from .gradient import LossFn, Objective, autograd_usable, cross_entropy, gradients_through_model
 
@@ -353,9 +353,8 @@ class AdversarialLoss(nn.Module):
                                                             None if found is None else params, not once, draws)
         if not self.checked:
             output_range = check_first_gradient(direction, self.clean_logits)
-            if loss_fn is DEFAULT_LOSS:  # a loss_fn of the caller's may be written for probabilities
-                warn_if_probabilities(logits, output_range)
-                warn_if_sigmoid_outputs(logits, output_range)
+            if loss_fn is DEFAULT_LOSS:
+                warn_if_not_logits(logits, output_range)
             self.checked = True  # only once the checks have passed: a refused call is not the first
         _validation.warn_if_budget_reaches_the_whole_box(eps, self.clip, box, norm, x)
         ball = make_ball(norm, x, eps_t, box)
